@@ -1,0 +1,43 @@
+"""`traffic-moe` command line: thin sub-commands that parse arguments, call the library, report.
+
+Each sub-command lives in its own module and exposes ``add_parser(subparsers)`` which registers
+an ``argparse`` sub-parser whose ``func`` default is called with the parsed namespace and returns
+an exit status. Modules are imported lazily so ``traffic-moe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command name -> module that implements it (module.add_parser(subparsers))
+SUBCOMMANDS = {
+    "demo": "traffic_moe_hf.demo",
+    "prepare": "traffic_moe_hf.data.prepare",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="traffic-moe",
+        description="Sparse Mixture-of-Experts foundation model for network traffic (HuggingFace plugin).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
