@@ -1,0 +1,392 @@
+"""``traffic-moe prepare``: captures → leakage-safe Hugging Face ``DatasetDict`` + accounting report.
+
+    traffic-moe prepare INPUT... --out DIR [--labels dir|file|csv:PATH] [--level flow|packet]
+                        [--split flow|file|time|none] [--num-proc N] [...]
+
+Writes ``DIR`` in ``save_to_disk`` layout, ``DIR/report.json`` (the accounting: files read /
+failed with reasons, packets total = used + skipped by reason, flows, samples per split and label)
+and ``DIR/split_report.json``.  Exit status 0 when at least one file was read, 1 otherwise.
+See ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+
+__all__ = ["add_parser", "run", "prepare", "collect_inputs"]
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "prepare",
+        help="captures (pcap/pcapng/gz) -> tokenized, anonymised, leakage-safe datasets.DatasetDict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
+    p.add_argument("--out", required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
+    p.add_argument("--labels", default="dir", help="dir (parent directory name, default), file (file name) or csv:PATH")
+    p.add_argument("--level", choices=("flow", "packet"), default="flow", help="one sample per flow (default) or per packet")
+    p.add_argument("--split", choices=("flow", "file", "time", "none"), default="flow",
+                   help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
+    p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,validation,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    p.add_argument("--dedup", choices=("remove", "report"), default="remove",
+                   help="samples whose model input already appears in an earlier split: remove (default) or only report")
+    p.add_argument("--max-packets", type=int, default=8, help="packets kept per flow (first N; default 8)")
+    p.add_argument("--max-bytes", type=int, default=64, help="bytes kept per packet from the IP header (first M; default 64)")
+    p.add_argument("--min-packets", type=int, default=1, help="skip flows with fewer packets (default 1)")
+    p.add_argument("--no-anonymize", dest="anonymize", action="store_false",
+                   help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; see docs/data.md)")
+    p.add_argument("--ttl", choices=("mask", "keep", "initial"), default="mask",
+                   help="IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")
+    p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
+    p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")
+    p.add_argument("--num-proc", type=int, default=1, help="worker processes, parallel by file (default 1)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _ratios(s: str):
+    try:
+        r = tuple(float(x) for x in s.split(","))
+    except ValueError:
+        raise SystemExit(f"--split-ratios: expected three numbers, got {s!r}") from None
+    if len(r) != 3 or any(x < 0 for x in r) or sum(r) <= 0:
+        raise SystemExit(f"--split-ratios: expected three non-negative numbers, got {s!r}")
+    t = sum(r)
+    return tuple(x / t for x in r)
+
+
+def run(args) -> int:
+    from .labels import parse_labels_option
+
+    try:
+        mode, csv_path = parse_labels_option(args.labels)
+    except ValueError as e:
+        print(f"traffic-moe prepare: {e}", file=sys.stderr)
+        return 2
+    report = prepare(
+        args.inputs, args.out, labels=args.labels, level=args.level, split=args.split,
+        ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup,
+        max_packets=args.max_packets, max_bytes=args.max_bytes, min_packets=args.min_packets,
+        anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
+        tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress,
+    )
+    print(format_report(report))
+    return 0 if report["files_read"] > 0 else 1
+
+
+def collect_inputs(inputs):
+    """Files to read: files given directly (any name) and, for directories, every file below them
+    whose name looks like a capture (sorted). Returns ``[(path, display_name, root)]``."""
+    from .reader import CAPTURE_SUFFIXES
+
+    out = []
+    missing = []
+    for inp in inputs:
+        if os.path.isdir(inp):
+            root = os.path.abspath(inp)
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if fn.lower().endswith(CAPTURE_SUFFIXES):
+                        p = os.path.join(dirpath, fn)
+                        out.append((p, os.path.relpath(p, os.path.dirname(root)), root))
+        elif os.path.exists(inp):
+            out.append((os.path.abspath(inp), os.path.basename(inp), os.path.dirname(os.path.abspath(inp))))
+        else:
+            missing.append(inp)
+    return out, missing
+
+
+def _work(item):
+    path, name, cfg = item
+    from .samples import process_file
+
+    t = time.perf_counter()
+    try:
+        res = process_file(path, cfg, name)
+    except Exception as e:  # a bug, not bad input: report it against the file instead of dying
+        res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
+               "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
+               "flows_used": 0, "flows_skipped": Counter(), "columns": None,
+               "ip_protocols_skipped": Counter(), "link_types": Counter(), "format": None}
+    res["seconds"] = time.perf_counter() - t
+    return res
+
+
+def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
+            dedup="remove", max_packets=8, max_bytes=64, min_packets=1, anonymize=True, ttl="mask",
+            udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True):
+    """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
+    With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
+    ``report["_dataset"]``."""
+    from .labels import CsvLabels, label_from_path, parse_labels_option
+    from .samples import PrepareConfig
+
+    t0 = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]
+    mode, csv_path = parse_labels_option(labels)
+    files, missing = collect_inputs(inputs)
+    cfg = PrepareConfig(level=level, max_packets=max_packets, max_bytes=max_bytes, ttl=ttl,
+                        anonymize=anonymize, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
+                        min_packets=min_packets, label_mode=mode, tokenizer=tokenizer)
+    report = {
+        "inputs": inputs, "out": os.fspath(out) if out else None,
+        "options": {"labels": labels, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
+                    "dedup": dedup, "max_packets": max_packets, "max_bytes": max_bytes,
+                    "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl,
+                    "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
+                    "num_proc": num_proc},
+        "files_total": len(files) + len(missing), "files_read": 0,
+        "files_failed": {m: "no such file or directory" for m in missing}, "files_warnings": {},
+    }
+    if mode == "csv":
+        cfg.csv_labels = CsvLabels(csv_path)
+        report["label_csv"] = {"path": csv_path, "rows": cfg.csv_labels.rows, "bad_rows": cfg.csv_labels.bad_rows}
+    else:
+        cfg.root_label = {p: label_from_path(p, mode) for p, _n, _r in files}
+    # parallel by file; biggest files first so the last worker is not left with the largest one
+    order = sorted(range(len(files)), key=lambda i: -_size(files[i][0]))
+    items = [(files[i][0], files[i][1], cfg) for i in order]
+    results = [None] * len(files)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(_size(p) for p, _n, _r in files), unit="B", unit_scale=True,
+                   desc="prepare", file=sys.stderr, dynamic_ncols=True)
+    pos = {id(it): i for it, i in zip(items, order)}
+    if num_proc > 1 and len(items) > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        if tokenizer is None and cfg.tokenize:
+            from .samples import get_tokenizer
+
+            get_tokenizer(None)  # build once before forking
+        with ctx.Pool(min(num_proc, len(items))) as pool:
+            for j, res in _imap(pool, items):
+                results[order[j]] = res
+                if bar is not None:
+                    bar.update(_size(items[j][0]))
+                    bar.set_postfix(packets=sum(r["packets_total"] for r in results if r))
+    else:
+        for j, it in enumerate(items):
+            results[order[j]] = _work(it)
+            if bar is not None:
+                bar.update(_size(it[0]))
+                bar.set_postfix(packets=sum(r["packets_total"] for r in results if r))
+    if bar is not None:
+        bar.close()
+    del pos
+    t_read = time.perf_counter() - t0
+    ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup)
+    t_assemble = time.perf_counter() - t0 - t_read
+    if save and out:
+        os.makedirs(out, exist_ok=True)
+        if ds is not None:
+            ds.save_to_disk(out)
+    elapsed = time.perf_counter() - t0
+    report["timing"] = {"read_and_samples_s": round(t_read, 3), "split_and_arrow_s": round(t_assemble, 3),
+                        "total_s": round(elapsed, 3),
+                        "packets_per_s": round(report["packets_total"] / elapsed, 1) if elapsed > 0 else None}
+    if save and out:
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f, indent=1, sort_keys=False)
+        with open(os.path.join(out, "split_report.json"), "w") as f:
+            json.dump(report["split_report"], f, indent=1)
+    if not save:
+        report["_dataset"] = ds
+    return report
+
+
+def _imap(pool, items):
+    for j, res in pool.imap_unordered(_work_indexed, list(enumerate(items)), chunksize=1):
+        yield j, res
+
+
+def _work_indexed(x):
+    j, it = x
+    return j, _work(it)
+
+
+def _size(p):
+    try:
+        return os.path.getsize(p)
+    except OSError:
+        return 0
+
+
+def _assemble(results, report, cfg, split, ratios, seed, dedup):
+    from .splits import assign_splits, dedup_across_splits
+
+    skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()
+    cols = None
+    for r in results:
+        if r["error"]:
+            report["files_failed"][r["file"]] = r["error"]
+            continue
+        report["files_read"] += 1
+        if r["warning"]:
+            report["files_warnings"][r["file"]] = r["warning"]
+        skipped.update(r["packets_skipped"])
+        protos.update(r["ip_protocols_skipped"])
+        lts.update(r["link_types"])
+        fskip.update(r["flows_skipped"])
+        c = r["columns"]
+        if cols is None:
+            cols = {k: [] for k in c}
+        for k, v in c.items():
+            cols[k].extend(v)
+    ok = [r for r in results if not r["error"]]
+    report["packets_total"] = sum(r["packets_total"] for r in ok)
+    report["packets_used"] = sum(r["packets_used"] for r in ok)
+    report["packets_skipped"] = dict(sorted(skipped.items()))
+    report["ip_protocols_skipped"] = dict(protos.most_common())
+    report["link_types"] = dict(lts.most_common())
+    report["flows"] = sum(r["flows"] for r in ok)
+    report["flows_used"] = sum(r["flows_used"] for r in ok)
+    report["flows_skipped"] = dict(fskip)
+    report["per_file"] = {r["file"]: {"format": r.get("format"), "packets": r["packets_total"],
+                                     "used": r["packets_used"], "flows": r["flows"],
+                                     "seconds": round(r.get("seconds", 0.0), 4)} for r in ok}
+    cols = cols or {}
+    n = len(cols.get("label", []))
+    # split by flow unit
+    flow_first = {}
+    for i in range(n):
+        fid = cols["flow_id"][i]
+        if fid not in flow_first:
+            flow_first[fid] = i
+    fids = list(flow_first)
+    fi = [flow_first[f] for f in fids]
+    fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [cols["source_file"][i] for i in fi],
+                                          [cols["start_time"][i] for i in fi], split, ratios, seed)
+    fsplit = dict(zip(fids, fsplits))
+    splits = [fsplit[cols["flow_id"][i]] for i in range(n)]
+    keys = [(tuple(cols["packets"][i]), tuple(cols["directions"][i])) for i in range(n)]
+    keep, dup_report = dedup_across_splits(keys, splits, cols.get("label", []), dedup)
+    split_report["duplicates"] = dup_report
+    # leakage check, recorded: no flow id in two splits
+    seen = {}
+    crossing = 0
+    for i in range(n):
+        if keep[i]:
+            s = seen.setdefault(cols["flow_id"][i], splits[i])
+            crossing += s != splits[i]
+    split_report["flows_in_several_splits"] = crossing
+    names = sorted(set(cols.get("label", [])))
+    samples = {}
+    ds = None
+    removed = Counter()
+    for i in range(n):
+        if not keep[i]:
+            removed[f"duplicate_of_earlier_split:{splits[i]}"] += 1
+    if n:
+        from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Sequence, Value
+
+        feats = {
+            "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
+            "packet_ids": Sequence(Value("int16")), "direction_ids": Sequence(Value("int8")),
+            "label": ClassLabel(names=names), "packets": Sequence(Value("binary")),
+            "directions": Sequence(Value("int8")), "ip_lengths": Sequence(Value("int32")),
+            "timestamps": Sequence(Value("float64")), "burst_packets": Sequence(Value("int32")),
+            "burst_bytes": Sequence(Value("int64")), "source_file": Value("string"),
+            "flow_id": Value("string"), "packet_index": Value("int32"), "packet_count": Value("int64"),
+            "byte_count": Value("int64"), "start_time": Value("float64"), "end_time": Value("float64"),
+            "five_tuple": Value("string"),
+        }
+        feats = Features({k: v for k, v in feats.items() if k in cols})
+        lab_id = {x: j for j, x in enumerate(names)}
+        # pyarrow directly with the Features' schema: datasets' from_dict would re-encode every
+        # value in Python (encode_example) and hash the data for a fingerprint, ~3x the cost of
+        # reading the captures. The result is the same Arrow table and Features.
+        import hashlib
+
+        import pyarrow as pa
+        from datasets.table import InMemoryTable
+
+        schema = feats.arrow_schema
+        arrays = []
+        for name in schema.names:
+            v = cols[name]
+            if name == "label":
+                v = [lab_id[x] for x in v]
+            arrays.append(pa.array(v, type=schema.field(name).type))
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        opts = json.dumps(report["options"], sort_keys=True, default=str)
+        dd = {}
+        for s in [x for x in ("train", "validation", "test") if x in set(splits)]:
+            idx = [i for i in range(n) if keep[i] and splits[i] == s]
+            if not idx:
+                continue
+            fp = hashlib.sha256(f"{opts}|{s}|{len(idx)}|{cols['flow_id'][idx[0]]}|{cols['flow_id'][idx[-1]]}".encode()).hexdigest()[:16]
+            dd[s] = Dataset(InMemoryTable(table.take(pa.array(idx, type=pa.int64()))),
+                            info=DatasetInfo(features=feats), split=s, fingerprint=fp)
+            samples[s] = dict(sorted(Counter(cols["label"][i] for i in idx).items()))
+        ds = DatasetDict(dd)
+    report["labels"] = names
+    report["samples"] = samples
+    report["samples_built"] = n
+    report["samples_total"] = sum(sum(v.values()) for v in samples.values())
+    report["samples_removed"] = dict(removed)
+    report["split_report"] = split_report
+    return ds, report
+
+
+def format_report(r: dict) -> str:
+    """The accounting table printed at the end of ``traffic-moe prepare``."""
+    lines = []
+    w = lines.append
+    w(f"files: {r['files_total']} total, {r['files_read']} read, {len(r['files_failed'])} failed"
+      + (f", {len(r['files_warnings'])} read partially" if r.get("files_warnings") else ""))
+    for f, why in list(r["files_failed"].items())[:50]:
+        w(f"  FAILED  {f}: {why}")
+    if len(r["files_failed"]) > 50:
+        w(f"  ... {len(r['files_failed']) - 50} more in report.json")
+    for f, why in list(r.get("files_warnings", {}).items())[:20]:
+        w(f"  PARTIAL {f}: {why}")
+    if len(r.get("files_warnings", {})) > 20:
+        w(f"  ... {len(r['files_warnings']) - 20} more in report.json")
+    tot = r.get("packets_total", 0)
+    w(f"packets: {tot:>10} total")
+    w(f"  used   {r.get('packets_used', 0):>10}")
+    for k, v in r.get("packets_skipped", {}).items():
+        w(f"  skipped {k:<24} {v:>10}")
+    chk = r.get("packets_used", 0) + sum(r.get("packets_skipped", {}).values())
+    w(f"  (used + skipped = {chk}{' OK' if chk == tot else ' MISMATCH'})")
+    if r.get("ip_protocols_skipped"):
+        w("  not TCP/UDP by protocol: " + ", ".join(f"{k} {v}" for k, v in r["ip_protocols_skipped"].items()))
+    w(f"flows: {r.get('flows', 0)} total, {r.get('flows_used', 0)} used"
+      + "".join(f", {v} skipped ({k})" for k, v in r.get("flows_skipped", {}).items()))
+    samples = r.get("samples", {})
+    labels = r.get("labels", [])
+    if samples:
+        splits = list(samples)
+        w("samples per label and split:")
+        w("  " + f"{'label':<24}" + "".join(f"{s:>12}" for s in splits))
+        for lab in labels:
+            w("  " + f"{lab:<24}" + "".join(f"{samples[s].get(lab, 0):>12}" for s in splits))
+        w("  " + f"{'total':<24}" + "".join(f"{sum(samples[s].values()):>12}" for s in splits))
+    for k, v in r.get("samples_removed", {}).items():
+        w(f"  removed {k}: {v}")
+    sr = r.get("split_report", {})
+    if sr.get("labels_missing"):
+        w(f"  WARNING labels missing from a split: {sr['labels_missing']}")
+    t = r.get("timing", {})
+    if t:
+        w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
+    if r.get("out"):
+        w(f"written: {r['out']} (report.json, split_report.json)")
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""One capture file → samples (rows) + packet/flow accounting; helpers to go back from packets.
+
+``process_file`` is what ``traffic-moe prepare`` runs per file (in a worker process with
+``--num-proc``).  Accounting is exact: ``packets_total == packets_used + sum(packets_skipped)`` and
+``flows == flows_used + sum(flows_skipped)`` for every file.
+
+Packet skip reasons (besides the decode reasons in :mod:`.decode`):
+``beyond_max_packets`` (the flow's packets after its first ``max_packets``; flow level only),
+``flow_unlabeled`` / ``flow_too_short`` (all packets of flows skipped for that reason).
+
+Round trip for later pipeline stages (traffic-shaping attacks edit ``packets`` then re-encode):
+:func:`encode_packets` turns (packets, directions) into model input with the project's tokenizer,
+:func:`write_pcap` writes packets (starting at the IP header) to a raw-IP pcap, and
+:func:`traffic_moe_hf.data.decode.parse_ip` re-parses one packet's headers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .decode import Decoded, decode
+from .flows import FlowTable, bursts
+from .reader import CaptureError, linktype_name, open_capture
+
+__all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "COLUMNS", "get_tokenizer"]
+
+COLUMNS = (
+    "input_ids", "attention_mask", "packet_ids", "direction_ids", "label", "packets", "directions",
+    "ip_lengths", "timestamps", "burst_packets", "burst_bytes", "source_file", "flow_id",
+    "packet_index", "packet_count", "byte_count", "start_time", "end_time", "five_tuple",
+)
+
+
+@dataclass
+class PrepareConfig:
+    level: str = "flow"  # flow | packet
+    max_packets: int = 8
+    max_bytes: int = 64
+    ttl: str = "mask"
+    anonymize: bool = True
+    udp_timeout: float = 60.0
+    tcp_timeout: float = 3600.0
+    min_packets: int = 1
+    label_mode: str = "dir"  # dir | file | csv
+    csv_labels: object = None  # CsvLabels
+    tokenizer: str | None = None  # path for AutoTokenizer.from_pretrained, None = TrafficTokenizer()
+    tokenize: bool = True
+    root_label: dict = field(default_factory=dict)  # file -> label for dir/file modes
+
+
+_TOKENIZERS: dict = {}
+
+
+def get_tokenizer(path: str | None = None):
+    """The project's tokenizer (cached per process)."""
+    tok = _TOKENIZERS.get(path)
+    if tok is None:
+        if path:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        else:
+            from traffic_moe_hf import TrafficTokenizer
+
+            tok = TrafficTokenizer()
+        _TOKENIZERS[path] = tok
+    return tok
+
+
+def encode_packets(packets, directions, max_packets=8, max_bytes=64, tokenizer=None):
+    """Model input for one flow (list of packets from the IP header, list of 0/1 directions) or a
+    batch (list of flows, list of direction lists). Returns the tokenizer's ``BatchEncoding``."""
+    tok = tokenizer if tokenizer is not None else get_tokenizer(None)
+    single = len(packets) > 0 and isinstance(packets[0], (bytes, bytearray, memoryview))
+    flows = [list(packets)] if single else [list(p) for p in packets]
+    dirs = [list(directions)] if single else [list(d) for d in directions]
+    return tok(flows, directions=dirs, max_packets=max_packets, max_packet_bytes=max_bytes, padding=False)
+
+
+def write_pcap(path, packets, timestamps=None, start_time: float = 0.0):
+    """Write packets that start at the IP header to a pcap with link type RAW (101).
+    ``timestamps`` are relative seconds (as in the dataset) added to ``start_time``."""
+    import dpkt
+
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, snaplen=65535, linktype=101)
+        for i, p in enumerate(packets):
+            ts = start_time + (timestamps[i] if timestamps is not None else i * 1e-3)
+            w.writepkt(bytes(p), ts=ts)
+
+
+def _empty_columns():
+    return {c: [] for c in COLUMNS}
+
+
+def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None) -> dict:
+    """Read one capture and build its samples. Never raises for bad input: an unreadable file is
+    returned with ``error`` set, a damaged one with ``warning``."""
+    name = display_name or path
+    res = {
+        "file": name, "error": None, "warning": None, "format": None,
+        "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(),
+        "ip_protocols_skipped": Counter(), "link_types": Counter(),
+        "flows": 0, "flows_used": 0, "flows_skipped": Counter(), "columns": _empty_columns(),
+    }
+    try:
+        rs = open_capture(path)
+    except CaptureError as e:
+        res["error"] = str(e)
+        return res
+    res["format"] = rs.format
+    table = FlowTable(cfg.max_packets if cfg.level == "flow" else max(cfg.max_packets, 1), cfg.max_bytes,
+                      cfg.ttl, cfg.anonymize, cfg.udp_timeout, cfg.tcp_timeout)
+    add = table.add
+    skipped = res["packets_skipped"]
+    protos = res["ip_protocols_skipped"]
+    lts = Counter()
+    total = 0
+    beyond = 0
+    with rs:
+        for ts, lt, frame in rs:
+            total += 1
+            lts[lt] += 1
+            d = decode(lt, frame)
+            if type(d) is Decoded:
+                if not add(ts, d):
+                    beyond += 1
+            elif type(d) is tuple:
+                skipped["not_tcp_udp"] += 1
+                protos[d[1]] += 1
+            else:
+                skipped[d] += 1
+    res["warning"] = rs.warning
+    res["packets_total"] = total
+    res["link_types"] = Counter({linktype_name(k): v for k, v in lts.items()})
+    res["ip_protocols_skipped"] = Counter({_proto_name(k): v for k, v in protos.items()})
+    if beyond:
+        skipped["beyond_max_packets"] += beyond
+    flows = table.finish()
+    res["flows"] = len(flows)
+    _build_rows(res, flows, cfg, name, path)
+    return res
+
+
+def _proto_name(p: int) -> str:
+    from .decode import IPPROTO_NAMES
+
+    return IPPROTO_NAMES.get(p, f"proto_{p}")
+
+
+def _build_rows(res, flows, cfg, name, path):
+    cols = res["columns"]
+    skipped = res["packets_skipped"]
+    fskip = res["flows_skipped"]
+    file_label = cfg.root_label.get(path)
+    used = 0
+    kept = []
+    labels = []
+    for f in flows:
+        if f.count < cfg.min_packets:
+            fskip["too_short"] += 1
+            skipped["flow_too_short"] += len(f.packets)
+            continue
+        if cfg.csv_labels is not None:
+            label = cfg.csv_labels.lookup(f.proto, f.client, f.server, f.start, f.last)
+        else:
+            label = file_label
+        if label is None:
+            fskip["unlabeled"] += 1
+            skipped["flow_unlabeled"] += len(f.packets)
+            continue
+        kept.append(f)
+        labels.append(label)
+        used += len(f.packets)
+    res["flows_used"] = len(kept)
+    res["packets_used"] = used
+    stem = name
+    for f, label in zip(kept, labels):
+        fid = f"{stem}#{f.index}"
+        t0 = f.times[0]
+        rel = [t - t0 for t in f.times]
+        bs = bursts(f.directions, f.lengths)
+        meta = (name, fid, f.count, f.nbytes, f.start, f.last, f.five_tuple())
+        if cfg.level == "flow":
+            units = [(f.packets, f.directions, f.lengths, rel, bs, -1)]
+        else:
+            units = [([p], [d], [ln], [t], [(d, 1, ln)], i)
+                     for i, (p, d, ln, t) in enumerate(zip(f.packets, f.directions, f.lengths, rel))]
+        for pk, dr, ln, tm, b, pidx in units:
+            cols["label"].append(label)
+            cols["packets"].append(pk)
+            cols["directions"].append(dr)
+            cols["ip_lengths"].append(ln)
+            cols["timestamps"].append(tm)
+            cols["burst_packets"].append([x[1] for x in b])
+            cols["burst_bytes"].append([x[2] for x in b])
+            cols["source_file"].append(meta[0])
+            cols["flow_id"].append(meta[1])
+            cols["packet_index"].append(pidx)
+            cols["packet_count"].append(meta[2])
+            cols["byte_count"].append(meta[3])
+            cols["start_time"].append(meta[4])
+            cols["end_time"].append(meta[5])
+            cols["five_tuple"].append(meta[6])
+    if cfg.tokenize and cols["packets"]:
+        enc = encode_packets(cols["packets"], cols["directions"], cfg.max_packets, cfg.max_bytes,
+                             get_tokenizer(cfg.tokenizer))
+        for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
+            cols[k] = list(enc[k])
+    else:
+        for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
+            del cols[k]

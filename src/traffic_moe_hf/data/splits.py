@@ -1,0 +1,167 @@
+"""Leakage-safe splits and cross-split duplicate handling.
+
+The unit of splitting is always a *flow* (packet-level samples inherit their flow's split), so one
+flow's packets can never sit in two splits.  Modes:
+
+``flow``  stratified random split of flows by label (scikit-learn ``train_test_split`` with
+          ``stratify``); labels with too few flows to stratify go to ``train`` (reported).
+``file``  all flows of a capture file go to the same split; files are split stratified by their
+          majority label where possible.  Labels whose flows all come from one file end up in one
+          split only — reported as ``labels_missing`` per split (that is the honest outcome).
+``time``  per label, flows ordered by start time: the earliest ``train`` fraction → train, the
+          next → validation, the latest → test (no flow of a later period trains the model).
+``none``  everything in one ``test`` split (evaluate a trained model on captures from elsewhere).
+
+Duplicates: two samples are identical when their model input is (same anonymised packets, same
+directions).  A sample whose input already appears in an earlier split (order train, validation,
+test) is removed from the later split (``dedup="remove"``, default) or only reported
+(``dedup="report"``).  Identical inputs carrying different labels are reported as conflicts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+__all__ = ["assign_splits", "dedup_across_splits", "SPLIT_MODES", "SPLIT_ORDER"]
+
+SPLIT_MODES = ("flow", "file", "time", "none")
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def _names(ratios):
+    return [n for n, r in zip(SPLIT_ORDER, ratios) if r > 0]
+
+
+def _stratified(units, labels, ratios, seed, report):
+    """Return unit -> split name for ``units`` (list) with ``labels`` (parallel list)."""
+    from sklearn.model_selection import train_test_split
+
+    tr, va, te = ratios
+    out = {}
+    counts = Counter(labels)
+    small = {lab for lab, c in counts.items() if c < 3}
+    if small:
+        report.setdefault("notes", []).append(
+            f"labels with fewer than 3 units put in train only: {sorted(small)}")
+    idx = [i for i, lab in enumerate(labels) if lab not in small]
+    for i, lab in enumerate(labels):
+        if lab in small:
+            out[units[i]] = "train"
+    if not idx:
+        return out
+    ys = [labels[i] for i in idx]
+
+    def split(items, y, frac, seed_):
+        if frac <= 0:
+            return items, []
+        if frac >= 1:
+            return [], items
+        strat = y if min(Counter(y).values()) >= 2 and len(set(y)) <= len(y) * min(frac, 1 - frac) else None
+        try:
+            a, b = train_test_split(items, test_size=frac, random_state=seed_, stratify=strat)
+        except ValueError:
+            a, b = train_test_split(items, test_size=frac, random_state=seed_, stratify=None)
+            report.setdefault("notes", []).append("too few units to stratify a split; used a plain random split")
+        return a, b
+
+    rest, test = split(idx, ys, te, seed)
+    ys_rest = [labels[i] for i in rest]
+    train, val = split(rest, ys_rest, va / (tr + va) if tr + va > 0 else 0, seed + 1)
+    for i in train:
+        out[units[i]] = "train"
+    for i in val:
+        out[units[i]] = "validation"
+    for i in test:
+        out[units[i]] = "test"
+    return out
+
+
+def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0):
+    """Split name for every flow (lists are parallel). Returns ``(splits, report)``."""
+    report = {"mode": mode, "ratios": dict(zip(SPLIT_ORDER, ratios)), "seed": seed}
+    n = len(flow_ids)
+    if mode == "none":
+        return ["test"] * n, report
+    if n == 0:
+        return [], report
+    if mode == "flow":
+        m = _stratified(list(range(n)), list(labels), ratios, seed, report)
+        splits = [m[i] for i in range(n)]
+    elif mode == "file":
+        by_file = defaultdict(Counter)
+        for f, lab in zip(files, labels):
+            by_file[f][lab] += 1
+        fl = sorted(by_file)
+        flabels = [by_file[f].most_common(1)[0][0] for f in fl]
+        m = _stratified(fl, flabels, ratios, seed, report)
+        splits = [m[f] for f in files]
+        report["files"] = {s: sorted(f for f in fl if m[f] == s) for s in _names(ratios)}
+    elif mode == "time":
+        splits = [None] * n
+        by_label = defaultdict(list)
+        for i, lab in enumerate(labels):
+            by_label[lab].append(i)
+        cuts = {}
+        tr, va, _te = ratios
+        for lab, idx in by_label.items():
+            idx.sort(key=lambda i: (start_times[i], flow_ids[i]))
+            k = len(idx)
+            a = round(k * tr)
+            b = round(k * (tr + va))
+            for j, i in enumerate(idx):
+                splits[i] = "train" if j < a else ("validation" if j < b else "test")
+            cuts[lab] = {
+                "train_until": start_times[idx[a - 1]] if a > 0 else None,
+                "test_from": start_times[idx[b]] if b < k else None,
+            }
+        report["time_cuts"] = cuts
+    else:
+        raise ValueError(f"unknown split mode {mode!r}")
+    present = defaultdict(set)
+    for s, lab in zip(splits, labels):
+        present[s].add(lab)
+    all_labels = set(labels)
+    missing = {s: sorted(all_labels - present[s]) for s in _names(ratios) if all_labels - present[s]}
+    if missing:
+        report["labels_missing"] = missing
+    return splits, report
+
+
+def dedup_across_splits(keys, splits, labels, policy="remove"):
+    """``keys``: hashable model-input key per sample. Returns ``(keep_mask, report)``."""
+    first_split = {}
+    first_label = {}
+    keep = [True] * len(keys)
+    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    within = Counter()
+    cross = defaultdict(Counter)
+    conflicts = 0
+    seen_in = defaultdict(set)
+    # process in split order so the earliest split keeps the sample
+    idx = sorted(range(len(keys)), key=lambda i: order.get(splits[i], 9))
+    for i in idx:
+        k, s = keys[i], splits[i]
+        if k in first_split:
+            if first_label[k] != labels[i]:
+                conflicts += 1
+            if s in seen_in[k]:
+                within[s] += 1
+            if first_split[k] != s:
+                cross[s][labels[i]] += 1
+                if policy == "remove":
+                    keep[i] = False
+                    continue
+        else:
+            first_split[k] = s
+            first_label[k] = labels[i]
+        seen_in[k].add(s)
+    rep = {
+        "policy": policy,
+        "cross_split_duplicates": {s: dict(c) for s, c in cross.items()},
+        "cross_split_duplicates_total": sum(sum(c.values()) for c in cross.values()),
+        "removed": sum(1 for k in keep if not k),
+        "within_split_duplicates": dict(within),
+        "label_conflicts": conflicts,
+    }
+    return keep, rep
