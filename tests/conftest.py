@@ -1,0 +1,65 @@
+"""Shared fixtures: real flows from the capture slice shipped in the repository (data/demo/loopback9)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo" / "loopback9"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def read_demo_flows(path: Path, max_flows: int = 4) -> list[tuple[list[bytes], list[int]]]:
+    """The first flows of a demo capture as (IP packets, directions), grouped by bidirectional 5-tuple.
+
+    Deliberately independent of the project's own reader (it is what the model tests feed the model)."""
+    import dpkt
+
+    flows: dict = {}
+    with open(path, "rb") as f:
+        for _, frame in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+                continue
+            a, b = (ip.src, ip.data.sport), (ip.dst, ip.data.dport)
+            key = (ip.p,) + (a + b if a <= b else b + a)
+            if key not in flows:
+                if len(flows) == max_flows:
+                    continue
+                flows[key] = ([], [], a)
+            packets, directions, initiator = flows[key]
+            packets.append(bytes(ip))
+            directions.append(0 if a == initiator else 1)
+    return [(p, d) for p, d, _ in flows.values()]
+
+
+@pytest.fixture(scope="session")
+def real_flows() -> dict[str, list[tuple[list[bytes], list[int]]]]:
+    """label -> a few real flows (packets, directions) of that application protocol."""
+    return {path.stem: read_demo_flows(path) for path in sorted(DEMO.glob("*.pcap"))}
+
+
+@pytest.fixture(scope="session")
+def real_batch(real_flows):
+    """One padded batch of real flows (2 per class, 18 flows) and their class indices."""
+    import torch
+
+    from traffic_moe_hf import TrafficTokenizer
+
+    tokenizer = TrafficTokenizer(max_packets=4, max_packet_bytes=48)
+    labels = sorted(real_flows)
+    flows, directions, targets = [], [], []
+    for index, label in enumerate(labels):
+        for packets, dirs in real_flows[label][:2]:
+            flows.append(packets)
+            directions.append(dirs)
+            targets.append(index)
+    batch = tokenizer(flows, directions=directions, padding=True, return_tensors="pt")
+    batch["labels"] = torch.tensor(targets)
+    return batch, labels

@@ -1,0 +1,102 @@
+"""The byte-level traffic tokenizer on real packets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+from traffic_moe_hf import TrafficTokenizer
+from traffic_moe_hf.tokenization_traffic_moe import BYTE_OFFSET, CLS_ID, PKT_ID
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_round_trip_real_packets_exactly(real_flows):
+    tokenizer = TrafficTokenizer(max_packets=64, max_packet_bytes=1600)
+    count = 0
+    for flows in real_flows.values():
+        for packets, directions in flows:
+            enc = tokenizer(packets, directions=directions)
+            assert tokenizer.decode_flow(enc["input_ids"]) == packets
+            # hex text of the same packets goes through the tokenizers backend to the same ids
+            text = tokenizer.decode(enc["input_ids"], skip_special_tokens=True)
+            assert tokenizer(text)["input_ids"] == enc["input_ids"]
+            count += len(packets)
+    assert count > 100
+
+
+def test_structure_ids_and_truncation(real_flows):
+    packets, directions = real_flows["http"][0]
+    assert len(packets) >= 4 and set(directions[:4]) == {0, 1}
+    tokenizer = TrafficTokenizer(max_packets=3, max_packet_bytes=20)
+    enc = tokenizer(packets, directions=directions, return_special_tokens_mask=True)
+    ids = enc["input_ids"]
+    assert ids[0] == CLS_ID and ids.count(PKT_ID) == 3
+    assert len(ids) == 1 + 3 * (1 + 20) == len(enc["packet_ids"]) == len(enc["direction_ids"])
+    assert enc["packet_ids"] == [0] + [1] * 21 + [2] * 21 + [3] * 21
+    assert enc["direction_ids"] == [0] + [1 + d for d in directions[:3] for _ in range(21)]
+    assert ids[2:22] == [b + BYTE_OFFSET for b in packets[0][:20]]
+    assert enc["special_tokens_mask"] == [int(i < BYTE_OFFSET) for i in ids]
+    cut = tokenizer(packets, directions=directions, max_length=30, truncation=True)
+    assert cut["input_ids"] == ids[:30]
+    wider = tokenizer(packets, directions=directions, max_packets=5, max_packet_bytes=8)
+    assert wider["input_ids"].count(PKT_ID) == 5 and len(wider["input_ids"]) == 1 + 5 * 9
+
+
+def test_batch_padding_and_tensors(real_flows):
+    tokenizer = TrafficTokenizer()
+    flows = [real_flows["dns"][0], real_flows["ssh"][0]]
+    batch = tokenizer([f for f, _ in flows], directions=[d for _, d in flows], padding=True, return_tensors="pt")
+    assert set(batch) == {"input_ids", "attention_mask", "packet_ids", "direction_ids"}
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths[0] < lengths[1] == batch["input_ids"].shape[1]
+    assert (batch["input_ids"][0, lengths[0] :] == tokenizer.pad_token_id).all()
+    assert (batch["packet_ids"][0, lengths[0] :] == 0).all()
+    with pytest.raises(ValueError, match="padding"):
+        tokenizer([f for f, _ in flows], return_tensors="pt")
+
+
+def test_bad_input_errors():
+    tokenizer = TrafficTokenizer()
+    with pytest.raises(ValueError, match="not hex"):
+        tokenizer("45zz")
+    with pytest.raises(TypeError, match="packet"):
+        tokenizer([[1, 2, 3]])
+    with pytest.raises(ValueError, match="direction"):
+        tokenizer([b"\x45\x00"], directions=[3])
+
+
+def test_collator_pads_structure_fields(real_flows):
+    tokenizer = TrafficTokenizer(max_packets=4, max_packet_bytes=32)
+    samples = [tokenizer(p, directions=d) for p, d in real_flows["redis"][:3]]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, seed=0)
+    batch = collator(samples)
+    assert batch["input_ids"].shape == batch["packet_ids"].shape == batch["direction_ids"].shape == batch["labels"].shape
+    masked = batch["labels"] != -100
+    assert masked.any()
+    # special tokens ([CLS], [PKT], padding) are never chosen for prediction
+    assert (batch["labels"][masked] >= BYTE_OFFSET).all()
+
+
+def test_default_tokenizer_folder_loads_with_autotokenizer(real_flows):
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "tokenizer")
+    assert isinstance(tokenizer, TrafficTokenizer)
+    packets, directions = real_flows["mqtt"][0]
+    assert tokenizer(packets, directions=directions)["input_ids"] == TrafficTokenizer()(packets, directions=directions)["input_ids"]
+    assert len(tokenizer) == 262 and tokenizer.mask_token_id == 4 and tokenizer.convert_tokens_to_ids("[PKT]") == PKT_ID
+
+
+def test_save_and_reload_keeps_settings(tmp_path, real_flows):
+    tokenizer = TrafficTokenizer(max_packets=5, max_packet_bytes=40)
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert (again.max_packets, again.max_packet_bytes) == (5, 40)
+    packets, directions = real_flows["smtp"][0]
+    assert again(packets, directions=directions) == tokenizer(packets, directions=directions)
+    assert torch.equal(
+        again([packets], directions=[directions], return_tensors="pt")["input_ids"],
+        tokenizer([packets], directions=[directions], return_tensors="pt")["input_ids"],
+    )

@@ -1,0 +1,340 @@
+"""Byte-level traffic tokenizer: one token per byte, plus a packet-boundary token.
+
+A *flow* is a list of packets (``bytes``); a *sample* is one flow (a single packet is a flow of one
+packet). The encoding of a flow is::
+
+    [CLS] [PKT] b0 b1 ... b(M-1) [PKT] b0 b1 ... [PKT] ...
+
+with at most ``max_packets`` packets and at most ``max_packet_bytes`` bytes of each. Besides
+``input_ids`` and ``attention_mask`` the tokenizer returns the traffic structure the model embeds:
+
+* ``packet_ids``: 0 for ``[CLS]``, ``i + 1`` for every token of the i-th packet (its ``[PKT]`` too);
+* ``direction_ids``: 0 for ``[CLS]``/padding, 1 for a packet sent by the flow's initiator, 2 for a
+  packet sent by the responder.
+
+Vocabulary (fixed): ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 [PKT]=5`` and byte ``b`` -> ``b + 6``.
+
+The vocabulary, the special tokens, the hex-text path and the saved ``tokenizer.json`` are a
+``tokenizers`` WordLevel model (tokens ``"00"`` .. ``"ff"``), so the folder loads with
+``AutoTokenizer`` and hex text (``"4500003c..."``) goes through the Rust tokenizer. Raw ``bytes``
+skip it on purpose: for binary input the id of byte ``b`` is ``b + 6``, a lookup per byte, whereas a
+string tokenizer would first need every packet hex-encoded (twice the data, one Python string per
+packet) only to split it again. Both paths give identical ids (tested).
+
+This file is shipped as remote code in saved checkpoints: it imports only transformers, tokenizers
+and torch (all installed with transformers).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers.tokenization_utils_base import BatchEncoding
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[PKT]"]
+BYTE_OFFSET = len(SPECIAL_TOKENS)  # id of byte b is b + BYTE_OFFSET
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, PKT_ID = range(BYTE_OFFSET)
+DIRECTION_NONE, DIRECTION_FORWARD, DIRECTION_BACKWARD = 0, 1, 2
+
+# The value each per-token field is padded with.
+PAD_VALUES = {
+    "input_ids": PAD_ID,
+    "attention_mask": 0,
+    "packet_ids": 0,
+    "direction_ids": DIRECTION_NONE,
+    "special_tokens_mask": 1,
+    "labels": -100,
+}
+
+
+def _byte_vocab() -> dict[str, int]:
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"{b:02x}": b + BYTE_OFFSET for b in range(256)})
+    return vocab
+
+
+
+
+class TrafficTokenizer(TokenizersBackend):
+    """Byte-level tokenizer for network traffic (flows of packets), backed by a `tokenizers` WordLevel model.
+
+    Args:
+        max_packets (`int`, defaults to 8): packets of a flow kept (the first ones).
+        max_packet_bytes (`int`, defaults to 64): bytes of each packet kept (the first ones).
+    """
+
+    vocab_files_names = {"tokenizer_file": "tokenizer.json"}
+    model_input_names = ["input_ids", "attention_mask", "packet_ids", "direction_ids"]
+    padding_side = "right"
+
+    def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, **kwargs):
+        # The vocabulary is fixed by design; a saved tokenizer.json holds the same one.
+        for key in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):
+            kwargs.pop(key, None)
+        tokenizer = Tokenizer(WordLevel(_byte_vocab(), unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()])
+        # Hex text: every pair of hex digits is a token; whitespace and ':' separate nothing.
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"[\s:]+"), behavior="removed"),
+                pre_tokenizers.Split(Regex(r"[0-9a-f]{2}"), behavior="isolated"),
+            ]
+        )
+        tokenizer.decoder = decoders.Fuse()
+        self._tokenizer = tokenizer
+        self.max_packets = int(max_packets)
+        self.max_packet_bytes = int(max_packet_bytes)
+        kwargs.setdefault("model_max_length", self.max_packets * (self.max_packet_bytes + 1) + 1)
+        for name, token in (("pad", "[PAD]"), ("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK]")):
+            if str(kwargs.setdefault(f"{name}_token", token)) != token:
+                raise ValueError(f"{name}_token is fixed to {token} in TrafficTokenizer")
+        kwargs.pop("additional_special_tokens", None)
+        kwargs["extra_special_tokens"] = ["[PKT]"]
+        super().__init__(max_packets=self.max_packets, max_packet_bytes=self.max_packet_bytes, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also writes this file beside tokenizer.json with an `auto_map`, so the folder loads with
+        `AutoTokenizer.from_pretrained(folder, trust_remote_code=True)` where the package is not installed."""
+        self.init_kwargs["auto_map"] = {"AutoTokenizer": ["tokenization_traffic_moe.TrafficTokenizer", None]}
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        shutil.copyfile(Path(__file__).resolve(), Path(save_directory) / "tokenization_traffic_moe.py")
+        return files
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def packet_token_id(self) -> int:
+        return PKT_ID
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_OFFSET + 256
+
+    def __len__(self) -> int:
+        return BYTE_OFFSET + 256
+
+    # ------------------------------------------------------------------ encoding
+    def _as_packet(self, packet) -> bytes:
+        """One packet as bytes, from a bytes-like object or hex text (whitespace and ':' ignored)."""
+        if isinstance(packet, (bytes, bytearray, memoryview)):
+            return bytes(packet)
+        if isinstance(packet, str):
+            ids = self._tokenizer.encode(packet, add_special_tokens=False).ids
+            if UNK_ID in ids or any(i < BYTE_OFFSET for i in ids):
+                raise ValueError(f"not hex text: {packet[:40]!r}")
+            return bytes(i - BYTE_OFFSET for i in ids)
+        raise TypeError(f"a packet must be bytes or hex text, got {type(packet).__name__}")
+
+    def _normalize_batch(self, flows) -> tuple[list[list[bytes]], bool]:
+        """Returns (batch of flows, whether the input was a single sample)."""
+        if isinstance(flows, (bytes, bytearray, memoryview)):
+            return [[bytes(flows)]], True
+        if isinstance(flows, str):  # one sample of hex text, one packet per line
+            packets = [line for line in flows.splitlines() if line.strip()]
+            return [[self._as_packet(p) for p in packets]], True
+        if not isinstance(flows, Sequence) or isinstance(flows, dict):
+            raise TypeError(f"expected bytes, hex text, a flow (list of packets) or a batch of flows, got {type(flows).__name__}")
+        if len(flows) == 0:
+            return [], False
+        first = flows[0]
+        if isinstance(first, (bytes, bytearray, memoryview)):  # one flow: a list of packets
+            return [[self._as_packet(p) for p in flows]], True
+        if isinstance(first, str):  # a batch of hex-text samples
+            return [self._normalize_batch(text)[0][0] for text in flows], False
+        return [[self._as_packet(p) for p in flow] for flow in flows], False
+
+    def encode_flow(
+        self,
+        packets: Sequence[bytes],
+        directions: Sequence[int] | None = None,
+        max_packets: int | None = None,
+        max_packet_bytes: int | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, list[int]]:
+        """Encode one flow. ``directions[i]`` is 0 (initiator -> responder) or 1 (responder -> initiator)."""
+        max_packets = self.max_packets if max_packets is None else max_packets
+        max_packet_bytes = self.max_packet_bytes if max_packet_bytes is None else max_packet_bytes
+        if directions is not None and len(directions) < min(len(packets), max_packets):
+            raise ValueError(f"{len(directions)} directions for {len(packets)} packets")
+        input_ids = [CLS_ID]
+        packet_ids = [0]
+        direction_ids = [DIRECTION_NONE]
+        for index, packet in enumerate(packets[:max_packets]):
+            payload = bytes(packet[:max_packet_bytes])
+            direction = DIRECTION_FORWARD if directions is None else DIRECTION_FORWARD + int(directions[index])
+            if direction not in (DIRECTION_FORWARD, DIRECTION_BACKWARD):
+                raise ValueError(f"direction must be 0 or 1, got {directions[index]}")
+            n = len(payload) + 1
+            input_ids.append(PKT_ID)
+            input_ids.extend([b + BYTE_OFFSET for b in payload])
+            packet_ids.extend([index + 1] * n)
+            direction_ids.extend([direction] * n)
+        if max_length is not None and len(input_ids) > max_length:
+            input_ids, packet_ids, direction_ids = input_ids[:max_length], packet_ids[:max_length], direction_ids[:max_length]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "packet_ids": packet_ids,
+            "direction_ids": direction_ids,
+        }
+
+    def __call__(
+        self,
+        flows,
+        directions=None,
+        *,
+        max_packets: int | None = None,
+        max_packet_bytes: int | None = None,
+        max_length: int | None = None,
+        truncation: bool | None = None,
+        padding: bool | str = False,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_special_tokens_mask: bool = False,
+        return_attention_mask: bool = True,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Tokenize flows.
+
+        ``flows`` is one sample (``bytes`` = one packet, a list of ``bytes`` = one flow, hex text with one
+        packet per line) or a batch (a list of flows, or a list of hex texts). ``directions`` mirrors it
+        (per packet 0 = initiator -> responder, 1 = responder -> initiator); default: all 0.
+        ``max_length`` (with ``truncation``, or alone) cuts the whole flow; ``padding`` is ``False``,
+        ``True``/``"longest"`` or ``"max_length"``.
+        """
+        if kwargs:
+            raise TypeError(f"TrafficTokenizer got unsupported arguments: {sorted(kwargs)}")
+        batch, single = self._normalize_batch(flows)
+        if directions is not None and single:
+            directions = [directions]
+        if directions is not None and len(directions) != len(batch):
+            raise ValueError(f"{len(directions)} direction lists for {len(batch)} flows")
+        if truncation is False:
+            max_length_cut = None
+        else:
+            max_length_cut = max_length
+        encoded = [
+            self.encode_flow(
+                flow,
+                None if directions is None else directions[i],
+                max_packets=max_packets,
+                max_packet_bytes=max_packet_bytes,
+                max_length=max_length_cut,
+            )
+            for i, flow in enumerate(batch)
+        ]
+        if return_special_tokens_mask:
+            for sample in encoded:
+                sample["special_tokens_mask"] = [int(t < BYTE_OFFSET) for t in sample["input_ids"]]
+        if not return_attention_mask:
+            for sample in encoded:
+                del sample["attention_mask"]
+        columns = {key: [sample[key] for sample in encoded] for key in (encoded[0] if encoded else self.model_input_names)}
+        if padding or return_tensors is not None:
+            if padding is False and return_tensors is not None and len({len(x) for x in columns["input_ids"]}) > 1:
+                raise ValueError("flows of different lengths cannot become one tensor without padding=True")
+            return self.pad(
+                columns,
+                padding=padding if padding else "longest",
+                max_length=max_length,
+                pad_to_multiple_of=pad_to_multiple_of,
+                return_tensors=return_tensors,
+                single=single,
+            )
+        if single:
+            columns = {key: value[0] for key, value in columns.items()}
+        return BatchEncoding(columns)
+
+    def pad(
+        self,
+        encoded_inputs,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        single: bool = False,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Pad every per-token field (``input_ids``, ``attention_mask``, ``packet_ids``, ``direction_ids``,
+        ``special_tokens_mask``, token ``labels``) on the right. Accepts a list of samples (what
+        data collators pass) or a dict of columns. Other fields (e.g. a class ``label``) pass through."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            if len(encoded_inputs) == 0:
+                return BatchEncoding({}, tensor_type=return_tensors)
+            keys = list(encoded_inputs[0].keys())
+            columns = {key: [sample[key] for sample in encoded_inputs] for key in keys}
+        else:
+            columns = dict(encoded_inputs)
+        lengths = [len(x) for x in columns["input_ids"]]
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            target = max_length
+        elif padding in (True, "longest"):
+            target = max(lengths) if lengths else 0
+        elif padding in (False, "do_not_pad"):
+            target = None
+        else:
+            raise ValueError(f"unknown padding strategy {padding!r}")
+        if target is not None and pad_to_multiple_of:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        if "attention_mask" not in columns and return_attention_mask is not False:
+            columns["attention_mask"] = [[1] * n for n in lengths]
+        out = {}
+        for key, values in columns.items():
+            per_token = key in PAD_VALUES and all(
+                isinstance(v, (list, tuple, torch.Tensor)) and len(v) == n for v, n in zip(values, lengths)
+            )
+            if per_token and target is not None:
+                pad_value = PAD_VALUES[key]
+                values = [list(v.tolist() if isinstance(v, torch.Tensor) else v) + [pad_value] * (target - len(v)) for v in values]
+            out[key] = values
+        if single:
+            out = {key: value[0] for key, value in out.items()}
+        return BatchEncoding(out, tensor_type=return_tensors)
+
+    # ------------------------------------------------------------------ decoding
+    def decode_flow(self, token_ids) -> list[bytes]:
+        """The exact packet bytes an encoding holds (special tokens and padding dropped)."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        packets: list[bytearray] = []
+        for token in token_ids:
+            if token == PKT_ID:
+                packets.append(bytearray())
+            elif token >= BYTE_OFFSET:
+                if not packets:
+                    packets.append(bytearray())
+                packets[-1].append(token - BYTE_OFFSET)
+        return [bytes(p) for p in packets]
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        """Hex text of the bytes, one line per packet; other special tokens shown by name unless skipped."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        lines: list[str] = []
+        current: list[str] = []
+        for token in token_ids:
+            if token == PKT_ID:
+                if current:
+                    lines.append("".join(current))
+                current = []
+            elif token >= BYTE_OFFSET:
+                current.append(f"{token - BYTE_OFFSET:02x}")
+            elif not skip_special_tokens:
+                current.append(SPECIAL_TOKENS[token])
+        if current:
+            lines.append("".join(current))
+        return "\n".join(lines)
+
+
+__all__ = ["TrafficTokenizer"]
