@@ -125,6 +125,11 @@ def ip_offset(linktype: int, f: bytes):
             return "truncated"
         v = _PPP_IP.get((f[off] << 8) | f[off + 1])
         return (off + 2, v) if v else "non_ip"
+    if linktype == 104:  # Cisco HDLC: address, control, 2-byte ethertype
+        if n < 4:
+            return "truncated"
+        v = _ETH_IP.get((f[2] << 8) | f[3])
+        return (4, v) if v else "non_ip"
     if linktype == 51:  # PPPoE without Ethernet
         if n < 8:
             return "truncated"

@@ -85,10 +85,9 @@ def run(args) -> int:
 
 
 def collect_inputs(inputs):
-    """Files to read: files given directly (any name) and, for directories, every file below them
-    whose name looks like a capture (sorted). Returns ``[(path, display_name, root)]``."""
-    from .reader import CAPTURE_SUFFIXES
-
+    """Files to read: files given directly and, for directories, every non-hidden file below them
+    (sorted; a non-capture file is reported as failed with its reason, never silently ignored).
+    Returns ``([(path, display_name, root)], missing_inputs)``."""
     out = []
     missing = []
     for inp in inputs:
@@ -96,8 +95,9 @@ def collect_inputs(inputs):
             root = os.path.abspath(inp)
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames.sort()
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 for fn in sorted(filenames):
-                    if fn.lower().endswith(CAPTURE_SUFFIXES):
+                    if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
                         out.append((p, os.path.relpath(p, os.path.dirname(root)), root))
         elif os.path.exists(inp):

@@ -57,6 +57,7 @@ LINKTYPE_NAMES = {
     50: "ppp_hdlc",
     51: "pppoe",
     101: "raw",
+    104: "c_hdlc",
     108: "loop",
     113: "linux_sll",
     228: "ipv4",
@@ -206,7 +207,7 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
     buf = head
     n = 0
     le = True
-    ifaces: list[tuple[int, float, int]] = []  # (linktype, seconds per tick, ts offset)
+    ifaces: list[tuple[int, float, int]] = []  # (linktype, ticks per second, ts offset)
     read = f.read
     try:
         while True:
@@ -266,9 +267,9 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
                 if iface >= len(ifaces) or 28 + caplen > blen - 4:
                     rs.warning = f"packet block with unknown interface {iface} or bad length after {n} records"
                     break
-                lt, tick, off = ifaces[iface]
+                lt, div, off = ifaces[iface]
                 n += 1
-                yield off + ((th << 32) | tl) * tick, lt, block[28 : 28 + caplen]
+                yield off + ((th << 32) | tl) / div, lt, block[28 : 28 + caplen]
             elif btype == dpkt.pcapng.PCAPNG_BT_SPB:
                 if not ifaces or blen < 16:
                     rs.warning = f"simple packet block without interface after {n} records"
@@ -285,9 +286,9 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
                 if iface >= len(ifaces) or 28 + caplen > blen - 4:
                     rs.warning = f"packet block with unknown interface {iface} or bad length after {n} records"
                     break
-                lt, tick, off = ifaces[iface]
+                lt, div, off = ifaces[iface]
                 n += 1
-                yield off + ((th << 32) | tl) * tick, lt, block[28 : 28 + caplen]
+                yield off + ((th << 32) | tl) / div, lt, block[28 : 28 + caplen]
             # other blocks (name resolution, statistics, custom, ...) carry no packets
     except CaptureError:
         raise
@@ -298,18 +299,18 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
 
 
 def _parse_idb(block: bytes, le: bool) -> tuple[int, float, int]:
-    """(link type, seconds per timestamp tick, timestamp offset) of an Interface Description Block.
+    """(link type, timestamp ticks per second, timestamp offset) of an Interface Description Block.
     dpkt parses the block and its options; a damaged option list falls back to the defaults."""
     linktype = struct.unpack_from("<H" if le else ">H", block, 8)[0]
-    tick, offset = 1e-6, 0
+    div, offset = 1e6, 0
     try:
         idb = dpkt.pcapng.InterfaceDescriptionBlockLE(block) if le else dpkt.pcapng.InterfaceDescriptionBlock(block)
         for opt in idb.opts:
             if opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and len(opt.data) >= 1:
                 v = opt.data[0]
-                tick = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -(v & 0x7F)
+                div = float(2 ** (v & 0x7F) if v & 0x80 else 10 ** (v & 0x7F))
             elif opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(opt.data) >= 8:
                 offset = struct.unpack_from("<q" if le else ">q", opt.data)[0]
     except Exception:  # dpkt raises assorted errors on damaged options; defaults are documented
         pass
-    return linktype, tick, offset
+    return linktype, div, offset

@@ -209,6 +209,6 @@ def _build_rows(res, flows, cfg, name, path):
                              get_tokenizer(cfg.tokenizer))
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
             cols[k] = list(enc[k])
-    else:
+    elif not cfg.tokenize:
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
             del cols[k]
