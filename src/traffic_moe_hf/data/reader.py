@@ -161,6 +161,22 @@ def open_capture(path: str | os.PathLike) -> RecordStream:
         rs._iter = _pcap_records(rs, f, order, nano, rec_len, linktype)
         return rs
     if magic == _PCAPNG_SHB:
+        # validate the first Section Header Block here, so that iteration never raises
+        if len(head) < 24:
+            f.close()
+            raise CaptureError(f"truncated pcapng section header ({len(head)} bytes)")
+        bom = head[8:12]
+        le = bom == b"\x4d\x3c\x2b\x1a"
+        if not le and bom != b"\x1a\x2b\x3c\x4d":
+            f.close()
+            raise CaptureError("pcapng: bad byte-order magic")
+        blen, vmaj = struct.unpack_from("<IH" if le else ">IH", head, 4)[0], struct.unpack_from("<H" if le else ">H", head, 12)[0]
+        if blen < 28 or blen % 4 or blen > MAX_RECORD:
+            f.close()
+            raise CaptureError(f"pcapng: bad section header length {blen}")
+        if vmaj != 1:
+            f.close()
+            raise CaptureError(f"pcapng: unsupported version {vmaj}")
         rs = RecordStream(path, f, "pcapng" + (".gz" if gz else ""))
         rs._iter = _pcapng_records(rs, f, head)
         return rs
@@ -230,15 +246,11 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     le = False
                 else:
-                    if n == 0:
-                        raise CaptureError("pcapng: bad byte-order magic")
                     rs.warning = f"corrupt section header after {n} records"
                     break
                 ifaces = []
             blen = struct.unpack_from("<I" if le else ">I", buf, 4)[0]
             if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
-                if n == 0 and not ifaces and btype == _PCAPNG_SHB:
-                    raise CaptureError(f"pcapng: bad section header length {blen}")
                 rs.warning = f"corrupt block (length {blen}) after {n} records"
                 break
             body = read(blen - len(buf))
@@ -249,8 +261,6 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
                 break
             if btype == _PCAPNG_SHB:
                 if len(block) < 16 or struct.unpack_from("<H" if le else ">H", block, 12)[0] != 1:
-                    if n == 0:
-                        raise CaptureError("pcapng: unsupported version")
                     rs.warning = f"unsupported section version after {n} records"
                     break
                 continue
@@ -290,8 +300,6 @@ def _pcapng_records(rs: RecordStream, f, head: bytes):
                 n += 1
                 yield off + ((th << 32) | tl) / div, lt, block[28 : 28 + caplen]
             # other blocks (name resolution, statistics, custom, ...) carry no packets
-    except CaptureError:
-        raise
     except (OSError, EOFError, gzip.BadGzipFile, ValueError, struct.error) as e:
         rs.warning = f"read error after {n} records: {e}"
     finally:

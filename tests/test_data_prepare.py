@@ -1,0 +1,120 @@
+"""`traffic-moe prepare` end to end on the demo slice: report, dataset layout, splits, labels, round trip."""
+
+import csv
+import json
+
+import datasets
+import pytest
+
+from _data_util import DEMO
+from traffic_moe_hf.data.decode import Decoded, parse_ip
+from traffic_moe_hf.data.prepare import add_parser, prepare
+from traffic_moe_hf.data.samples import encode_packets, write_pcap
+
+
+def _cli(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    rc = _cli([str(DEMO), "--out", str(out), "--labels", "file", "--num-proc", "2", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_report_accounting(demo_out):
+    r = json.loads((demo_out / "report.json").read_text())
+    assert r["files_read"] == 9 and r["files_failed"] == {}
+    assert r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values())
+    assert r["flows"] == 9 * 40 == r["flows_used"]
+    assert set(r["samples"]) == {"train", "validation", "test"}
+    assert r["samples_built"] == r["samples_total"] + sum(r["samples_removed"].values())
+    assert sum(r["samples"]["train"].values()) > 250
+    assert (demo_out / "split_report.json").exists()
+
+
+def test_dataset_rows_and_no_flow_in_two_splits(demo_out):
+    dd = datasets.load_from_disk(str(demo_out))
+    assert dd["train"].features["label"].names == sorted(p.stem for p in DEMO.glob("*.pcap"))
+    owner = {}
+    for split, ds in dd.items():
+        for fid in ds["flow_id"]:
+            assert owner.setdefault(fid, split) == split, f"flow {fid} in {owner[fid]} and {split}"
+    row = dd["train"][0]
+    enc = encode_packets(row["packets"], row["directions"], 8, 64)
+    assert enc["input_ids"][0] == row["input_ids"] and enc["direction_ids"][0] == row["direction_ids"]
+    assert len(row["packets"]) == len(row["directions"]) == len(row["ip_lengths"]) == len(row["timestamps"])
+    assert row["timestamps"][0] == 0.0 and row["start_time"] <= row["end_time"]
+    assert all(len(p) <= 64 for p in row["packets"])
+    # identical model input never appears in two splits (dedup=remove)
+    seen = {}
+    for split, ds in dd.items():
+        for pk, dr in zip(ds["packets"], ds["directions"]):
+            assert seen.setdefault((tuple(pk), tuple(dr)), split) == split
+
+
+def test_split_by_file_time_none_and_packet_level(tmp_path):
+    r = prepare([DEMO], None, labels="dir", split="none", level="packet", progress=False, save=False)
+    dd = r["_dataset"]
+    assert list(dd) == ["test"] and dd["test"].num_rows == r["packets_used"]
+    assert set(dd["test"]["packet_index"]) == set(range(8))
+    r = prepare([DEMO], None, labels="file", split="time", progress=False, save=False, dedup="report")
+    dd = r["_dataset"]
+    for lab in range(9):
+        tr = [t for t, l in zip(dd["train"]["start_time"], dd["train"]["label"]) if l == lab]
+        te = [t for t, l in zip(dd["test"]["start_time"], dd["test"]["label"]) if l == lab]
+        assert max(tr) <= min(te)
+    r = prepare([DEMO], None, labels="file", split="file", progress=False, save=False)
+    files = {s: set(ds["source_file"]) for s, ds in r["_dataset"].items()}
+    assert sum(len(v) for v in files.values()) == 9  # each file in exactly one split
+    assert r["split_report"]["labels_missing"]  # one file per label: reported, not hidden
+
+
+def test_csv_labels(tmp_path):
+    base = prepare([DEMO / "dns.pcap", DEMO / "ssh.pcap"], None, labels="file", split="none", progress=False, save=False)
+    ds = base["_dataset"]["test"]
+    rows = [(ft, ds["start_time"][i], ds["end_time"][i]) for i, ft in enumerate(ds["five_tuple"])][::3]
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["proto", "src_ip", "src_port", "dst_ip", "dst_port", "start", "end", "label"])
+        for ft, s, e in rows:
+            proto, eps = ft.split(" ")
+            a, b = eps.split("-")
+            # reversed orientation on purpose: matching is direction-free
+            w.writerow([proto, *b.split(":"), *a.split(":"), s - 0.001, e + 0.001, "x-" + proto])
+        w.writerow(["tcp", "127.0.0.1", "1", "127.0.0.1", "2", "", "", "never"])
+    r = prepare([DEMO / "dns.pcap", DEMO / "ssh.pcap"], None, labels=f"csv:{path}", split="none", progress=False, save=False)
+    assert r["flows_used"] == len(rows)
+    assert r["flows_skipped"]["unlabeled"] == 80 - len(rows)
+    assert r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values())
+    assert set(r["samples"]["test"]) == {"x-udp", "x-tcp"}
+
+
+def test_write_pcap_round_trip(tmp_path):
+    r = prepare([DEMO / "ssh.pcap"], None, labels="file", split="none", max_bytes=1500, progress=False, save=False)
+    row = r["_dataset"]["test"][3]
+    p = tmp_path / "ssh" / "flow.pcap"
+    p.parent.mkdir()
+    write_pcap(p, row["packets"], row["timestamps"], row["start_time"])
+    for pk in row["packets"]:
+        assert isinstance(parse_ip(pk), Decoded)
+    back = prepare([p], None, labels="dir", split="none", max_bytes=1500, progress=False, save=False)["_dataset"]["test"][0]
+    assert back["packets"] == row["packets"] and back["input_ids"] == row["input_ids"]
+    assert back["ip_lengths"] == row["ip_lengths"]
+
+
+def test_failures_named_and_exit_status(tmp_path):
+    (tmp_path / "junk.pcap").write_bytes(b"not a capture")
+    out = tmp_path / "o"
+    assert _cli([str(tmp_path / "junk.pcap"), str(tmp_path / "nope.pcap"), "--out", str(out), "--no-progress"]) == 1
+    r = json.loads((out / "report.json").read_text())
+    assert "not a pcap/pcapng" in r["files_failed"]["junk.pcap"]
+    assert r["files_failed"][str(tmp_path / "nope.pcap")] == "no such file or directory"
