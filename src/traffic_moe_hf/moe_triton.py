@@ -1,2 +1,330 @@
-def available():
-    return False
+"""Triton kernels for the dropless MoE dispatch on CUDA (ScatterMoE / MegaBlocks-style).
+
+Shipped as remote code: imports only ``torch`` at top level; ``triton`` is imported lazily
+inside ``available()`` (in a ``try``) and only when CUDA is available (or when a caller asks
+for the Triton CPU interpreter explicitly, for testing).
+
+Kernels
+-------
+``_gmm_kernel``   grouped GEMM over the expert segments of the expert-sorted rows, with an
+                  optional *gather* on the A rows (``A[a_idx[r]]``: fuses the token gather into
+                  the up-projection) and an optional *scatter* on the C rows (``C[c_idx[r]]``:
+                  writes the down-projection straight back to ``(token, slot)`` order, so the
+                  combine is a deterministic ``view(T, k, H)`` weighted sum, no atomics).
+``_wgrad_kernel`` per-expert weight gradient ``sum_r G[g_idx[r]]^T X[x_idx[r]]`` over the
+                  expert's segment (one program per expert x output tile, loop over rows).
+
+The block schedule (which expert / which rows each program handles) is computed on device
+with ``searchsorted`` over a static upper bound of ``cdiv(S, BM) + E`` row blocks, so nothing
+is read back to the host; surplus programs exit at once. Both products are custom ops
+(``traffic_moe::tgmm``, ``traffic_moe::tgmm_wgrad``) with registered autograd, so
+``torch.compile(fullgraph=True)`` keeps them as opaque nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+triton = None
+tl = None
+_kernels = None
+_state = {"tried": False, "ok": False}
+
+
+def available(allow_interpreter: bool = False) -> bool:
+    """True when the Triton kernels can run (CUDA present and ``triton`` importable)."""
+    if not (torch.cuda.is_available() or allow_interpreter):
+        return False
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            _build()
+            _define_ops()
+            _state["ok"] = True
+        except Exception:  # noqa: BLE001 - any import/compile problem means: use the fallback
+            _state["ok"] = False
+    return _state["ok"]
+
+
+def _build() -> None:
+    global triton, tl, _kernels
+    import triton as _triton  # noqa: PLC0415 - lazy, optional
+    import triton.language as _tl  # noqa: PLC0415
+
+    triton, tl = _triton, _tl
+
+    @triton.jit
+    def _gmm_kernel(
+        A, B, C, A_IDX, C_IDX, BLK_E, BLK_ROW, BLK_END,
+        N, K,
+        stride_am, stride_ak,
+        stride_be, stride_bk, stride_bn,
+        stride_cm, stride_cn,
+        HAS_A_IDX: tl.constexpr, HAS_C_IDX: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        e = tl.load(BLK_E + pid_m)
+        if e >= 0:
+            row0 = tl.load(BLK_ROW + pid_m)
+            end = tl.load(BLK_END + pid_m)
+            rows = row0 + tl.arange(0, BM)
+            rmask = rows < end
+            if HAS_A_IDX:
+                arows = tl.load(A_IDX + rows, mask=rmask, other=0).to(tl.int64)
+            else:
+                arows = rows.to(tl.int64)
+            offs_n = pid_n * BN + tl.arange(0, BN)
+            nmask = offs_n < N
+            offs_k = tl.arange(0, BK)
+            a_ptrs = A + arows[:, None] * stride_am + offs_k[None, :] * stride_ak
+            b_ptrs = B + e.to(tl.int64) * stride_be + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kmask = (k0 + offs_k) < K
+                a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PREC)
+                a_ptrs += BK * stride_ak
+                b_ptrs += BK * stride_bk
+            if HAS_C_IDX:
+                crows = tl.load(C_IDX + rows, mask=rmask, other=0).to(tl.int64)
+            else:
+                crows = rows.to(tl.int64)
+            c_ptrs = C + crows[:, None] * stride_cm + offs_n[None, :] * stride_cn
+            tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+    @triton.jit
+    def _wgrad_kernel(
+        G, X, DW, G_IDX, X_IDX, SEG_END,
+        N, K,
+        stride_gm, stride_gn,
+        stride_xm, stride_xk,
+        stride_we, stride_wn, stride_wk,
+        HAS_G_IDX: tl.constexpr, HAS_X_IDX: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    ):
+        e = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        end = tl.load(SEG_END + e)
+        start = 0
+        if e > 0:
+            start = tl.load(SEG_END + e - 1)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_k = pid_k * BK + tl.arange(0, BK)
+        nmask = offs_n < N
+        kmask = offs_k < K
+        acc = tl.zeros((BN, BK), dtype=tl.float32)
+        for r0 in range(start, end, BM):
+            rows = r0 + tl.arange(0, BM)
+            rmask = rows < end
+            if HAS_G_IDX:
+                grows = tl.load(G_IDX + rows, mask=rmask, other=0).to(tl.int64)
+            else:
+                grows = rows.to(tl.int64)
+            if HAS_X_IDX:
+                xrows = tl.load(X_IDX + rows, mask=rmask, other=0).to(tl.int64)
+            else:
+                xrows = rows.to(tl.int64)
+            g = tl.load(
+                G + grows[:, None] * stride_gm + offs_n[None, :] * stride_gn,
+                mask=rmask[:, None] & nmask[None, :], other=0.0,
+            )
+            x = tl.load(
+                X + xrows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=rmask[:, None] & kmask[None, :], other=0.0,
+            )
+            acc = tl.dot(tl.trans(g), x, acc, input_precision=PREC)
+        w_ptrs = DW + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+        tl.store(w_ptrs, acc.to(DW.dtype.element_ty), mask=nmask[:, None] & kmask[None, :])
+
+    _kernels = (_gmm_kernel, _wgrad_kernel)
+
+
+# ---------------------------------------------------------------------------
+# launch helpers
+# ---------------------------------------------------------------------------
+def _prec(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _tiles(dtype: torch.dtype):
+    if dtype == torch.float32:
+        return 64, 64, 32, 4, 2  # BM, BN, BK, warps, stages
+    return 64, 128, 64, 4, 3
+
+
+def _schedule(seg_end: torch.Tensor, n_rows: int, bm: int):
+    """Per row-block: expert id (-1 = no work), first row, segment end. Device-side, static size."""
+    n_exp = seg_end.numel()
+    end = seg_end.to(torch.int64)
+    start = torch.cat([end.new_zeros(1), end[:-1]])
+    nblk = torch.div(end - start + (bm - 1), bm, rounding_mode="floor")
+    cum = torch.cumsum(nblk, 0)
+    n_blocks = -(-n_rows // bm) + n_exp
+    b = torch.arange(n_blocks, device=seg_end.device, dtype=torch.int64)
+    e = torch.searchsorted(cum, b, right=True)
+    valid = e < n_exp
+    ec = e.clamp(max=n_exp - 1)
+    first = cum[ec] - nblk[ec]
+    row = start[ec] + (b - first) * bm
+    blk_e = torch.where(valid, ec, torch.full_like(ec, -1)).to(torch.int32)
+    return blk_e, row.to(torch.int32), end[ec].to(torch.int32), n_blocks
+
+
+def _bmat_strides(b: torch.Tensor, trans: bool):
+    # trans: Bm(e) = b[e].T with b [E, N, K] -> contraction index is dim 2, output dim 1
+    if trans:
+        return b.stride(0), b.stride(2), b.stride(1), b.size(1), b.size(2)
+    return b.stride(0), b.stride(1), b.stride(2), b.size(2), b.size(1)
+
+
+def _tgmm_impl(a, b, a_idx, c_idx, seg_end, n_out_rows: int, trans: bool):
+    gmm_kernel, _ = _kernels
+    s_be, s_bk, s_bn, n, k = _bmat_strides(b, trans)
+    assert a.size(1) == k, (a.shape, b.shape, trans)
+    c = torch.zeros(n_out_rows, n, device=a.device, dtype=a.dtype)
+    n_rows = a_idx.numel() if a_idx is not None else (c_idx.numel() if c_idx is not None else a.size(0))
+    if n_rows == 0 or n == 0:
+        return c
+    bm, bn, bk, warps, stages = _tiles(a.dtype)
+    blk_e, blk_row, blk_end, n_blocks = _schedule(seg_end, n_rows, bm)
+    dummy = blk_e
+    grid = (n_blocks, triton.cdiv(n, bn))
+    gmm_kernel[grid](
+        a, b, c,
+        a_idx if a_idx is not None else dummy,
+        c_idx if c_idx is not None else dummy,
+        blk_e, blk_row, blk_end,
+        n, k,
+        a.stride(0), a.stride(1),
+        s_be, s_bk, s_bn,
+        c.stride(0), c.stride(1),
+        HAS_A_IDX=a_idx is not None, HAS_C_IDX=c_idx is not None,
+        BM=bm, BN=bn, BK=bk, PREC=_prec(a.dtype),
+        num_warps=warps, num_stages=stages,
+    )
+    return c
+
+
+def _tgmm_wgrad_impl(a, g, a_idx, c_idx, seg_end, trans: bool):
+    """dB for C[c(r)] = A[a(r)] @ Bm(e): returns [E, N, K] if trans else [E, K, N]."""
+    _, wgrad_kernel = _kernels
+    n_exp = seg_end.numel()
+    n, k = g.size(1), a.size(1)
+    dw = torch.empty((n_exp, n, k) if trans else (n_exp, k, n), device=a.device, dtype=torch.float32)
+    if trans:
+        s_we, s_wn, s_wk = dw.stride(0), dw.stride(1), dw.stride(2)
+    else:
+        s_we, s_wn, s_wk = dw.stride(0), dw.stride(2), dw.stride(1)
+    bm, bn, bk = 64, 64, 64
+    dummy = seg_end
+    grid = (n_exp, triton.cdiv(n, bn), triton.cdiv(k, bk))
+    wgrad_kernel[grid](
+        g, a, dw,
+        c_idx if c_idx is not None else dummy,
+        a_idx if a_idx is not None else dummy,
+        seg_end,
+        n, k,
+        g.stride(0), g.stride(1),
+        a.stride(0), a.stride(1),
+        s_we, s_wn, s_wk,
+        HAS_G_IDX=c_idx is not None, HAS_X_IDX=a_idx is not None,
+        BM=bm, BN=bn, BK=bk, PREC=_prec(a.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return dw
+
+
+def _define_ops() -> None:
+    try:
+        torch.ops.traffic_moe.tgmm  # noqa: B018
+        return
+    except (AttributeError, RuntimeError):
+        pass
+
+    torch.library.custom_op(
+        "traffic_moe::tgmm",
+        _tgmm_impl,
+        mutates_args=(),
+        schema="(Tensor a, Tensor b, Tensor? a_idx, Tensor? c_idx, Tensor seg_end, int n_out_rows, bool trans) -> Tensor",
+    )
+    torch.library.custom_op(
+        "traffic_moe::tgmm_wgrad",
+        _tgmm_wgrad_impl,
+        mutates_args=(),
+        schema="(Tensor a, Tensor g, Tensor? a_idx, Tensor? c_idx, Tensor seg_end, bool trans) -> Tensor",
+    )
+
+    @torch.library.register_fake("traffic_moe::tgmm")
+    def _tgmm_fake(a, b, a_idx, c_idx, seg_end, n_out_rows, trans):
+        return a.new_empty(n_out_rows, b.size(1) if trans else b.size(2))
+
+    @torch.library.register_fake("traffic_moe::tgmm_wgrad")
+    def _tgmm_wgrad_fake(a, g, a_idx, c_idx, seg_end, trans):
+        e = seg_end.size(0)
+        shape = (e, g.size(1), a.size(1)) if trans else (e, a.size(1), g.size(1))
+        return a.new_empty(shape, dtype=torch.float32)
+
+    def _setup(ctx, inputs, output):
+        a, b, a_idx, c_idx, seg_end, n_out_rows, trans = inputs
+        ctx.save_for_backward(a, b, a_idx, c_idx, seg_end)
+        ctx.trans = trans
+        ctx.has_a_idx = a_idx is not None
+        ctx.has_c_idx = c_idx is not None
+
+    def _backward(ctx, grad):
+        a, b, a_idx, c_idx, seg_end = ctx.saved_tensors
+        a_idx = a_idx if ctx.has_a_idx else None
+        c_idx = c_idx if ctx.has_c_idx else None
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            n_rows = a_idx.numel() if a_idx is not None else a.size(0)
+            # dA rows (expert-sorted order) = dC[c(r)] @ Bm(e)^T
+            ga_sorted = torch.ops.traffic_moe.tgmm(grad, b, c_idx, None, seg_end, n_rows, not ctx.trans)
+            if a_idx is None:
+                ga = ga_sorted
+            else:
+                ga = torch.zeros(a.shape, device=a.device, dtype=torch.float32)
+                ga = ga.index_add(0, a_idx, ga_sorted.float()).to(a.dtype)
+        if ctx.needs_input_grad[1]:
+            gb = torch.ops.traffic_moe.tgmm_wgrad(a, grad, a_idx, c_idx, seg_end, ctx.trans).to(b.dtype)
+        return ga, gb, None, None, None, None, None
+
+    torch.library.register_autograd("traffic_moe::tgmm", _backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------------------
+# experts forward
+# ---------------------------------------------------------------------------
+def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """Dropless experts forward with Triton grouped GEMMs (gather and scatter fused)."""
+    has_gate = getattr(self, "has_gate", True)
+    trans = not getattr(self, "is_transposed", False)
+    w_up = self.gate_up_proj if has_gate else self.up_proj
+    num_experts = w_up.size(0)
+    num_tokens, hidden_dim = hidden_states.shape
+    k = top_k_index.size(-1)
+    n_pairs = num_tokens * k
+    dtype = hidden_states.dtype
+
+    eid = top_k_index.reshape(-1)
+    sorted_eid, perm = torch.sort(eid, stable=True)
+    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
+    seg_end = torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+    tok = torch.div(perm, k, rounding_mode="floor")
+
+    x = hidden_states.to(w_up.dtype)
+    h = torch.ops.traffic_moe.tgmm(x, w_up, tok, None, seg_end, n_pairs, trans)  # [S, 2I] expert-sorted
+    h = self._apply_gate(h) if has_gate else self.act_fn(h)
+    h = h.to(self.down_proj.dtype)
+    y = torch.ops.traffic_moe.tgmm(h, self.down_proj, None, perm, seg_end, n_pairs, trans)  # [S, H] slot order
+    w = top_k_weights.reshape(num_tokens, k, 1).float()
+    if getattr(self, "_is_expert_parallel", False):
+        w = w.masked_fill((top_k_index >= num_experts).unsqueeze(-1), 0.0)
+    out = (y.view(num_tokens, k, hidden_dim).float() * w).sum(dim=1)
+    return out.to(dtype)
