@@ -254,7 +254,7 @@ def dropless_experts_forward(
     h = grouped_mm(x, w_up, seg_end, trans)
     if has_bias:
         h = h + (self.gate_up_proj_bias if has_gate else self.up_proj_bias)[sorted_eid]
-    h = self._apply_gate(h) if has_gate else self.act_fn(h)
+    h = apply_gate(self, h) if has_gate else self.act_fn(h)
     y = grouped_mm(h, self.down_proj, seg_end, trans)
     if has_bias:
         y = y + self.down_proj_bias[sorted_eid]
@@ -266,6 +266,15 @@ def dropless_experts_forward(
     out = torch.zeros(num_tokens, hidden_dim, device=hidden_states.device, dtype=acc)
     out = out.index_add(0, tok, y)
     return out.to(dtype)
+
+
+def apply_gate(module, h: torch.Tensor) -> torch.Tensor:
+    """``module._apply_gate`` when the module has it (transformers >= 5.x decorator), else act(gate) * up."""
+    fn = getattr(module, "_apply_gate", None)
+    if fn is not None:
+        return fn(h)
+    gate, up = h.chunk(2, dim=-1)
+    return module.act_fn(gate) * up
 
 
 def register(name: str = DROPLESS) -> None:

@@ -320,7 +320,15 @@ def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):
 
     x = hidden_states.to(w_up.dtype)
     h = torch.ops.traffic_moe.tgmm(x, w_up, tok, None, seg_end, n_pairs, trans)  # [S, 2I] expert-sorted
-    h = self._apply_gate(h) if has_gate else self.act_fn(h)
+    if has_gate:
+        gate_fn = getattr(self, "_apply_gate", None)
+        if gate_fn is not None:
+            h = gate_fn(h)
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act_fn(gate) * up
+    else:
+        h = self.act_fn(h)
     h = h.to(self.down_proj.dtype)
     y = torch.ops.traffic_moe.tgmm(h, self.down_proj, None, perm, seg_end, n_pairs, trans)  # [S, H] slot order
     w = top_k_weights.reshape(num_tokens, k, 1).float()
