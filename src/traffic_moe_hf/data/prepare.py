@@ -119,8 +119,43 @@ def _work(item):
                "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
                "flows_used": 0, "flows_skipped": Counter(), "columns": None,
                "ip_protocols_skipped": Counter(), "link_types": Counter(), "format": None}
+    if res.get("columns"):
+        _to_arrow(res["columns"])
     res["seconds"] = time.perf_counter() - t
     return res
+
+
+#: columns turned into Arrow arrays in the worker: their Python lists are the bulk of the data, and
+#: Arrow buffers pickle (worker -> main) far faster than lists of ints / bytes
+ARROW_TYPES = None
+
+
+def _arrow_types():
+    global ARROW_TYPES
+    if ARROW_TYPES is None:
+        import pyarrow as pa
+
+        ARROW_TYPES = {
+            "input_ids": pa.list_(pa.int32()), "attention_mask": pa.list_(pa.int8()),
+            "packet_ids": pa.list_(pa.int16()), "direction_ids": pa.list_(pa.int8()),
+            "packets": pa.list_(pa.binary()), "directions": pa.list_(pa.int8()),
+            "ip_lengths": pa.list_(pa.int32()), "timestamps": pa.list_(pa.float64()),
+            "burst_packets": pa.list_(pa.int32()), "burst_bytes": pa.list_(pa.int64()),
+        }
+    return ARROW_TYPES
+
+
+def _to_arrow(cols):
+    """Dedup key per sample (digest of its model input: packets + directions), then Arrow arrays."""
+    import hashlib
+
+    import pyarrow as pa
+
+    cols["_key"] = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
+                    for pk, dr in zip(cols["packets"], cols["directions"])]
+    for k, t in _arrow_types().items():
+        if k in cols:
+            cols[k] = pa.array(cols[k], type=t)
 
 
 def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
@@ -248,7 +283,10 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
         if cols is None:
             cols = {k: [] for k in c}
         for k, v in c.items():
-            cols[k].extend(v)
+            if k in _arrow_types():
+                cols[k].append(v)
+            else:
+                cols[k].extend(v)
     ok = [r for r in results if not r["error"]]
     report["packets_total"] = sum(r["packets_total"] for r in ok)
     report["packets_used"] = sum(r["packets_used"] for r in ok)
@@ -275,8 +313,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
                                           [cols["start_time"][i] for i in fi], split, ratios, seed)
     fsplit = dict(zip(fids, fsplits))
     splits = [fsplit[cols["flow_id"][i]] for i in range(n)]
-    keys = [(tuple(cols["packets"][i]), tuple(cols["directions"][i])) for i in range(n)]
-    keep, dup_report = dedup_across_splits(keys, splits, cols.get("label", []), dedup)
+    keep, dup_report = dedup_across_splits(cols.get("_key", []), splits, cols.get("label", []), dedup)
     split_report["duplicates"] = dup_report
     # leakage check, recorded: no flow id in two splits
     seen = {}
@@ -308,6 +345,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
             "five_tuple": Value("string"),
         }
         feats = Features({k: v for k, v in feats.items() if k in cols})
+        cols.pop("_key", None)
         lab_id = {x: j for j, x in enumerate(names)}
         # pyarrow directly with the Features' schema: datasets' from_dict would re-encode every
         # value in Python (encode_example) and hash the data for a fingerprint, ~3x the cost of
@@ -323,7 +361,10 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
             v = cols[name]
             if name == "label":
                 v = [lab_id[x] for x in v]
-            arrays.append(pa.array(v, type=schema.field(name).type))
+            if name in _arrow_types():
+                arrays.append(pa.chunked_array(v, type=schema.field(name).type))
+            else:
+                arrays.append(pa.chunked_array([pa.array(v, type=schema.field(name).type)]))
         table = pa.Table.from_arrays(arrays, schema=schema)
         opts = json.dumps(report["options"], sort_keys=True, default=str)
         dd = {}

@@ -1,0 +1,162 @@
+"""Speed of `traffic-moe prepare` on ../shared/data/loopback9, side by side in one run with
+(a) a bare dpkt loop that only decodes every packet (Ethernet -> IP -> TCP/UDP) and
+(b) a scapy per-packet pipeline like the ones today's traffic models ship (PcapReader, per packet
+    IP/TCP/UDP layer access, 5-tuple flow dict, header masking through scapy fields, raw bytes).
+
+usage: python benchmarks/bench_prepare.py [DATA_DIR] [--repeats 3] [--scapy-packets 8000]
+Writes benchmarks/results/prepare.json and prepare.md. Not a test: timings depend on the machine.
+Each figure is the median of --repeats runs (scapy: one run over its first --scapy-packets packets,
+it is ~100x slower). prepare runs in-process (imports excluded, as for the baselines) and writes
+its DatasetDict to a temporary directory (saving included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT = HERE.parents[0].parent / "shared" / "data" / "loopback9"
+
+
+def bare_dpkt(files):
+    import dpkt
+
+    n = 0
+    for p in files:
+        with open(p, "rb") as f:
+            for _ts, buf in dpkt.pcap.Reader(f):
+                ip = dpkt.ethernet.Ethernet(buf).data
+                if isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)) and isinstance(ip.data, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+                    n += 1
+    return n
+
+
+def scapy_pipeline(files, limit):
+    import logging
+
+    logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.utils import PcapReader
+
+    flows = {}
+    n = 0
+    for p in files:
+        for pkt in PcapReader(p):
+            n += 1
+            if IP not in pkt:
+                continue
+            ip = pkt[IP]
+            l4 = ip[TCP] if TCP in ip else (ip[UDP] if UDP in ip else None)
+            if l4 is None:
+                continue
+            key = (ip.proto,) + tuple(sorted([(ip.src, l4.sport), (ip.dst, l4.dport)]))
+            pk = ip.copy()
+            pk.src, pk.dst, pk.id, pk.ttl, pk.chksum = "0.0.0.0", "0.0.0.0", 0, 0, 0
+            pk[l4.__class__].sport = pk[l4.__class__].dport = 0
+            pk[l4.__class__].chksum = 0
+            if TCP in pk:
+                pk[TCP].seq = pk[TCP].ack = 0
+            flows.setdefault(key, []).append(bytes(pk)[:64])
+            if n >= limit:
+                return n
+    return n
+
+
+def run_prepare(data, num_proc):
+    from traffic_moe_hf.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory() as out:
+        r = prepare([data], out, labels="file", num_proc=num_proc, progress=False)
+    return r["packets_total"], r
+
+
+def timed(fn, repeats):
+    ts, res = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), ts, res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scapy-packets", type=int, default=8000)
+    a = ap.parse_args()
+    files = sorted(glob.glob(os.path.join(a.data, "*.pcap")))
+    if not files:
+        sys.exit(f"no captures in {a.data}")
+    import datasets  # noqa: F401  (imports outside the timings)
+    import dpkt  # noqa: F401
+
+    run_prepare(a.data, 1)  # warm-up: page cache, tokenizer build, lazy imports
+    rows = {}
+    t, all_t, n = timed(lambda: bare_dpkt(files), a.repeats)
+    total = sum(1 for _ in _records(files))
+    rows["bare dpkt decode loop (a)"] = (total, t, all_t)
+    t, all_t, res = timed(lambda: run_prepare(a.data, 1), a.repeats)
+    rows["traffic-moe prepare, 1 process"] = (res[0], t, all_t)
+    report = res[1]
+    t, all_t, res = timed(lambda: run_prepare(a.data, 2), a.repeats)
+    rows["traffic-moe prepare, --num-proc 2"] = (res[0], t, all_t)
+    t, all_t, n = timed(lambda: scapy_pipeline(files, a.scapy_packets), 1)
+    rows[f"scapy per-packet pipeline (b), first {n} packets"] = (n, t, all_t)
+    pps = {k: v[0] / v[1] for k, v in rows.items()}
+    kb = list(rows)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}"
+    ratios = {
+        "prepare / bare dpkt": pps[kb[1]] / pps[kb[0]],
+        "prepare / scapy": pps[kb[1]] / pps[kb[3]],
+        "num-proc 2 / 1": pps[kb[2]] / pps[kb[1]],
+    }
+    result = {"data": a.data, "machine": machine, "packets": total, "flows": report["flows"],
+              "rows": {k: {"packets": v[0], "seconds_median": round(v[1], 4), "seconds_all": [round(x, 4) for x in v[2]],
+                           "packets_per_s": round(pps[k])} for k, v in rows.items()},
+              "ratios": {k: round(v, 2) for k, v in ratios.items()},
+              "prepare_options": report["options"], "prepare_timing_last": report["timing"]}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "prepare.json").write_text(json.dumps(result, indent=1))
+    md = [f"Machine: {machine}. Data: loopback9 ({total} packets, {report['flows']} flows, 9 pcaps); "
+          f"median of {a.repeats} runs; prepare defaults (flow level, 8 packets x 64 bytes, anonymised, "
+          "tokenized, stratified split, dedup, Arrow + save_to_disk).", "",
+          "| pipeline | packets | seconds | packets/s |", "|---|---:|---:|---:|"]
+    for k, v in rows.items():
+        md.append(f"| {k} | {v[0]} | {v[1]:.3f} | {pps[k]:,.0f} |")
+    md += ["", "| ratio | value | target |", "|---|---:|---:|",
+           f"| prepare (1 process) / bare dpkt decode | {ratios['prepare / bare dpkt']:.2f}x | >= 1.0x |",
+           f"| prepare (1 process) / scapy pipeline | {ratios['prepare / scapy']:.1f}x | >= 20x |",
+           f"| prepare --num-proc 2 / 1 process | {ratios['num-proc 2 / 1']:.2f}x | >= 1.7x |", ""]
+    (HERE / "results" / "prepare.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _records(files):
+    from traffic_moe_hf.data.reader import iter_records
+
+    for p in files:
+        yield from iter_records(p)
+
+
+def _cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
