@@ -109,9 +109,7 @@ def _build() -> None:
         pid_n = tl.program_id(1)
         pid_k = tl.program_id(2)
         end = tl.load(SEG_END + e)
-        start = 0
-        if e > 0:
-            start = tl.load(SEG_END + e - 1)
+        start = tl.load(SEG_END + e - 1, mask=e > 0, other=0)
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_k = pid_k * BK + tl.arange(0, BK)
         nmask = offs_n < N
