@@ -282,20 +282,24 @@ def register(name: str = DROPLESS) -> None:
     ALL_EXPERTS_FUNCTIONS.register(name, dropless_experts_forward)
 
 
-def default_experts_implementation(device=None) -> str:
-    """The experts implementation the model should default to on ``device``.
+def default_experts_implementation(device=None, dtype=None) -> str:
+    """The experts implementation the model should default to on ``device`` (and ``dtype``).
 
-    "dropless" everywhere: on CPU it is the grouped-GEMM path (see benchmarks/results), on CUDA the
-    Triton kernels when triton imports, else the same portable path (whose grouped products then
-    fall back to a per-expert loop inside the opaque op, with one device sync per product, so
-    transformers' "grouped_mm" may be preferable there: see ``benchmarks/results/gpu.md``).
+    From the layer benchmark (benchmarks/results/cpu.md, benchmarks/results/gpu.md):
+    * CPU: "dropless" (grouped-GEMM path; no host sync, compiles with fullgraph=True);
+    * CUDA, fp32: "dropless" (Triton kernels) when triton imports; it beat transformers'
+      "grouped_mm" at 32 experts on an H100 and was slower at 8 experts;
+    * CUDA, bf16/fp16 (or dtype unknown): transformers' "grouped_mm", which was ~2x faster than
+      our Triton path on an H100 at the benchmarked sizes (all launch-overhead bound, <= 16k tokens).
     """
     if device is None:
         return DROPLESS
     dev = torch.device(device)
-    if dev.type == "cuda" and not (_moe_triton is not None and _moe_triton.available()):
-        return "grouped_mm"
-    return DROPLESS
+    if dev.type != "cuda":
+        return DROPLESS
+    if dtype == torch.float32 and _moe_triton is not None and _moe_triton.available():
+        return DROPLESS
+    return "grouped_mm"
 
 
 register()
