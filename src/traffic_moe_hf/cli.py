@@ -15,6 +15,10 @@ import sys
 SUBCOMMANDS = {
     "demo": "traffic_moe_hf.demo",
     "prepare": "traffic_moe_hf.data.prepare",
+    "pretrain": "traffic_moe_hf.recipes.pretrain",
+    "finetune": "traffic_moe_hf.recipes.finetune",
+    "evaluate": "traffic_moe_hf.recipes.evaluate",
+    "predict": "traffic_moe_hf.recipes.predict",
 }
 
 

@@ -77,7 +77,7 @@ class TrafficMoeConfig(PretrainedConfig):
     """
 
     model_type = "traffic_moe"
-    keys_to_ignore_at_inference = ["router_logits"]
+    keys_to_ignore_at_inference = ["aux_loss", "z_loss", "router_logits", "hidden_states", "attentions"]
 
     def __init__(
         self,

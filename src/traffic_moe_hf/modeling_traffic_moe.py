@@ -354,8 +354,8 @@ def _add_router_losses(loss, outputs, config, attention_mask, num_local_items, n
     losses without dividing (num_items_in_batch given), so the router losses are weighted by this
     micro-batch's share of the items, which makes their accumulated sum an average, like the main loss."""
     aux_loss, z_loss = router_losses(outputs.router_logits, config.num_experts_per_tok, attention_mask)
-    share = 1.0 if num_items_in_batch is None else num_local_items / num_items_in_batch
     if loss is not None:
+        share = 1.0 if num_items_in_batch is None else num_local_items / num_items_in_batch
         loss = loss + share * (config.router_aux_loss_coef * aux_loss + config.router_z_loss_coef * z_loss)
     return loss, aux_loss, z_loss
 

@@ -1,0 +1,198 @@
+"""What the recipes share: loading prepared datasets, model builders (Traffic-MoE and the dense BERT
+baseline), the batch collator, metrics, few-shot subsampling, Trainer arguments."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import TrafficMoeConfig, TrafficMoeForMaskedLM, TrafficMoeForSequenceClassification, TrafficTokenizer
+from ..modeling_traffic_moe import count_parameters
+
+MODEL_COLUMNS = ("input_ids", "attention_mask", "packet_ids", "direction_ids")
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_prepared(path: str | os.PathLike):
+    """A `DatasetDict` written by `traffic-moe prepare`, with a clear error when it is not one."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        raise SystemExit(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
+    data = load_from_disk(str(path))
+    for split in data.values():
+        missing = [c for c in (*MODEL_COLUMNS, "label") if c not in split.column_names]
+        if missing:
+            raise SystemExit(f"{path}: dataset lacks columns {missing}; prepare it again with tokenization on")
+    return data
+
+
+def label_names(dataset) -> list[str]:
+    feature = dataset.features["label"]
+    if not hasattr(feature, "names"):
+        raise SystemExit("the dataset's `label` column is not a ClassLabel; prepare it with labels")
+    return list(feature.names)
+
+
+def model_view(dataset, dense: bool = False):
+    """Only the columns the model consumes (+ label). The dense BERT baseline gets the packet
+    direction as its token type (ET-BERT-like segment embedding) and no packet index."""
+    keep = [*MODEL_COLUMNS, "label"]
+    view = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+    if dense:
+        view = view.remove_columns(["packet_ids"]).rename_column("direction_ids", "token_type_ids")
+    return view
+
+
+def few_shot(dataset, shots: int, seed: int):
+    """`shots` samples per class (all of a class when it has fewer), chosen at random with `seed`."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset["label"])
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen.extend(rng.choice(members, size=min(shots, len(members)), replace=False).tolist())
+    return dataset.select(sorted(chosen))
+
+
+def class_weights(dataset, num_labels: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 over the classes present."""
+    counts = np.bincount(np.asarray(dataset["label"]), minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class TrafficCollator:
+    """Pads the model columns with the tokenizer's padding rules and renames `label` -> `labels`."""
+
+    def __init__(self, tokenizer: TrafficTokenizer, pad_to_multiple_of: int | None = 8):
+        self.tokenizer = tokenizer
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        features = [dict(f) for f in features]
+        types = [f.pop("token_type_ids") for f in features] if "token_type_ids" in features[0] else None
+        if types is not None:  # BERT view: pad token types like direction ids
+            for f, t in zip(features, types):
+                f["direction_ids"] = t
+        batch = self.tokenizer.pad(features, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
+        batch = dict(batch)
+        if types is not None:
+            batch["token_type_ids"] = batch.pop("direction_ids")
+        if "label" in batch:
+            batch["labels"] = batch.pop("label")
+        return batch
+
+
+# ----------------------------------------------------------------------------------------- models
+def moe_config(name: str, **overrides) -> TrafficMoeConfig:
+    return TrafficMoeConfig.from_preset(name, **overrides)
+
+
+def dense_config(moe: TrafficMoeConfig, match: str = "active", max_length: int = 1024, **overrides):
+    """A `BertConfig` with Traffic-MoE's width/depth/heads whose FFN width makes its parameter count
+    equal the MoE's *active* (per-token) or *total* parameters. ET-BERT is a BERT of this kind."""
+    from transformers import BertConfig
+
+    total, active = count_parameters(TrafficMoeForMaskedLM(moe).model)
+    target = active if match == "active" else total
+
+    def bert(intermediate):
+        return BertConfig(
+            vocab_size=moe.vocab_size,
+            hidden_size=moe.hidden_size,
+            num_hidden_layers=moe.num_hidden_layers,
+            num_attention_heads=moe.num_attention_heads,
+            intermediate_size=int(intermediate),
+            max_position_embeddings=max_length,
+            type_vocab_size=moe.num_directions,
+            hidden_dropout_prob=moe.hidden_dropout_prob,
+            attention_probs_dropout_prob=moe.attention_dropout,
+            pad_token_id=moe.pad_token_id,
+            **overrides,
+        )
+
+    from transformers import BertModel
+
+    with torch.device("meta"):
+        base = sum(p.numel() for p in BertModel(bert(1), add_pooling_layer=False).parameters())
+    # each unit of intermediate size costs 2 * hidden + 1 parameters per layer
+    per_unit = moe.num_hidden_layers * (2 * moe.hidden_size + 1)
+    intermediate = max(1, round((target - base) / per_unit) + 1)
+    return bert(intermediate)
+
+
+def parameter_summary(model) -> dict:
+    if hasattr(model, "config") and getattr(model.config, "model_type", "") == "traffic_moe":
+        total, active = count_parameters(model)
+    else:
+        total = active = sum(p.numel() for p in model.parameters())
+    return {"parameters_total": total, "parameters_active": active}
+
+
+def is_dense_checkpoint(path: str | os.PathLike) -> bool:
+    config = json.loads((Path(path) / "config.json").read_text())
+    return config.get("model_type") == "bert"
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> dict:
+    """Accuracy, macro-F1 over the classes present in `labels`, per-class precision/recall/F1/support,
+    confusion matrix. Computed locally with scikit-learn: `evaluate.load("accuracy")` fetches its metric
+    script from the Hub, which users' (and our CI's) machines often cannot reach."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    present = sorted(set(np.asarray(labels).tolist()))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=list(range(len(names))), zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        "samples": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=list(range(len(names)))).tolist(),
+        "labels": names,
+    }
+
+
+def trainer_metrics(names: list[str]):
+    """`compute_metrics` for `Trainer`: accuracy and macro-F1 (what best-checkpoint selection uses)."""
+
+    def compute(eval_prediction):
+        logits = eval_prediction.predictions
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        metrics = classification_metrics(eval_prediction.label_ids, logits.argmax(-1), names)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+    return compute
+
+
+def steps_for(num_samples: int, batch_size: int, epochs: float, min_steps: int = 0) -> int:
+    return max(min_steps, math.ceil(num_samples / batch_size * epochs))
+
+
+def device_summary() -> str:
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -1,0 +1,246 @@
+"""``traffic-moe evaluate``: metrics, plots and a shortcut audit for a classifier on a prepared split.
+
+    traffic-moe evaluate --data DIR --model CKPT [--split test] --json OUT [--plots DIR]
+
+Writes accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix to OUT; a confusion
+matrix PNG and (Traffic-MoE) an expert-load-per-layer PNG beside it. The *shortcut audit* trains a
+random forest on the train split's header fields that anonymisation hides from the model (addresses,
+ports, and where the dataset keeps them TTL, IP ID and checksums) and reports its score on the same
+split, so a reader sees what a shortcut alone would score. Labels are matched by name, so a model can
+be evaluated on captures prepared separately (``prepare --split none``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="accuracy, macro-F1, per-class scores, confusion matrix and expert-load plots",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
+    p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", required=True, dest="json_out", help="where to write the metrics (JSON)")
+    p.add_argument("--plots", default=None, help="folder for the PNGs (default: beside --json)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
+                      batch_size=args.batch_size, audit=args.audit)
+    print(format_result(result))
+    return 0
+
+
+def load_classifier(path):
+    from transformers import AutoModelForSequenceClassification
+
+    import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model, dataset, batch_size=64, monitor=None) -> np.ndarray:
+    """Logits for every row, batched by similar length so flows are not padded to the longest."""
+    from .. import TrafficTokenizer
+    from .common import TrafficCollator
+
+    collator = TrafficCollator(TrafficTokenizer())
+    lengths = np.fromiter((len(x) for x in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    order = np.argsort(-lengths, kind="stable")
+    logits = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = collator([dataset[int(i)] for i in index])
+        batch.pop("labels", None)
+        logits[index] = model(**batch).logits.float().cpu().numpy()
+    return logits
+
+
+def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
+    """Map the dataset's label indices to the model's by name; -1 for a name the model does not know."""
+    model_index = {name: int(i) for i, name in model_id2label.items()}
+    return np.array([model_index.get(name, -1) for name in dataset_names])
+
+
+def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True) -> dict:
+    from .common import device_summary, label_names, load_prepared, model_view, parameter_summary
+
+    prepared = load_prepared(data)
+    if split not in prepared:
+        raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
+    model = load_classifier(model_path)
+    dense = model.config.model_type == "bert"
+    dataset = prepared[split]
+    names_model = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    mapping = align_labels(label_names(dataset), model.config.id2label)
+    labels = mapping[np.asarray(dataset["label"])]
+    unknown = int((labels < 0).sum())
+    keep = np.flatnonzero(labels >= 0)
+    view = model_view(dataset, dense=dense).select(keep)
+
+    monitor = None
+    if not dense:
+        from .expert_load import ExpertLoadMonitor
+
+        monitor = ExpertLoadMonitor(model)
+        monitor.attach()
+    started = time.perf_counter()
+    logits = predict_logits(model, view, batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    if monitor is not None:
+        monitor.detach()
+
+    from .common import classification_metrics
+
+    metrics = classification_metrics(labels[keep], logits.argmax(-1), names_model)
+    result = {
+        "model": str(model_path),
+        "data": str(data),
+        "split": split,
+        **metrics,
+        "samples_skipped_unknown_label": unknown,
+        "flows_per_second": len(keep) / seconds if seconds > 0 else None,
+        "device": device_summary(),
+        **parameter_summary(model),
+    }
+    if monitor is not None:
+        result["expert_load"] = monitor.fractions()
+    if audit and "train" in prepared:
+        result["shortcut_audit"] = shortcut_audit(prepared["train"], dataset.select(keep), labels[keep], names_model,
+                                                  mapping)
+    if json_out:
+        json_out = Path(json_out)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        plot_dir = Path(plots) if plots else json_out.parent
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        stem = json_out.stem
+        result["plots"] = {"confusion_matrix": str(plot_confusion(metrics, plot_dir / f"{stem}_confusion.png"))}
+        if monitor is not None:
+            result["plots"]["expert_load"] = str(plot_expert_load(result["expert_load"], plot_dir / f"{stem}_expert_load.png"))
+        json_out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ------------------------------------------------------------------------------------ shortcut audit
+def shortcut_features(dataset) -> np.ndarray:
+    """Per flow, the header fields anonymisation removes: protocol, client/server address bytes and
+    ports (from the 5-tuple), plus any per-flow header columns the dataset keeps (``header_fields``)."""
+    import ipaddress
+
+    rows = []
+    extra = dataset["header_fields"] if "header_fields" in dataset.column_names else None
+    for i, five_tuple in enumerate(dataset["five_tuple"]):
+        proto, endpoints = five_tuple.split(" ", 1)
+        client, server = endpoints.split("-", 1)  # addresses never contain '-' (IPv6 ones are bracketed)
+        values = [{"tcp": 6, "udp": 17}.get(proto, 0)]
+        for endpoint in (client, server):
+            host, port = endpoint.rsplit(":", 1)
+            address = ipaddress.ip_address(host.strip("[]"))
+            values.extend(list(address.packed[-4:]) + [int(port)])
+        if extra is not None:
+            values.extend(extra[i])
+        rows.append(values)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def shortcut_audit(train, evaluated, labels, names, mapping) -> dict:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from .common import classification_metrics
+
+    train_labels = mapping[np.asarray(train["label"])]
+    keep = train_labels >= 0
+    forest = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1)
+    forest.fit(shortcut_features(train)[keep], train_labels[keep])
+    metrics = classification_metrics(labels, forest.predict(shortcut_features(evaluated)), names)
+    return {
+        "features": "protocol, client/server address (last 4 bytes) and port"
+        + (", header_fields" if "header_fields" in train.column_names else ""),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+    }
+
+
+# --------------------------------------------------------------------------------------------- plots
+def plot_confusion(metrics: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=np.float64)
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    names = metrics["labels"]
+    size = max(4.0, 0.55 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if matrix[i, j]:
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                        color="white" if normalised[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_expert_load(load: dict[str, list[float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(load)
+    matrix = np.asarray([load[name] for name in layers])
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * matrix.shape[1] + 2), max(2.5, 0.45 * len(layers) + 1.5)))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=0)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_yticks(range(len(layers)), [f"{i}" for i in range(len(layers))])
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_title(f"share of token assignments per expert (uniform = {1 / matrix.shape[1]:.3f})")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_result(result: dict) -> str:
+    lines = [
+        f"{result['split']}: {result['samples']} samples, accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+    ]
+    if result.get("samples_skipped_unknown_label"):
+        lines.append(f"  skipped (label unknown to the model): {result['samples_skipped_unknown_label']}")
+    width = max(len(n) for n in result["per_class"])
+    lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
+    for name, s in result["per_class"].items():
+        if s["support"]:
+            lines.append(f"  {name:<{width}}  {s['precision']:9.3f}  {s['recall']:6.3f}  {s['f1']:5.3f}  {s['support']:7d}")
+    if "shortcut_audit" in result:
+        a = result["shortcut_audit"]
+        lines.append(f"  shortcut audit (random forest on hidden header fields only): macro-F1 {a['macro_f1']:.3f}")
+    if result.get("plots"):
+        lines.append("  plots: " + ", ".join(result["plots"].values()))
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""``traffic-moe finetune``: flow or packet classification with `Trainer`.
+
+    traffic-moe finetune --data DIR --out CKPT [--from CKPT | --config NAME] [--shots K] [--dense]
+
+From a pretrained checkpoint (``--from``) or from scratch (``--config``); ``--dense`` trains the BERT
+baseline (from a dense pretrained checkpoint with ``--from``). Class weights against imbalance, early
+stopping and best-checkpoint selection on validation macro-F1. With ``--shots K`` only K training
+flows per class are used, and (as there is then no fair validation set) training runs for a fixed
+number of steps and keeps the last model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a flow/packet classifier (Traffic-MoE or the dense BERT baseline)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
+    p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from", dest="init_from", help="pretrained checkpoint to start from")
+    source.add_argument("--config", default="small", help="size preset when training from scratch (default small)")
+    p.add_argument("--dense", action="store_true", help="train the dense BERT baseline")
+    p.add_argument("--match", choices=("active", "total"), default="active",
+                   help="with --dense from scratch: match the MoE's active (default) or total parameters")
+    p.add_argument("--shots", type=int, default=None, help="use only K training samples per class (few-shot)")
+    p.add_argument("--epochs", type=float, default=10.0)
+    p.add_argument("--min-steps", type=int, default=60, help="few-shot: train at least this many steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
+    p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    result = finetune(
+        data=args.data, out=args.out, init_from=args.init_from, config=args.config, dense=args.dense,
+        match=args.match, shots=args.shots, epochs=args.epochs, min_steps=args.min_steps,
+        batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
+        seed=args.seed, progress=args.progress,
+    )
+    print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
+    return 0
+
+
+def weighted_loss(weights: torch.Tensor | None, config):
+    """`Trainer(compute_loss_func=...)`: class-weighted cross-entropy, plus Traffic-MoE's router losses.
+    Under gradient accumulation (`num_items_in_batch` given) both parts are scaled so that the summed
+    micro-batch losses are averages, as in the model's own loss."""
+
+    def compute(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits.float()
+        w = None if weights is None else weights.to(logits.device)
+        per_item = F.cross_entropy(logits, labels, weight=w, reduction="none", ignore_index=-100)
+        if w is not None:  # weighted mean: sum(w_i * l_i) / sum(w_i)
+            norm = w[labels.clamp(min=0)] * (labels != -100)
+            per_item = per_item / norm.sum().clamp(min=1e-8) * (labels != -100).sum()
+        share = 1.0
+        if num_items_in_batch is None:
+            loss = per_item.mean()
+        else:
+            loss = per_item.sum() / num_items_in_batch
+            share = labels.numel() / num_items_in_batch
+        if getattr(outputs, "aux_loss", None) is not None:
+            loss = loss + share * (config.router_aux_loss_coef * outputs.aux_loss + config.router_z_loss_coef * outputs.z_loss)
+        return loss
+
+    return compute
+
+
+def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
+             min_steps=60, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
+             config_overrides=None, eval_split="validation") -> dict:
+    from transformers import (
+        BertForSequenceClassification,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from .. import TrafficMoeForSequenceClassification, TrafficTokenizer
+    from .common import (
+        TrafficCollator,
+        class_weights,
+        dense_config,
+        few_shot,
+        label_names,
+        load_prepared,
+        model_view,
+        moe_config,
+        parameter_summary,
+        steps_for,
+        trainer_metrics,
+    )
+
+    set_seed(seed)
+    prepared = load_prepared(data)
+    names = label_names(prepared["train"])
+    train = model_view(prepared["train"], dense=dense)
+    if shots is not None:
+        train = few_shot(train, shots, seed)
+    if len(train) == 0:
+        raise SystemExit(f"{data}: the train split is empty")
+    validation = None
+    if shots is None and eval_split in prepared and len(prepared[eval_split]):
+        validation = model_view(prepared[eval_split], dense=dense)
+    labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+
+    if dense:
+        if init_from:
+            model = BertForSequenceClassification.from_pretrained(init_from, **labels)
+        else:
+            model = BertForSequenceClassification(dense_config(moe_config(config, **(config_overrides or {})), match=match, **labels))
+    elif init_from:
+        model = TrafficMoeForSequenceClassification.from_pretrained(init_from, **labels)
+    else:
+        model = TrafficMoeForSequenceClassification(moe_config(config, **labels, **(config_overrides or {})))
+    if not dense:
+        model.config.output_router_logits = True  # router losses join the loss computed below
+    tokenizer = TrafficTokenizer()
+    weights = class_weights(train, len(names)) if use_class_weights else None
+
+    out = Path(out)
+    steps_per_epoch = max(1, -(-len(train) // batch_size))
+    max_steps = steps_for(len(train), batch_size, epochs, min_steps=min_steps if shots is not None else 0)
+    evaluate_each = steps_per_epoch
+    training_args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=lr,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        logging_steps=max(1, min(10, evaluate_each)),
+        eval_strategy="steps" if validation is not None else "no",
+        eval_steps=evaluate_each,
+        save_strategy="steps" if validation is not None else "no",
+        save_steps=evaluate_each,
+        save_total_limit=2,
+        load_best_model_at_end=validation is not None,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if validation is not None else []
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=TrafficCollator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=trainer_metrics(names),
+        compute_loss_func=weighted_loss(weights, model.config),
+        callbacks=callbacks,
+    )
+    trainer.train()
+    if not dense:
+        model.config.output_router_logits = False
+    best = trainer.state.best_metric
+    card = {
+        "training_data": f"{len(train)} flows of {data} (train split"
+        + (f", {shots} per class" if shots is not None else "")
+        + f"); classes: {', '.join(names)}"
+        + (f"; initialised from {init_from}" if init_from else "; trained from scratch"),
+        "evaluation": f"best validation macro-F1 {best:.4f}" if best is not None else "no validation split used",
+    }
+    trainer.model.save_pretrained(out, **({} if dense else {"card_data": card}))
+    tokenizer.save_pretrained(out)
+    summary = {
+        "out": str(out),
+        "model": type(trainer.model).__name__,
+        **parameter_summary(trainer.model),
+        "train_samples": len(train),
+        "shots": shots,
+        "steps": trainer.state.global_step,
+        "best_validation_macro_f1": best,
+        "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+        "log_history": trainer.state.log_history,
+    }
+    (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

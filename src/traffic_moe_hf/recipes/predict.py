@@ -1,0 +1,229 @@
+"""``traffic-moe predict``: a label and its probability for every flow of new captures.
+
+    traffic-moe predict CAPTURE... --model CKPT --out FILE.csv      (or FILE.json)
+    tcpdump -i eth0 -w - | traffic-moe predict - --model CKPT --out verdicts.csv
+
+Flows are assembled and anonymised exactly as `traffic-moe prepare` does, with the packet and byte
+limits of the model's tokenizer. From standard input (``-``) each flow's verdict is written as soon
+as the flow has its first N packets, or when it goes idle or the stream ends; idle flows are evicted,
+so memory stays bounded on an endless stream. Progress and throughput go to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "predict", help="classify the flows of captures (or of a live pcap stream on stdin)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
+    p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
+    p.add_argument("--out", required=True, help="output .csv or .json (- for stdout CSV)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
+    p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    if "-" in args.captures:
+        if len(args.captures) > 1:
+            raise SystemExit("predict: '-' (stdin) cannot be combined with other captures")
+        summary = predict_stream(sys.stdin.buffer, args.model, args.out, udp_timeout=args.udp_timeout,
+                                 tcp_timeout=args.tcp_timeout)
+    else:
+        summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size, progress=args.progress,
+                                udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0 if summary["files_read"] > 0 else 1
+
+
+class Classifier:
+    """A checkpoint's model and tokenizer, classifying flows given as (packets, directions)."""
+
+    def __init__(self, model_path):
+        from transformers import AutoTokenizer
+
+        from .evaluate import load_classifier
+
+        self.model = load_classifier(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.dense = self.model.config.model_type == "bert"
+        self.names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    @property
+    def max_packets(self) -> int:
+        return self.tokenizer.max_packets
+
+    @property
+    def max_packet_bytes(self) -> int:
+        return self.tokenizer.max_packet_bytes
+
+    @torch.inference_mode()
+    def __call__(self, flows: list[list[bytes]], directions: list[list[int]]) -> tuple[list[str], list[float]]:
+        batch = self.tokenizer(flows, directions=directions, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+        batch = dict(batch)
+        if self.dense:
+            batch.pop("packet_ids")
+            batch["token_type_ids"] = batch.pop("direction_ids")
+        probabilities = self.model(**batch).logits.float().softmax(-1)
+        best = probabilities.max(-1)
+        return [self.names[i] for i in best.indices.tolist()], best.values.tolist()
+
+
+class _Writer:
+    """Rows to CSV (streamed, flushed per row) or JSON (written at the end)."""
+
+    def __init__(self, out):
+        self.json = str(out).endswith(".json")
+        self.rows = []
+        if self.json:
+            self.file = None
+        else:
+            self.file = sys.stdout if out == "-" else open(out, "w", newline="")
+            self.csv = csv.DictWriter(self.file, fieldnames=FIELDS)
+            self.csv.writeheader()
+        self.out = out
+
+    def write(self, row):
+        if self.json:
+            self.rows.append(row)
+        else:
+            self.csv.writerow(row)
+            self.file.flush()
+
+    def close(self):
+        if self.json:
+            Path(self.out).write_text(json.dumps(self.rows, indent=1))
+        elif self.file is not sys.stdout:
+            self.file.close()
+
+
+def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..data.prepare import collect_inputs
+    from ..data.samples import PrepareConfig, process_file
+
+    classifier = Classifier(model_path)
+    files, missing = collect_inputs(captures)
+    writer = _Writer(out)
+    summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "flows": 0,
+               "packets_total": 0, "seconds": 0.0}
+    started = time.perf_counter()
+    for path, name, _root in tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr):
+        cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.max_packet_bytes,
+                            tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout)
+        result = process_file(path, cfg, name)
+        if result["error"]:
+            summary["files_failed"][name] = result["error"]
+            print(f"predict: {name}: {result['error']}", file=sys.stderr)
+            continue
+        summary["files_read"] += 1
+        summary["packets_total"] += result["packets_total"]
+        columns = result["columns"]
+        for start in range(0, len(columns["packets"]), batch_size):
+            chunk = slice(start, start + batch_size)
+            labels, probabilities = classifier(columns["packets"][chunk], columns["directions"][chunk])
+            for i, (label, probability) in enumerate(zip(labels, probabilities)):
+                j = start + i
+                writer.write({
+                    "file": name, "five_tuple": columns["five_tuple"][j], "start_time": f"{columns['start_time'][j]:.6f}",
+                    "packets": columns["packet_count"][j], "label": label, "probability": f"{probability:.6f}",
+                })
+                summary["flows"] += 1
+    writer.close()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["flows_per_second"] = round(summary["flows"] / summary["seconds"], 1) if summary["seconds"] else None
+    summary["packets_per_second"] = round(summary["packets_total"] / summary["seconds"], 1) if summary["seconds"] else None
+    return summary
+
+
+def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0) -> dict:
+    """Classify flows from a pcap byte stream as they complete (see module docstring). Flows are cut by
+    the same idle timeouts as in files, so a stream gives the verdicts its capture file gives."""
+    from ..data.decode import Decoded, decode
+    from ..data.flows import FlowTable
+    from ..data.reader import CaptureError, open_capture
+
+    classifier = Classifier(model_path)
+    writer = _Writer(out)
+    n = classifier.max_packets
+    table = FlowTable(max_packets=n, max_bytes=classifier.max_packet_bytes, udp_timeout=udp_timeout,
+                      tcp_timeout=tcp_timeout)
+    emitted: set[int] = set()
+    summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_skipped": 0,
+               "flows_evicted": 0, "max_open_flows": 0}
+
+    def emit(flow):
+        if flow.index in emitted:
+            return
+        emitted.add(flow.index)
+        labels, probabilities = classifier([flow.packets], [flow.directions])
+        writer.write({
+            "file": "-", "five_tuple": flow.five_tuple(), "start_time": f"{flow.start:.6f}", "packets": flow.count,
+            "label": labels[0], "probability": f"{probabilities[0]:.6f}",
+        })
+        summary["flows"] += 1
+
+    started = time.perf_counter()
+    try:
+        records = open_capture(stream)
+    except CaptureError as err:
+        summary["files_failed"]["-"] = str(err)
+        writer.close()
+        return summary
+    summary["files_read"] = 1
+    last_sweep = None
+    with records:
+        for ts, linktype, frame in records:
+            summary["packets_total"] += 1
+            d = decode(linktype, frame)
+            if type(d) is not Decoded:
+                summary["packets_skipped"] += 1
+                continue
+            table.add(ts, d)
+            for flow in table.done:  # closed by a new SYN or an idle gap: final
+                emit(flow)
+                emitted.discard(flow.index)
+            table.done.clear()
+            key_flow = _flow_of(table, d)
+            if key_flow is not None and len(key_flow.packets) == n:
+                emit(key_flow)
+            if last_sweep is None or ts - last_sweep >= udp_timeout / 4:
+                last_sweep = ts
+                for key, flow in list(table.open.items()):
+                    if ts - flow.last > (tcp_timeout if flow.proto == 6 else udp_timeout):
+                        emit(flow)
+                        emitted.discard(flow.index)
+                        del table.open[key]
+                        summary["flows_evicted"] += 1
+            summary["max_open_flows"] = max(summary["max_open_flows"], len(table.open))
+    if records.warning:
+        summary["warning"] = records.warning
+    for flow in table.finish():
+        emit(flow)
+    writer.close()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _flow_of(table, d):
+    a, b = (d.src, d.sport), (d.dst, d.dport)
+    key = (d.proto, a, b) if a <= b else (d.proto, b, a)
+    return table.open.get(key)

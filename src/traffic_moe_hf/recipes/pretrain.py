@@ -1,0 +1,221 @@
+"""``traffic-moe pretrain``: masked-packet modelling on unlabeled traffic with `Trainer`.
+
+    traffic-moe pretrain --data DIR [DIR ...] --out CKPT [--config tiny|small|base] [--dense]
+                         [--splits train] [--epochs N | --max-steps N] [--resume]
+
+Byte masking follows BERT's 80/10/10 rule through `DataCollatorForLanguageModeling`; on top of it
+the masked-packet objective hides whole byte spans inside a packet (a header field, a record length)
+and, with a smaller probability, whole packets, so the model must infer them from the rest of the
+flow. The router's load-balancing and z-losses are part of the loss; the expert load is logged.
+Only the splits named by ``--splits`` (default: ``train``) are read: test splits never leak into
+pretraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForLanguageModeling
+
+from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
+
+
+@dataclass
+class MaskedPacketCollator(DataCollatorForLanguageModeling):
+    """BERT byte masking (80/10/10) plus span masking inside packets and whole-packet masking.
+
+    span_probability: chance that a byte starts a masked span (lengths 1..max_span, geometric, mean ~3),
+    spans never cross a packet boundary; packet_probability: chance that all bytes of a packet are masked.
+    Random replacements are always byte tokens, never structure tokens such as ``[PKT]``.
+    """
+
+    span_probability: float = 0.03
+    max_span: int = 8
+    packet_probability: float = 0.05
+
+    def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
+        original = inputs.clone()
+        inputs, labels = super().torch_mask_tokens(inputs, special_tokens_mask=special_tokens_mask)
+        generator = getattr(self, "generator", None)
+        is_byte = original >= BYTE_OFFSET
+        # the parent draws random replacements from the whole vocabulary: keep them bytes
+        wrong = (labels != -100) & (inputs < BYTE_OFFSET) & (inputs != MASK_ID)
+        inputs[wrong] = torch.randint(BYTE_OFFSET, BYTE_OFFSET + 256, (int(wrong.sum()),), generator=generator)
+
+        # packet index of every token: running count of [PKT] markers
+        packet_index = torch.cumsum(original == PKT_ID, dim=1)
+        extra = torch.zeros_like(is_byte)
+        # spans: start at random bytes, extend up to a geometric length while inside the same packet
+        starts = (torch.rand(original.shape, generator=generator) < self.span_probability) & is_byte
+        lengths = torch.distributions.Geometric(probs=torch.tensor(0.3)).sample(original.shape).long() + 1
+        lengths = lengths.clamp(max=self.max_span)
+        for offset in range(self.max_span):
+            shifted = torch.zeros_like(starts)
+            shifted[:, offset:] = starts[:, : original.shape[1] - offset] & (lengths[:, : original.shape[1] - offset] > offset)
+            same_packet = torch.zeros_like(starts)
+            same_packet[:, offset:] = packet_index[:, offset:] == packet_index[:, : original.shape[1] - offset]
+            extra |= shifted & same_packet
+        # whole packets
+        num_packets = int(packet_index.max()) + 1
+        chosen = torch.rand((original.shape[0], num_packets), generator=generator) < self.packet_probability
+        extra |= torch.gather(chosen, 1, packet_index) & (packet_index > 0)
+        extra &= is_byte & (labels == -100)
+
+        labels[extra] = original[extra]
+        decide = torch.rand(original.shape, generator=generator)
+        to_mask = extra & (decide < self.mask_replace_prob)
+        to_random = extra & (decide >= self.mask_replace_prob) & (decide < self.mask_replace_prob + self.random_replace_prob)
+        inputs[to_mask] = MASK_ID
+        inputs[to_random] = torch.randint(BYTE_OFFSET, BYTE_OFFSET + 256, (int(to_random.sum()),), generator=generator)
+        return inputs, labels
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "pretrain", help="masked-packet pretraining on prepared (unlabeled) traffic", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
+    p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
+    p.add_argument("--config", default="small", help="size preset: tiny, small, base (default small)")
+    p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
+    p.add_argument("--match", choices=("active", "total"), default="active",
+                   help="with --dense: match the MoE's active (default) or total parameters")
+    p.add_argument("--splits", default="train", help="comma-separated splits to read (default train; never test)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--span-probability", type=float, default=0.03)
+    p.add_argument("--packet-probability", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
+    p.add_argument("--save-steps", type=int, default=200)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    result = pretrain(
+        data=args.data, out=args.out, config=args.config, dense=args.dense, match=args.match,
+        splits=args.splits.split(","), epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        lr=args.lr, mlm_probability=args.mlm_probability, span_probability=args.span_probability,
+        packet_probability=args.packet_probability, seed=args.seed, resume=args.resume,
+        save_steps=args.save_steps, progress=args.progress,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
+             batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
+             seed=0, resume=False, save_steps=200, progress=True, config_overrides=None) -> dict:
+    from datasets import concatenate_datasets
+    from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
+
+    from .. import TrafficMoeForMaskedLM, TrafficTokenizer
+    from .common import dense_config, load_prepared, model_view, moe_config, parameter_summary
+    from .expert_load import ExpertLoadCallback
+
+    set_seed(seed)
+    if "test" in splits:
+        print("warning: pretraining on a split named 'test'", file=sys.stderr)
+    parts = []
+    for path in data:
+        prepared = load_prepared(path)
+        for split in splits:
+            if split in prepared and len(prepared[split]):
+                parts.append(model_view(prepared[split], dense=dense).remove_columns(["label"]))
+    if not parts:
+        raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
+    corpus = concatenate_datasets(parts).shuffle(seed=seed)
+    tokenizer = TrafficTokenizer()
+
+    cfg = moe_config(config, **(config_overrides or {}))
+    if dense:
+        model = BertForMaskedLM(dense_config(cfg, match=match))
+    else:
+        model = TrafficMoeForMaskedLM(cfg)
+    collator = MaskedPacketCollator(
+        tokenizer, mlm_probability=mlm_probability, span_probability=span_probability,
+        packet_probability=packet_probability, pad_to_multiple_of=8,
+    )
+    if dense:  # BERT reads the direction as token type
+        collator = _TokenTypeCollator(collator)
+    out = Path(out)
+    training_args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        logging_steps=10,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    callbacks = [] if dense else [ExpertLoadCallback(model)]
+    trainer = Trainer(model=model, args=training_args, train_dataset=corpus, data_collator=collator,
+                      processing_class=tokenizer, callbacks=callbacks)
+    last = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+        if last is None:
+            print(f"--resume: no checkpoint under {out / 'checkpoints'}, starting fresh", file=sys.stderr)
+    result = trainer.train(resume_from_checkpoint=last)
+    card = {
+        "training_data": f"masked-packet pretraining on {len(corpus)} flows from {', '.join(map(str, data))} "
+        f"(splits: {', '.join(splits)})",
+        "evaluation": "pretraining only; see the fine-tuned checkpoints",
+    }
+    if dense:
+        model.save_pretrained(out)
+    else:
+        model.save_pretrained(out, card_data=card)
+    tokenizer.save_pretrained(out)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "out": str(out),
+        "model": type(model).__name__,
+        **parameter_summary(model),
+        "samples": len(corpus),
+        "steps": trainer.state.global_step,
+        "resumed_from": last,
+        "train_loss": result.training_loss,
+        "first_logged_loss": history[0]["loss"] if history else None,
+        "last_logged_loss": history[-1]["loss"] if history else None,
+        "log_history": trainer.state.log_history,
+    }
+    (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
+    return {k: v for k, v in summary.items() if k != "log_history"}
+
+
+class _TokenTypeCollator:
+    """Wraps a collator for BERT: the tokenizer pads `direction_ids`; BERT reads them as `token_type_ids`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features):
+        features = [{("direction_ids" if k == "token_type_ids" else k): v for k, v in f.items()} for f in features]
+        batch = self.inner(features)
+        batch["token_type_ids"] = batch.pop("direction_ids")
+        return batch
