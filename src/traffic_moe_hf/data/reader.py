@@ -115,23 +115,29 @@ class RecordStream:
         self.close()
 
 
-def _open_raw(path: str):
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise CaptureError(f"cannot open: {e.strerror or e}") from None
-    head = f.read(2)
-    f.seek(0)
+def _open_raw(path):
+    if isinstance(path, str):
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise CaptureError(f"cannot open: {e.strerror or e}") from None
+    else:  # an open binary stream (e.g. stdin of `tcpdump -w - | traffic-moe predict -`): may not seek
+        f = path if isinstance(path, io.BufferedReader) else io.BufferedReader(path, buffer_size=1 << 16)
+    head = f.peek(2)[:2] if isinstance(f, io.BufferedReader) else f.read(2)
+    if not isinstance(f, io.BufferedReader):
+        f.seek(0)
     if head == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=f, mode="rb"), True
     return io.BufferedReader(f, buffer_size=1 << 20) if not isinstance(f, io.BufferedReader) else f, False
 
 
-def open_capture(path: str | os.PathLike) -> RecordStream:
-    """Open a capture and return a :class:`RecordStream` (iterate it for records).
+def open_capture(path) -> RecordStream:
+    """Open a capture and return a :class:`RecordStream` (iterate it for records). ``path`` is a file
+    name or an open binary stream (read sequentially, never seeked: a pipe works).
 
     Raises :class:`CaptureError` when the file is not a readable capture."""
-    path = os.fspath(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = os.fspath(path)
     f, gz = _open_raw(path)
     try:
         head = f.read(24)

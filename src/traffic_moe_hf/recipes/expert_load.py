@@ -82,7 +82,10 @@ class ExpertLoadCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:
-            logs.update({k: round(v, 4) if isinstance(v, float) else v for k, v in self.monitor.summary().items()})
+            summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.monitor.summary().items()}
+            logs.update(summary)  # what is printed
+            if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+                state.log_history[-1].update(summary)  # what is kept (the Trainer copied logs before callbacks)
             self.monitor.reset()
 
     def on_train_end(self, args, state, control, **kwargs):

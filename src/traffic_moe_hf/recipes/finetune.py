@@ -158,6 +158,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         report_to="none",
+        use_cpu=not torch.cuda.is_available(),  # lets torchrun start CPU (gloo) DDP without extra settings
         seed=seed,
         data_seed=seed,
         disable_tqdm=not progress,

@@ -19,8 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+
 import torch
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 
@@ -37,11 +39,21 @@ class MaskedPacketCollator(DataCollatorForLanguageModeling):
     span_probability: float = 0.03
     max_span: int = 8
     packet_probability: float = 0.05
+    mask_seed: int = 0
+    epoch: int = 0
+
+    def _generator_for(self, input_ids: torch.Tensor) -> torch.Generator:
+        """The masks of a batch depend only on its content, the seed and the epoch, not on how many
+        batches were drawn before: a resumed run masks exactly as the uninterrupted one (the Trainer's
+        data loader collates one batch ahead, so a shared random stream would drift on resume)."""
+        digest = hashlib.blake2b(input_ids.numpy().tobytes(), digest_size=8, key=f"{self.mask_seed}:{self.epoch}".encode())
+        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1))
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
         original = inputs.clone()
+        generator = self._generator_for(original)
+        self.generator = generator  # used by the parent's 80/10/10 byte masking
         inputs, labels = super().torch_mask_tokens(inputs, special_tokens_mask=special_tokens_mask)
-        generator = getattr(self, "generator", None)
         is_byte = original >= BYTE_OFFSET
         # the parent draws random replacements from the whole vocabulary: keep them bytes
         wrong = (labels != -100) & (inputs < BYTE_OFFSET) & (inputs != MASK_ID)
@@ -49,16 +61,17 @@ class MaskedPacketCollator(DataCollatorForLanguageModeling):
 
         # packet index of every token: running count of [PKT] markers
         packet_index = torch.cumsum(original == PKT_ID, dim=1)
+        width = original.shape[1]
         extra = torch.zeros_like(is_byte)
-        # spans: start at random bytes, extend up to a geometric length while inside the same packet
+        # spans: start at random bytes, geometric lengths (p=0.3, mean ~3) up to max_span, inside one packet
         starts = (torch.rand(original.shape, generator=generator) < self.span_probability) & is_byte
-        lengths = torch.distributions.Geometric(probs=torch.tensor(0.3)).sample(original.shape).long() + 1
-        lengths = lengths.clamp(max=self.max_span)
+        uniform = torch.rand(original.shape, generator=generator).clamp(min=1e-12)
+        lengths = (torch.log(uniform) / torch.log(torch.tensor(0.7))).floor().long().clamp(max=self.max_span - 1) + 1
         for offset in range(self.max_span):
             shifted = torch.zeros_like(starts)
-            shifted[:, offset:] = starts[:, : original.shape[1] - offset] & (lengths[:, : original.shape[1] - offset] > offset)
+            shifted[:, offset:] = starts[:, : width - offset] & (lengths[:, : width - offset] > offset)
             same_packet = torch.zeros_like(starts)
-            same_packet[:, offset:] = packet_index[:, offset:] == packet_index[:, : original.shape[1] - offset]
+            same_packet[:, offset:] = packet_index[:, offset:] == packet_index[:, : width - offset]
             extra |= shifted & same_packet
         # whole packets
         num_packets = int(packet_index.max()) + 1
@@ -73,6 +86,16 @@ class MaskedPacketCollator(DataCollatorForLanguageModeling):
         inputs[to_mask] = MASK_ID
         inputs[to_random] = torch.randint(BYTE_OFFSET, BYTE_OFFSET + 256, (int(to_random.sum()),), generator=generator)
         return inputs, labels
+
+
+class _EpochCallback(TrainerCallback):
+    """Tells the collator the epoch, so that each epoch masks the same flow differently."""
+
+    def __init__(self, collator: MaskedPacketCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
 
 
 def add_parser(subparsers):
@@ -145,8 +168,9 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         model = TrafficMoeForMaskedLM(cfg)
     collator = MaskedPacketCollator(
         tokenizer, mlm_probability=mlm_probability, span_probability=span_probability,
-        packet_probability=packet_probability, pad_to_multiple_of=8,
+        packet_probability=packet_probability, pad_to_multiple_of=8, mask_seed=seed,
     )
+    callbacks = [_EpochCallback(collator)] + ([] if dense else [ExpertLoadCallback(model)])
     if dense:  # BERT reads the direction as token type
         collator = _TokenTypeCollator(collator)
     out = Path(out)
@@ -164,13 +188,13 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         save_steps=save_steps,
         save_total_limit=2,
         report_to="none",
+        use_cpu=not torch.cuda.is_available(),  # lets torchrun start CPU (gloo) DDP without extra settings
         seed=seed,
         data_seed=seed,
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    callbacks = [] if dense else [ExpertLoadCallback(model)]
     trainer = Trainer(model=model, args=training_args, train_dataset=corpus, data_collator=collator,
                       processing_class=tokenizer, callbacks=callbacks)
     last = None

@@ -1,0 +1,206 @@
+"""End to end on the shipped real captures: prepare -> pretrain -> finetune -> evaluate -> predict,
+resuming a run, a 2-process (gloo) run, and `predict -` on a piped stream."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from traffic_moe_hf.data.prepare import prepare
+from traffic_moe_hf.recipes.evaluate import evaluate
+from traffic_moe_hf.recipes.finetune import finetune
+from traffic_moe_hf.recipes.predict import predict_files
+from traffic_moe_hf.recipes.pretrain import MaskedPacketCollator, pretrain
+from traffic_moe_hf.tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo" / "loopback9"
+SMALL = dict(max_packets=4, max_bytes=32)  # small inputs keep the CPU tests quick
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    report = prepare([str(DEMO)], str(out), labels="file", split="flow", ratios=(0.6, 0.2, 0.2), progress=False, **SMALL)
+    assert report["files_read"] == 9 and report["packets_total"] == report["packets_used"] + sum(report["packets_skipped"].values())
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    summary = pretrain([str(prepared)], str(out), config="tiny", max_steps=30, batch_size=16, lr=2e-3, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def finetuned(prepared, pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetuned")
+    summary = finetune(str(prepared), str(out), init_from=str(pretrained[0]), epochs=8, batch_size=16, lr=2e-3,
+                       progress=False)
+    return out, summary
+
+
+def test_masked_packet_collator_masks_bytes_spans_and_packets(prepared):
+    from datasets import load_from_disk
+
+    from traffic_moe_hf import TrafficTokenizer
+
+    rows = load_from_disk(str(prepared))["train"].select(range(32))
+    features = [{k: r[k] for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids")} for r in rows]
+    torch.manual_seed(0)
+    collator = MaskedPacketCollator(TrafficTokenizer(), mlm_probability=0.0, span_probability=0.0, packet_probability=1.0)
+    batch = collator(features)
+    original = collator.tokenizer.pad(features, return_tensors="pt")["input_ids"]
+    is_byte = original >= BYTE_OFFSET
+    # packet_probability=1: every byte is a target, structure tokens never are
+    assert torch.equal(batch["labels"] != -100, is_byte)
+    assert torch.equal(batch["labels"][is_byte], original[is_byte])
+    assert (batch["input_ids"][original == PKT_ID] == PKT_ID).all()
+    replaced = batch["input_ids"][is_byte]
+    assert 0.7 < (replaced == MASK_ID).float().mean() < 0.9  # the 80/10/10 rule
+    assert (replaced[replaced != MASK_ID] >= BYTE_OFFSET).all()  # random replacements are bytes
+
+    collator = MaskedPacketCollator(TrafficTokenizer(), mlm_probability=0.0, span_probability=0.2, packet_probability=0.0)
+    labels = collator(features)["labels"]
+    targets = (labels != -100).float()
+    assert 0.2 < targets[is_byte].mean() < 0.9
+    # spans: a target's neighbour in the same packet is far more often a target than chance
+    same = targets[:, 1:] * targets[:, :-1]
+    assert same.sum() / targets[:, 1:].sum() > 0.5
+
+
+def test_pretraining_lowers_masked_packet_loss(pretrained):
+    out, summary = pretrained
+    assert summary["steps"] == 30
+    assert summary["last_logged_loss"] < summary["first_logged_loss"]
+    history = json.loads((out / "pretrain_summary.json").read_text())["log_history"]
+    assert any("expert_load_max_over_mean" in h for h in history)
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
+    out, summary = finetuned
+    assert summary["best_validation_macro_f1"] is not None
+    result = evaluate(str(prepared), str(out), split="test", json_out=str(tmp_path / "eval.json"))
+    chance = 1 / 9
+    assert result["accuracy"] > 3 * chance, result["accuracy"]
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "shortcut_audit", "expert_load"} <= set(saved)
+    assert Path(saved["plots"]["confusion_matrix"]).stat().st_size > 1000
+    assert Path(saved["plots"]["expert_load"]).stat().st_size > 1000
+    card = (out / "README.md").read_text()
+    assert "initialised from" in card and "validation macro-F1" in card
+
+    capture = DEMO / "mqtt.pcap"
+    rows_file = tmp_path / "predictions.csv"
+    stats = predict_files([str(capture)], str(out), str(rows_file), progress=False)
+    with open(rows_file) as f:
+        rows = list(csv.DictReader(f))
+    assert stats["flows"] == len(rows) == 40
+    assert set(rows[0]) == {"file", "five_tuple", "start_time", "packets", "label", "probability"}
+    assert all(0 < float(r["probability"]) <= 1 for r in rows)
+
+
+def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
+    few = finetune(str(prepared), str(tmp_path / "few"), config="tiny", shots=2, min_steps=4, epochs=1, batch_size=8,
+                   progress=False)
+    assert few["train_samples"] == 18 and few["steps"] == 4 and few["best_validation_macro_f1"] is None
+    dense = finetune(str(prepared), str(tmp_path / "dense"), config="tiny", dense=True, epochs=1, batch_size=16,
+                     progress=False)
+    assert dense["model"] == "BertForSequenceClassification"
+    result = evaluate(str(prepared), str(tmp_path / "dense"), split="test", audit=False)
+    assert 0 <= result["macro_f1"] <= 1 and "expert_load" not in result
+
+
+def test_predict_stream_matches_file(finetuned, tmp_path):
+    """`cat capture | traffic-moe predict -` gives every flow the verdict the file gives it."""
+    out, _ = finetuned
+    capture = DEMO / "redis.pcap"
+    from_file = tmp_path / "file.csv"
+    predict_files([str(capture)], str(out), str(from_file), progress=False)
+    with open(capture, "rb") as stream:
+        result = subprocess.run(
+            [sys.executable, "-m", "traffic_moe_hf.cli", "predict", "-", "--model", str(out), "--out", str(tmp_path / "stream.csv")],
+            stdin=stream, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def verdicts(path):
+        with open(path) as f:
+            return {(r["five_tuple"], r["start_time"]): (r["label"], round(float(r["probability"]), 4)) for r in csv.DictReader(f)}
+
+    assert verdicts(tmp_path / "stream.csv") == verdicts(from_file)
+    assert len(verdicts(from_file)) == 40
+
+
+def test_resume_continues_the_same_run(prepared, tmp_path):
+    """Interrupt a run after its first checkpoint, resume it: the final weights equal an uninterrupted run's."""
+    common = dict(config="tiny", max_steps=8, batch_size=16, save_steps=4, progress=False, seed=3)
+    pretrain([str(prepared)], str(tmp_path / "straight"), **common)
+    interrupted = tmp_path / "interrupted"
+    pretrain([str(prepared)], str(interrupted), **common)
+    # simulate a crash after step 4: drop the later checkpoint and the final model
+    import shutil
+
+    shutil.rmtree(interrupted / "checkpoints" / "checkpoint-8")
+    (interrupted / "model.safetensors").unlink()
+    resumed = pretrain([str(prepared)], str(interrupted), resume=True, **common)
+    assert resumed["resumed_from"].endswith("checkpoint-4") and resumed["steps"] == 8
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(interrupted / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_process_training_ranks_agree(prepared, tmp_path):
+    """2 CPU processes (torchrun, gloo) run the unchanged pretraining recipe for a few steps. Each rank
+    starts from a different seed, so only a real DDP run (rank 0's weights broadcast, gradients
+    all-reduced, data sharded) ends with identical weights on both ranks."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, sys, torch, torch.distributed as dist, transformers\n"
+        "import traffic_moe_hf.recipes.pretrain as recipe\n"
+        "seen = {}\n"
+        "class Grab(transformers.TrainerCallback):\n"
+        "    def on_train_end(self, args, state, control, model=None, **kw):\n"
+        "        seen['weights'] = torch.cat([p.detach().flatten() for p in model.parameters()])\n"
+        "        seen['mode'] = (args.world_size, str(args.parallel_mode), state.epoch)\n"
+        "original = transformers.Trainer.__init__\n"
+        "def init(self, *a, **k):\n"
+        "    k['callbacks'] = list(k.get('callbacks') or []) + [Grab()]\n"
+        "    original(self, *a, **k)\n"
+        "transformers.Trainer.__init__ = init\n"
+        "recipe.pretrain([sys.argv[1]], sys.argv[2], config='tiny', max_steps=3, batch_size=8, progress=False,\n"
+        "                save_steps=100, seed=int(os.environ['RANK']))\n"
+        "w = seen['weights']\n"
+        "gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]\n"
+        "dist.all_gather(gathered, w)\n"
+        "diff = max((g - gathered[0]).abs().max().item() for g in gathered)\n"
+        "print('RESULT', seen['mode'][0], seen['mode'][1], seen['mode'][2], diff, flush=True)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+         str(worker), str(prepared), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(lines) == 2, result.stdout[-2000:]
+    from datasets import load_from_disk
+
+    steps_per_epoch = -(-len(load_from_disk(str(prepared))["train"]) // 16)  # 8 flows per rank x 2 ranks
+    for _, world, mode, epoch, diff in lines:
+        assert world == "2" and mode.endswith("DISTRIBUTED") and float(diff) == 0.0, (world, mode, diff)
+        assert abs(float(epoch) - 3 / steps_per_epoch) < 1e-3, (epoch, steps_per_epoch)  # the data was sharded
+    assert (tmp_path / "out" / "model.safetensors").is_file()
