@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "finetune": "traffic_moe_hf.recipes.finetune",
     "evaluate": "traffic_moe_hf.recipes.evaluate",
     "predict": "traffic_moe_hf.recipes.predict",
+    "robustness": "traffic_moe_hf.robustness.cli",
+    "bench": "traffic_moe_hf.bench",
 }
 
 
@@ -29,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # a real missing dependency: say so
+                raise
+            continue  # sub-command not part of this installation
         module.add_parser(subparsers)
     return parser
 
