@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != module_name:  # a real missing dependency: say so
+            if not (err.name and module_name.startswith(err.name)):  # a real missing dependency: say so
                 raise
             continue  # sub-command not part of this installation
         module.add_parser(subparsers)
