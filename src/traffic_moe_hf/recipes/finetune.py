@@ -42,6 +42,14 @@ def add_parser(subparsers):
     p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     p.add_argument("--seed", type=int, default=0)
+    adv = p.add_argument_group("adversarial training (docs/robustness.md)")
+    adv.add_argument("--adversarial", action="store_true",
+                     help="shaping augmentation + embedding-space PGD adversarial training")
+    adv.add_argument("--adv-copies", type=int, default=1, help="shaped copies per training flow (0: no augmentation)")
+    adv.add_argument("--adv-eps", type=float, default=0.3,
+                     help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD)")
+    adv.add_argument("--adv-steps", type=int, default=1, help="PGD ascent steps per batch")
+    adv.add_argument("--adv-weight", type=float, default=0.5, help="weight of the adversarial loss")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
     return p
@@ -53,6 +61,8 @@ def run(args) -> int:
         match=args.match, shots=args.shots, epochs=args.epochs, min_steps=args.min_steps,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
         seed=args.seed, progress=args.progress,
+        adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight)
+        if args.adversarial else None,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
     return 0
@@ -85,7 +95,7 @@ def weighted_loss(weights: torch.Tensor | None, config):
 
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
              min_steps=60, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
-             config_overrides=None, eval_split="validation") -> dict:
+             config_overrides=None, eval_split="validation", adversarial=None) -> dict:
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,
@@ -112,6 +122,10 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
+    if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
+        from ..robustness.adversarial import augment_split
+
+        prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 1))
     train = model_view(prepared["train"], dense=dense)
     if shots is not None:
         train = few_shot(train, shots, seed)
@@ -165,7 +179,13 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         dataloader_num_workers=0,
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if validation is not None else []
-    trainer = Trainer(
+    trainer_cls = Trainer
+    if adversarial is not None and adversarial.get("eps", 0.3) > 0:  # embedding-space PGD (robustness/)
+        from ..robustness.adversarial import adversarial_trainer
+
+        trainer_cls = adversarial_trainer(Trainer, eps=adversarial.get("eps", 0.3), steps=adversarial.get("steps", 1),
+                                          weight=adversarial.get("weight", 0.5))
+    trainer = trainer_cls(
         model=model,
         args=training_args,
         train_dataset=train,
@@ -195,6 +215,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         **parameter_summary(trainer.model),
         "train_samples": len(train),
         "shots": shots,
+        "adversarial": adversarial,
         "steps": trainer.state.global_step,
         "best_validation_macro_f1": best,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],

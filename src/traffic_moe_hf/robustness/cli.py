@@ -1,0 +1,199 @@
+"""``traffic-moe robustness``: a classifier's accuracy and macro-F1 under traffic-shaping attacks.
+
+    traffic-moe robustness --data DIR --model CKPT [--model CKPT2 ...] [--split test] --json OUT
+                           [--md OUT.md] [--plot OUT.png] [--whitebox] [--pgd-eps 0.1,0.5]
+
+Every flow of the split is shaped by each attack at each budget (seeded), re-anonymised and
+re-tokenized exactly as ``prepare`` would (same max packets / bytes / TTL mode, read from the
+dataset's report.json), then classified. JSON: ``clean`` {accuracy, macro_f1} and ``attacks``
+{attack → budget → {accuracy, macro_f1}} for the first model; with several models all of them under
+``models`` (name → the same). ``--whitebox`` adds HotFlip-chosen padding and chaff bytes
+(``whitebox_padding``, ``whitebox_chaff``); ``--pgd-eps`` adds embedding-space PGD (an upper bound,
+not traffic) under ``pgd``. See docs/robustness.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "robustness", help="accuracy / macro-F1 under traffic-shaping attacks (black-box, white-box, PGD)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
+    p.add_argument("--model", required=True, action="append", help="classifier checkpoint (repeat to compare)")
+    p.add_argument("--name", action="append", default=None, help="display name per --model (default: folder name)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", required=True, dest="json_out", help="where to write the results (JSON)")
+    p.add_argument("--md", default=None, help="also write a Markdown table here")
+    p.add_argument("--plot", default=None, help="also write a PNG plot here")
+    p.add_argument("--attacks", default=None, help="comma list (default: all black-box attacks)")
+    p.add_argument("--budgets", default=None,
+                   help='JSON {attack: [budgets]} overriding the defaults, e.g. \'{"padding": [64, 1500]}\'')
+    p.add_argument("--whitebox", action="store_true", help="add HotFlip-optimised padding / chaff bytes")
+    p.add_argument("--whitebox-steps", type=int, default=8)
+    p.add_argument("--pgd-eps", default="", help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N flows only")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    budgets = json.loads(args.budgets) if args.budgets else None
+    attacks = args.attacks.split(",") if args.attacks else None
+    pgd = [float(x) for x in args.pgd_eps.split(",") if x.strip()]
+    result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
+                        whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=pgd,
+                        max_samples=args.max_samples, seed=args.seed)
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(result, indent=2))
+    table = markdown_table(result)
+    if args.md:
+        Path(args.md).write_text(table + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    print(table)
+    return 0
+
+
+def _metrics(labels, logits) -> dict:
+    from ..recipes.common import classification_metrics
+
+    m = classification_metrics(labels, logits.argmax(-1), [str(i) for i in range(logits.shape[1])])
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+
+
+def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=False, whitebox_steps=8,
+                   pgd_eps=(), seed=0) -> dict:
+    from .attacks import attack_columns, make_attack
+    from .whitebox import pgd_eval, predict, whitebox_columns
+
+    dense = model.config.model_type == "bert"
+    clean = attack_columns(dataset, None, seed=seed, **options)
+    out = {"clean": _metrics(labels, predict(model, clean, dense)), "attacks": {}}
+    for name in attacks:
+        out["attacks"][name] = {}
+        for budget in budgets[name]:
+            cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
+            out["attacks"][name][str(budget)] = _metrics(labels, predict(model, cols, dense))
+    if whitebox:
+        for name, bs in (("padding", budgets.get("padding", [64])), ("chaff", budgets.get("chaff", [1.0]))):
+            key = f"whitebox_{name}"
+            out["attacks"][key] = {}
+            for budget in bs:
+                cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
+                cols = whitebox_columns(model, cols, labels, dense, options["max_packets"], options["max_bytes"],
+                                        steps=whitebox_steps)
+                out["attacks"][key][str(budget)] = _metrics(labels, predict(model, cols, dense))
+    if pgd_eps:
+        out["pgd"] = {str(e): _metrics(labels, pgd_eval(model, clean, labels, dense, e)) for e in pgd_eps}
+    return out
+
+
+def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
+               whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0) -> dict:
+    import torch
+
+    from ..recipes.common import device_summary, label_names, load_prepared
+    from ..recipes.evaluate import align_labels, load_classifier
+    from .attacks import DEFAULT_BUDGETS, dataset_options
+
+    models = [models] if isinstance(models, (str, Path)) else list(models)
+    names = list(names or []) + [Path(m).name for m in models[len(names or []):]]
+    prepared = load_prepared(data)
+    if split not in prepared:
+        raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
+    dataset = prepared[split]
+    if max_samples:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    options = dataset_options(data)
+    all_budgets = {**DEFAULT_BUDGETS, **(budgets or {})}
+    attacks = attacks or list(DEFAULT_BUDGETS)
+    result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
+              "budgets": {a: all_budgets[a] for a in attacks}, "seed": seed, "device": device_summary(), "models": {}}
+    started = time.perf_counter()
+    for name, path in zip(names, models):
+        model = load_classifier(path)
+        mapping = align_labels(label_names(dataset), model.config.id2label)
+        labels = mapping[np.asarray(dataset["label"])]
+        keep = np.flatnonzero(labels >= 0)
+        view = dataset.select(keep) if len(keep) < len(dataset) else dataset
+        with torch.no_grad():
+            pass
+        res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
+                             whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed)
+        result["models"][name] = {"model": str(path), "type": model.config.model_type, **res}
+    first = result["models"][names[0]]
+    result["clean"], result["attacks"] = first["clean"], first["attacks"]
+    if "pgd" in first:
+        result["pgd"] = first["pgd"]
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    names = list(result["models"])
+    head = "| attack | budget | " + " | ".join(f"{n} acc | {n} macro-F1 (Δ)" for n in names) + " |"
+    sep = "|---|---|" + "---|---|" * len(names)
+    rows = [head, sep]
+
+    def cells(get):
+        out = []
+        for n in names:
+            m = result["models"][n]
+            v = get(m)
+            if v is None:
+                out += ["–", "–"]
+            else:
+                d = (v["macro_f1"] - m["clean"]["macro_f1"]) * 100
+                out += [f"{v['accuracy']:.3f}", f"{v['macro_f1']:.3f} ({d:+.1f})"]
+        return " | ".join(out)
+
+    rows.append("| clean | – | " + cells(lambda m: m["clean"]) + " |")
+    first = result["models"][names[0]]
+    for attack, per in first["attacks"].items():
+        for budget in per:
+            rows.append(f"| {attack} | {budget} | "
+                        + cells(lambda m: m["attacks"].get(attack, {}).get(budget)) + " |")
+    for eps in first.get("pgd", {}):
+        rows.append(f"| embedding PGD (bound) | eps {eps} | " + cells(lambda m: m.get("pgd", {}).get(eps)) + " |")
+    return "\n".join(rows)
+
+
+def plot(result: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(result["models"].values()))
+    attacks = list(first["attacks"]) + (["pgd"] if "pgd" in first else [])
+    cols = min(4, len(attacks))
+    rows = -(-len(attacks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, attack in zip(axes.flat, attacks):
+        for name, m in result["models"].items():
+            per = m.get("pgd", {}) if attack == "pgd" else m["attacks"].get(attack, {})
+            xs = ["clean"] + list(per)
+            ys = [m["clean"]["macro_f1"]] + [per[b]["macro_f1"] for b in per]
+            ax.plot(range(len(xs)), ys, marker="o", label=name)
+            ax.set_xticks(range(len(xs)), xs, rotation=30, fontsize=8)
+        ax.set_title(attack if attack != "pgd" else "embedding PGD (bound)")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("macro-F1")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{result['data']} ({result['split']}, {result['samples']} flows)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
