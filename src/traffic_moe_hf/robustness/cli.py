@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+# HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
+WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -85,10 +88,10 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
             cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
             out["attacks"][name][str(budget)] = _metrics(labels, predict(model, cols, dense))
     if whitebox:
-        for name, bs in (("padding", budgets.get("padding", [64])), ("chaff", budgets.get("chaff", [1.0]))):
+        for name in ("padding", "chaff"):
             key = f"whitebox_{name}"
             out["attacks"][key] = {}
-            for budget in bs:
+            for budget in budgets.get(key, WHITEBOX_BUDGETS[key]):
                 cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
                 cols = whitebox_columns(model, cols, labels, dense, options["max_packets"], options["max_bytes"],
                                         steps=whitebox_steps)
@@ -100,8 +103,6 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
 
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
                whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0) -> dict:
-    import torch
-
     from ..recipes.common import device_summary, label_names, load_prepared
     from ..recipes.evaluate import align_labels, load_classifier
     from .attacks import DEFAULT_BUDGETS, dataset_options
@@ -126,8 +127,6 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
         labels = mapping[np.asarray(dataset["label"])]
         keep = np.flatnonzero(labels >= 0)
         view = dataset.select(keep) if len(keep) < len(dataset) else dataset
-        with torch.no_grad():
-            pass
         res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
                              whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed)
         result["models"][name] = {"model": str(path), "type": model.config.model_type, **res}
