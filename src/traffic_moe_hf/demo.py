@@ -24,7 +24,9 @@ def add_parser(subparsers):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default="tiny", help="model size preset (default tiny)")
     p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--finetune-epochs", type=float, default=12.0)
+    p.add_argument("--finetune-epochs", type=float, default=30.0)
+    p.add_argument("--shots", type=int, default=2, help="few-shot rows: flows per class (default 2)")
+    p.add_argument("--seeds", type=int, default=3, help="few-shot rows: seeds averaged (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
     return p
@@ -63,8 +65,9 @@ def run(args) -> int:
           f"dense BERT {pre_dense['first_logged_loss']:.3f} -> {pre_dense['last_logged_loss']:.3f}")
     timings["pretrain"] = time.perf_counter() - t
 
-    _stage("3/6 fine-tuning")
+    _stage("3/6 fine-tuning on all training flows, and few-shot")
     t = time.perf_counter()
+    data = str(out / "data")
     runs = {
         "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe")),
         "Traffic-MoE from scratch": dict(config=args.config),
@@ -73,18 +76,38 @@ def run(args) -> int:
     folders = {}
     for name, kwargs in runs.items():
         folder = out / ("finetuned-" + name.lower().replace(" ", "-"))
-        print(f"-- {name}")
-        finetune(data=str(out / "data"), out=str(folder), epochs=args.finetune_epochs, batch_size=16, seed=args.seed,
-                 **kwargs)
+        print(f"-- {name}", flush=True)
+        finetune(data=data, out=str(folder), epochs=args.finetune_epochs, batch_size=16, lr=2e-3, patience=6,
+                 seed=args.seed, progress=False, **kwargs)
         folders[name] = folder
+    few = {name: [] for name in runs}
+    for name, kwargs in runs.items():
+        for seed in range(args.seeds):
+            folder = out / "few-shot" / f"{name.lower().replace(' ', '-')}-{seed}"
+            finetune(data=data, out=str(folder), shots=args.shots, min_steps=60, batch_size=16, lr=2e-3, seed=seed,
+                     progress=False, **kwargs)
+            few[name].append(evaluate(data, str(folder), split="test", audit=False)["macro_f1"])
+        print(f"-- {name}, {args.shots} flows per class: macro-F1 " + ", ".join(f"{v:.3f}" for v in few[name]), flush=True)
     timings["finetune"] = time.perf_counter() - t
 
     _stage("4/6 evaluation on the test split (flows never seen in training)")
     t = time.perf_counter()
     results = {}
     for name, folder in folders.items():
-        results[name] = evaluate(str(out / "data"), str(folder), split="test", json_out=str(out / "eval" / f"{folder.name}.json"))
+        results[name] = evaluate(data, str(folder), split="test", json_out=str(out / "eval" / f"{folder.name}.json"))
         print(f"-- {name}\n{format_result(results[name])}")
+    from datasets import load_from_disk
+
+    from .recipes.baselines import random_forest
+    from .recipes.common import few_shot, label_names
+
+    prepared = load_from_disk(data)
+    names = label_names(prepared["train"])
+    forest = random_forest(prepared["train"], prepared["test"], names)
+    forest_few = [random_forest(few_shot(prepared["train"], args.shots, seed), prepared["test"], names, seed=seed)["macro_f1"]
+                  for seed in range(args.seeds)]
+    print(f"-- random forest (8 packets x direction, IP length, TCP flags, 32 payload bytes): "
+          f"macro-F1 {forest['macro_f1']:.3f}; {args.shots} flows per class: " + ", ".join(f"{v:.3f}" for v in forest_few))
     timings["evaluate"] = time.perf_counter() - t
 
     _stage("5/6 the Hub folder reloads with AutoModelForSequenceClassification")
@@ -107,15 +130,24 @@ def run(args) -> int:
     print(f"{capture.name}: {summary['flows']} flows, {summary['flows_per_second']} flows/s")
 
     total = time.perf_counter() - started
-    print("\n=== results (test split of the shipped loopback9 slice, flow-level split, anonymised headers) ===")
-    print(f"{'model':<26} {'params total':>12} {'active':>9} {'accuracy':>9} {'macro-F1':>9}")
+    import statistics
+
+    def spread(values):
+        return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+    print(f"\n=== results: shipped loopback9 slice ({len(names)} classes), test split = {results['Traffic-MoE pretrained']['samples']} "
+          "flows never seen in training, anonymised headers ===")
+    print(f"{'model':<26} {'params':>8} {'active':>8} {'accuracy':>9} {'macro-F1':>9}   {f'{args.shots}-shot macro-F1 ({args.seeds} seeds)':>28}")
     for name, r in results.items():
-        print(f"{name:<26} {r['parameters_total'] / 1e6:>11.2f}M {r['parameters_active'] / 1e6:>8.2f}M "
-              f"{r['accuracy']:>9.3f} {r['macro_f1']:>9.3f}")
+        print(f"{name:<26} {r['parameters_total'] / 1e6:>7.2f}M {r['parameters_active'] / 1e6:>7.2f}M "
+              f"{r['accuracy']:>9.3f} {r['macro_f1']:>9.3f}   {spread(few[name]):>28}")
+    print(f"{'random forest (classic)':<26} {'':>8} {'':>8} {forest['accuracy']:>9.3f} {forest['macro_f1']:>9.3f}   {spread(forest_few):>28}")
     audit = results["Traffic-MoE pretrained"].get("shortcut_audit")
     if audit:
-        print(f"{'shortcut audit (RF, hidden header fields)':<48} {audit['accuracy']:>9.3f} {audit['macro_f1']:>9.3f}")
-    print(f"test flows: {results['Traffic-MoE pretrained']['samples']}; time: "
-          + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
-    (out / "results.json").write_text(json.dumps({"results": results, "timings": timings}, indent=2, default=str))
+        print(f"{'shortcut audit':<26} {'':>8} {'':>8} {audit['accuracy']:>9.3f} {audit['macro_f1']:>9.3f}   "
+              "(random forest on the hidden addresses/ports only)")
+    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
+    (out / "results.json").write_text(json.dumps(
+        {"results": results, "few_shot": few, "random_forest": forest, "random_forest_few_shot": forest_few,
+         "timings": timings}, indent=2, default=str))
     return 0
