@@ -26,7 +26,7 @@ __all__ = ["Flow", "FlowTable", "bursts"]
 class Flow:
     __slots__ = (
         "index", "proto", "version", "client", "server", "isn", "start", "last", "count", "nbytes",
-        "packets", "directions", "lengths", "times",
+        "packets", "directions", "lengths", "times", "header_fields",
     )
 
     def __init__(self, index, proto, version, client, server, isn, ts):
@@ -44,10 +44,23 @@ class Flow:
         self.directions = []
         self.lengths = []
         self.times = []
+        self.header_fields = ()
 
     def five_tuple(self) -> str:
         """``"tcp 10.0.0.1:51000-10.0.0.2:443"`` (client first)."""
         return f"{'tcp' if self.proto == 6 else 'udp'} {_ep(self.client)}-{_ep(self.server)}"
+
+
+def hidden_header_fields(d: Decoded) -> tuple[int, int, int, int]:
+    """The first packet's header values that anonymisation hides and addresses/ports do not cover:
+    TTL (hop limit), IP ID, IP header checksum, TCP/UDP checksum (0 where the header has none).
+    Kept as flow metadata only (``header_fields``) for the shortcut audit of `traffic-moe evaluate`."""
+    ip = d.ip
+    l4_checksum_at = d.l4 + (16 if d.proto == 6 else 6)
+    l4_checksum = (ip[l4_checksum_at] << 8 | ip[l4_checksum_at + 1]) if len(ip) >= l4_checksum_at + 2 else 0
+    if d.version == 4:
+        return (ip[8], ip[4] << 8 | ip[5], ip[10] << 8 | ip[11], l4_checksum)
+    return (ip[7], 0, 0, l4_checksum)
 
 
 def _ip_str(b: bytes) -> str:
@@ -95,6 +108,7 @@ class FlowTable:
                 f = Flow(self.n, d.proto, d.version, b, a, None, ts)
             else:
                 f = Flow(self.n, d.proto, d.version, a, b, d.seq if syn else None, ts)
+            f.header_fields = hidden_header_fields(d)
             self.n += 1
             self.open[key] = f
         f.count += 1

@@ -342,7 +342,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
             "burst_bytes": Sequence(Value("int64")), "source_file": Value("string"),
             "flow_id": Value("string"), "packet_index": Value("int32"), "packet_count": Value("int64"),
             "byte_count": Value("int64"), "start_time": Value("float64"), "end_time": Value("float64"),
-            "five_tuple": Value("string"),
+            "five_tuple": Value("string"), "header_fields": Sequence(Value("int32")),
         }
         feats = Features({k: v for k, v in feats.items() if k in cols})
         cols.pop("_key", None)

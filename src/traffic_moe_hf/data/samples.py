@@ -29,7 +29,7 @@ __all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "COL
 COLUMNS = (
     "input_ids", "attention_mask", "packet_ids", "direction_ids", "label", "packets", "directions",
     "ip_lengths", "timestamps", "burst_packets", "burst_bytes", "source_file", "flow_id",
-    "packet_index", "packet_count", "byte_count", "start_time", "end_time", "five_tuple",
+    "packet_index", "packet_count", "byte_count", "start_time", "end_time", "five_tuple", "header_fields",
 )
 
 
@@ -208,6 +208,7 @@ def _build_rows(res, flows, cfg, name, path):
             cols["start_time"].append(meta[4])
             cols["end_time"].append(meta[5])
             cols["five_tuple"].append(meta[6])
+            cols["header_fields"].append(list(f.header_fields))
     if cfg.tokenize and cols["packets"]:
         enc = encode_packets(cols["packets"], cols["directions"], cfg.max_packets, cfg.max_bytes,
                              get_tokenizer(cfg.tokenizer))

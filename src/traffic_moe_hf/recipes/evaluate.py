@@ -139,7 +139,8 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
 # ------------------------------------------------------------------------------------ shortcut audit
 def shortcut_features(dataset) -> np.ndarray:
     """Per flow, the header fields anonymisation removes: protocol, client/server address bytes and
-    ports (from the 5-tuple), plus any per-flow header columns the dataset keeps (``header_fields``)."""
+    ports (from the 5-tuple), plus the first packet's TTL, IP ID and IP/TCP/UDP checksums where the
+    dataset keeps them (``header_fields``)."""
     import ipaddress
 
     rows = []
@@ -170,7 +171,7 @@ def shortcut_audit(train, evaluated, labels, names, mapping) -> dict:
     metrics = classification_metrics(labels, forest.predict(shortcut_features(evaluated)), names)
     return {
         "features": "protocol, client/server address (last 4 bytes) and port"
-        + (", header_fields" if "header_fields" in train.column_names else ""),
+        + (", first packet's TTL, IP ID, IP and TCP/UDP checksums" if "header_fields" in train.column_names else ""),
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
     }
