@@ -100,3 +100,9 @@ def test_save_and_reload_keeps_settings(tmp_path, real_flows):
         again([packets], directions=[directions], return_tensors="pt")["input_ids"],
         tokenizer([packets], directions=[directions], return_tensors="pt")["input_ids"],
     )
+
+
+def test_shipped_tokenizer_folder_carries_the_current_code():
+    """tokenizer/ is a Hub folder: its remote-code copy must be the package's tokenizer, not a stale one."""
+    source = REPO / "src" / "traffic_moe_hf" / "tokenization_traffic_moe.py"
+    assert (REPO / "tokenizer" / "tokenization_traffic_moe.py").read_text() == source.read_text()

@@ -381,6 +381,14 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
         elif isinstance(module, TrafficMoeRouter):
             init.normal_(module.weight, mean=0.0, std=std)
 
+    def _wants_router_logits(self, labels, output_router_logits) -> bool:
+        """Heads need router logits to add the router losses (labels given) or when asked to return them."""
+        if "moe" not in self.config.mlp_layer_types:
+            return False
+        return labels is not None or bool(
+            self.config.output_router_logits if output_router_logits is None else output_router_logits
+        )
+
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
         """Default experts path: this project's `dropless` dispatch (fastest here); explicit requests win."""
         if requested_experts is None:
@@ -506,10 +514,6 @@ class TrafficMoeModel(TrafficMoePreTrainedModel):
         )
 
 
-def _has_moe(config: TrafficMoeConfig) -> bool:
-    return "moe" in config.mlp_layer_types
-
-
 class TrafficMoePredictionHead(nn.Module):
     def __init__(self, config: TrafficMoeConfig):
         super().__init__()
@@ -555,9 +559,7 @@ class TrafficMoeForMaskedLM(TrafficMoePreTrainedModel):
         **kwargs,
     ) -> TrafficMoeMaskedLMOutput:
         """`labels`: byte ids to predict at masked positions, -100 elsewhere."""
-        want_router = _has_moe(self.config) and (
-            labels is not None or (self.config.output_router_logits if output_router_logits is None else output_router_logits)
-        )
+        want_router = self._wants_router_logits(labels, output_router_logits)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -631,9 +633,7 @@ class TrafficMoeForSequenceClassification(TrafficMoePreTrainedModel):
         **kwargs,
     ) -> TrafficMoeSequenceClassifierOutput:
         """`labels`: class index per sample (-100 ignored), float targets for regression or multi-label."""
-        want_router = _has_moe(self.config) and (
-            labels is not None or (self.config.output_router_logits if output_router_logits is None else output_router_logits)
-        )
+        want_router = self._wants_router_logits(labels, output_router_logits)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
