@@ -107,6 +107,13 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert stats["flows"] == len(rows) == 40
     assert set(rows[0]) == {"file", "five_tuple", "start_time", "packets", "label", "probability"}
     assert all(0 < float(r["probability"]) <= 1 for r in rows)
+    # bfloat16 inference: same verdict for (nearly) every flow
+    predict_files([str(capture)], str(out), str(tmp_path / "bf16.csv"), progress=False, bf16=True)
+    with open(tmp_path / "bf16.csv") as f:
+        bf16_rows = list(csv.DictReader(f))
+    assert [r["five_tuple"] for r in bf16_rows] == [r["five_tuple"] for r in rows]  # capture order kept
+    agree = sum(a["label"] == b["label"] for a, b in zip(rows, bf16_rows))
+    assert agree >= 0.9 * len(rows), agree
 
 
 def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):

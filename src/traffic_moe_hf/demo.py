@@ -23,7 +23,7 @@ def add_parser(subparsers):
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of captures, one file per class (default: shipped slice)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default="tiny", help="model size preset (default tiny)")
-    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=250)
     p.add_argument("--finetune-epochs", type=float, default=30.0)
     p.add_argument("--shots", type=int, default=2, help="few-shot rows: flows per class (default 2)")
     p.add_argument("--seeds", type=int, default=3, help="few-shot rows: seeds averaged (default 3)")

@@ -32,7 +32,8 @@ def add_parser(subparsers):
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
     p.add_argument("--out", required=True, help="output .csv or .json (- for stdout CSV)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="flows per forward pass (default 64)")
+    p.add_argument("--bf16", action="store_true", help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs)")
     p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -45,10 +46,10 @@ def run(args) -> int:
         if len(args.captures) > 1:
             raise SystemExit("predict: '-' (stdin) cannot be combined with other captures")
         summary = predict_stream(sys.stdin.buffer, args.model, args.out, udp_timeout=args.udp_timeout,
-                                 tcp_timeout=args.tcp_timeout)
+                                 tcp_timeout=args.tcp_timeout, bf16=args.bf16)
     else:
         summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size, progress=args.progress,
-                                udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout)
+                                udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout, bf16=args.bf16)
     print(json.dumps(summary), file=sys.stderr)
     return 0 if summary["files_read"] > 0 else 1
 
@@ -56,12 +57,16 @@ def run(args) -> int:
 class Classifier:
     """A checkpoint's model and tokenizer, classifying flows given as (packets, directions)."""
 
-    def __init__(self, model_path):
+    def __init__(self, model_path, bf16: bool = False):
         from transformers import AutoTokenizer
 
         from .evaluate import load_classifier
 
         self.model = load_classifier(model_path)
+        if torch.cuda.is_available():
+            self.model = self.model.cuda()
+        if bf16:
+            self.model = self.model.to(torch.bfloat16)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.dense = self.model.config.model_type == "bert"
         self.names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
@@ -77,7 +82,7 @@ class Classifier:
     @torch.inference_mode()
     def __call__(self, flows: list[list[bytes]], directions: list[list[int]]) -> tuple[list[str], list[float]]:
         batch = self.tokenizer(flows, directions=directions, padding=True, pad_to_multiple_of=8, return_tensors="pt")
-        batch = dict(batch)
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
         if self.dense:
             batch.pop("packet_ids")
             batch["token_type_ids"] = batch.pop("direction_ids")
@@ -114,13 +119,14 @@ class _Writer:
             self.file.close()
 
 
-def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0) -> dict:
+def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0,
+                  bf16=False) -> dict:
     from tqdm.auto import tqdm
 
     from ..data.prepare import collect_inputs
     from ..data.samples import PrepareConfig, process_file
 
-    classifier = Classifier(model_path)
+    classifier = Classifier(model_path, bf16=bf16)
     files, missing = collect_inputs(captures)
     writer = _Writer(out)
     summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "flows": 0,
@@ -137,16 +143,23 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
         summary["files_read"] += 1
         summary["packets_total"] += result["packets_total"]
         columns = result["columns"]
-        for start in range(0, len(columns["packets"]), batch_size):
-            chunk = slice(start, start + batch_size)
-            labels, probabilities = classifier(columns["packets"][chunk], columns["directions"][chunk])
-            for i, (label, probability) in enumerate(zip(labels, probabilities)):
-                j = start + i
-                writer.write({
-                    "file": name, "five_tuple": columns["five_tuple"][j], "start_time": f"{columns['start_time'][j]:.6f}",
-                    "packets": columns["packet_count"][j], "label": label, "probability": f"{probability:.6f}",
-                })
-                summary["flows"] += 1
+        # length bucketing: batch flows of similar length so short flows are not padded to the longest;
+        # rows are still written in capture order
+        lengths = [sum(min(len(p), classifier.max_packet_bytes) + 1 for p in flow[: classifier.max_packets])
+                   for flow in columns["packets"]]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        verdicts: dict[int, tuple[str, float]] = {}
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            labels, probabilities = classifier([columns["packets"][j] for j in index], [columns["directions"][j] for j in index])
+            verdicts.update(zip(index, zip(labels, probabilities)))
+        for j in range(len(lengths)):
+            label, probability = verdicts[j]
+            writer.write({
+                "file": name, "five_tuple": columns["five_tuple"][j], "start_time": f"{columns['start_time'][j]:.6f}",
+                "packets": columns["packet_count"][j], "label": label, "probability": f"{probability:.6f}",
+            })
+            summary["flows"] += 1
     writer.close()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["flows_per_second"] = round(summary["flows"] / summary["seconds"], 1) if summary["seconds"] else None
@@ -154,14 +167,14 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     return summary
 
 
-def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0) -> dict:
+def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0, bf16=False) -> dict:
     """Classify flows from a pcap byte stream as they complete (see module docstring). Flows are cut by
     the same idle timeouts as in files, so a stream gives the verdicts its capture file gives."""
     from ..data.decode import Decoded, decode
     from ..data.flows import FlowTable
     from ..data.reader import CaptureError, open_capture
 
-    classifier = Classifier(model_path)
+    classifier = Classifier(model_path, bf16=bf16)
     writer = _Writer(out)
     n = classifier.max_packets
     table = FlowTable(max_packets=n, max_bytes=classifier.max_packet_bytes, udp_timeout=udp_timeout,
