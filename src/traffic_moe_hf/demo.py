@@ -26,7 +26,8 @@ def add_parser(subparsers):
     p.add_argument("--pretrain-steps", type=int, default=250)
     p.add_argument("--finetune-epochs", type=float, default=30.0)
     p.add_argument("--shots", type=int, default=2, help="few-shot rows: flows per class (default 2)")
-    p.add_argument("--seeds", type=int, default=3, help="few-shot rows: seeds averaged (default 3)")
+    p.add_argument("--seeds", type=int, default=2, help="few-shot rows: seeds averaged (default 2)")
+    p.add_argument("--few-steps", type=int, default=200, help="few-shot: training steps (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
     return p
@@ -84,8 +85,8 @@ def run(args) -> int:
     for name, kwargs in runs.items():
         for seed in range(args.seeds):
             folder = out / "few-shot" / f"{name.lower().replace(' ', '-')}-{seed}"
-            finetune(data=data, out=str(folder), shots=args.shots, min_steps=60, batch_size=16, lr=2e-3, seed=seed,
-                     progress=False, **kwargs)
+            finetune(data=data, out=str(folder), shots=args.shots, min_steps=args.few_steps, batch_size=16, lr=3e-3,
+                     seed=seed, progress=False, **kwargs)
             few[name].append(evaluate(data, str(folder), split="test", audit=False)["macro_f1"])
         print(f"-- {name}, {args.shots} flows per class: macro-F1 " + ", ".join(f"{v:.3f}" for v in few[name]), flush=True)
     timings["finetune"] = time.perf_counter() - t

@@ -36,7 +36,8 @@ def add_parser(subparsers):
                    help="with --dense from scratch: match the MoE's active (default) or total parameters")
     p.add_argument("--shots", type=int, default=None, help="use only K training samples per class (few-shot)")
     p.add_argument("--epochs", type=float, default=10.0)
-    p.add_argument("--min-steps", type=int, default=60, help="few-shot: train at least this many steps")
+    p.add_argument("--min-steps", type=int, default=300,
+                   help="few-shot: train at least this many steps (60 left tiny models far from fitting 10 flows per class)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
@@ -94,7 +95,7 @@ def weighted_loss(weights: torch.Tensor | None, config):
 
 
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
-             min_steps=60, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
+             min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
              config_overrides=None, eval_split="validation", adversarial=None) -> dict:
     from transformers import (
         BertForSequenceClassification,
