@@ -57,7 +57,7 @@ def build(name: str):
     """A model by name, in eval mode, and whether it takes Traffic-MoE's structure inputs."""
     from transformers import BertConfig, BertModel, SwitchTransformersConfig, SwitchTransformersEncoderModel
 
-    from . import TrafficMoeConfig, TrafficMoeModel, count_parameters
+    from . import TrafficMoeConfig, TrafficMoeModel
 
     if name.startswith("traffic-moe"):
         config = TrafficMoeConfig.from_preset(name.split("-")[-1], max_position_embeddings=520)
@@ -67,16 +67,13 @@ def build(name: str):
                                           num_sparse_encoder_layers=6, num_heads=12, num_experts=16,
                                           expert_capacity=64, is_encoder_decoder=False)
         return SwitchTransformersEncoderModel(config).eval(), False
-    intermediate = 3072
-    if name == "dense-equal-total":
-        with torch.device("meta"):
-            target, _ = count_parameters(TrafficMoeModel(TrafficMoeConfig.from_preset("base")))
-            probe = sum(p.numel() for p in BertModel(BertConfig(vocab_size=262, intermediate_size=1,
-                                                                max_position_embeddings=520, type_vocab_size=3),
-                                                     add_pooling_layer=False).parameters())
-        intermediate = round((target - probe) / (12 * (2 * 768 + 1))) + 1
-    config = BertConfig(vocab_size=262, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=intermediate, max_position_embeddings=520, type_vocab_size=3)
+    if name == "dense-equal-total":  # ET-BERT's depth and width, FFN widened to Traffic-MoE-base's total size
+        from .recipes.common import dense_config
+
+        config = dense_config(TrafficMoeConfig.from_preset("base"), match="total", max_length=520)
+    else:
+        config = BertConfig(vocab_size=262, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072, max_position_embeddings=520, type_vocab_size=3)
     return BertModel(config, add_pooling_layer=False).eval(), False
 
 

@@ -90,10 +90,16 @@ class FlowTable:
         self.done: list[Flow] = []
         self.n = 0
 
+    @staticmethod
+    def key(d: Decoded) -> tuple:
+        """The direction-free flow key of a packet: protocol + the unordered pair of endpoints."""
+        a, b = (d.src, d.sport), (d.dst, d.dport)
+        return (d.proto, a, b) if a <= b else (d.proto, b, a)
+
     def add(self, ts: float, d: Decoded) -> bool:
         a = (d.src, d.sport)
         b = (d.dst, d.dport)
-        key = (d.proto, a, b) if a <= b else (d.proto, b, a)
+        key = self.key(d)
         f = self.open.get(key)
         syn = d.proto == 6 and (d.flags & 0x12) == 0x02
         if f is not None:

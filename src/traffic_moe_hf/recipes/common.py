@@ -100,7 +100,8 @@ def dense_config(moe: TrafficMoeConfig, match: str = "active", max_length: int =
     equal the MoE's *active* (per-token) or *total* parameters. ET-BERT is a BERT of this kind."""
     from transformers import BertConfig
 
-    total, active = count_parameters(TrafficMoeForMaskedLM(moe).model)
+    with torch.device("meta"):  # counting only: no memory for a large preset
+        total, active = count_parameters(TrafficMoeForMaskedLM(moe).model)
     target = active if match == "active" else total
 
     def bert(intermediate):

@@ -215,7 +215,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
                 emit(flow)
                 emitted.discard(flow.index)
             table.done.clear()
-            key_flow = _flow_of(table, d)
+            key_flow = table.open.get(table.key(d))
             if key_flow is not None and len(key_flow.packets) == n:
                 emit(key_flow)
             if last_sweep is None or ts - last_sweep >= udp_timeout / 4:
@@ -235,8 +235,3 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
-
-def _flow_of(table, d):
-    a, b = (d.src, d.sport), (d.dst, d.dport)
-    key = (d.proto, a, b) if a <= b else (d.proto, b, a)
-    return table.open.get(key)
