@@ -75,7 +75,7 @@ def run_prepare(data, num_proc):
     from traffic_moe_hf.data.prepare import prepare
 
     with tempfile.TemporaryDirectory() as out:
-        r = prepare([data], out, labels="file", num_proc=num_proc, progress=False)
+        r = prepare(data if isinstance(data, list) else [data], out, labels="file", num_proc=num_proc, progress=False)
     return r["packets_total"], r
 
 
@@ -88,11 +88,26 @@ def timed(fn, repeats):
     return statistics.median(ts), ts, res
 
 
+def interleaved(fn_a, fn_b, repeats):
+    """Time two functions alternately (a b a b ...), so drifting load on a shared machine hits both."""
+    ta, tb, ra, rb = [], [], None, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ra = fn_a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rb = fn_b()
+        tb.append(time.perf_counter() - t)
+    return (statistics.median(ta), ta, ra), (statistics.median(tb), tb, rb)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data", nargs="?", default=str(DEFAULT))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scapy-packets", type=int, default=8000)
+    ap.add_argument("--larger", nargs="*", default=[str(DEFAULT.parent / t) for t in ("loopback9", "tls9", "attack10")],
+                    help="also time --num-proc 2 against 1 process on these inputs together (default: the three tasks)")
     a = ap.parse_args()
     files = sorted(glob.glob(os.path.join(a.data, "*.pcap")))
     if not files:
@@ -105,13 +120,18 @@ def main():
     t, all_t, n = timed(lambda: bare_dpkt(files), a.repeats)
     total = sum(1 for _ in _records(files))
     rows["bare dpkt decode loop (a)"] = (total, t, all_t)
-    t, all_t, res = timed(lambda: run_prepare(a.data, 1), a.repeats)
-    rows["traffic-moe prepare, 1 process"] = (res[0], t, all_t)
-    report = res[1]
-    t, all_t, res = timed(lambda: run_prepare(a.data, 2), a.repeats)
-    rows["traffic-moe prepare, --num-proc 2"] = (res[0], t, all_t)
+    (t1, all1, res1), (t2, all2, res2) = interleaved(lambda: run_prepare(a.data, 1), lambda: run_prepare(a.data, 2), a.repeats)
+    rows["traffic-moe prepare, 1 process"] = (res1[0], t1, all1)
+    report = res1[1]
+    rows["traffic-moe prepare, --num-proc 2"] = (res2[0], t2, all2)
     t, all_t, n = timed(lambda: scapy_pipeline(files, a.scapy_packets), 1)
     rows[f"scapy per-packet pipeline (b), first {n} packets"] = (n, t, all_t)
+    larger = None
+    if a.larger and all(os.path.isdir(d) for d in a.larger):
+        (l1, la1, lr1), (l2, la2, lr2) = interleaved(lambda: run_prepare(a.larger, 1), lambda: run_prepare(a.larger, 2), a.repeats)
+        larger = {"inputs": [os.path.basename(d) for d in a.larger], "packets": lr1[0], "files": len(lr1[1]["per_file"]),
+                  "seconds_1": round(l1, 4), "seconds_2": round(l2, 4), "all_1": [round(x, 4) for x in la1],
+                  "all_2": [round(x, 4) for x in la2], "ratio": round(l1 / l2, 2)}
     pps = {k: v[0] / v[1] for k, v in rows.items()}
     kb = list(rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}"
@@ -124,7 +144,7 @@ def main():
               "rows": {k: {"packets": v[0], "seconds_median": round(v[1], 4), "seconds_all": [round(x, 4) for x in v[2]],
                            "packets_per_s": round(pps[k])} for k, v in rows.items()},
               "ratios": {k: round(v, 2) for k, v in ratios.items()},
-              "prepare_options": report["options"], "prepare_timing_last": report["timing"]}
+              "prepare_options": report["options"], "prepare_timing_last": report["timing"], "larger": larger}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare.json").write_text(json.dumps(result, indent=1))
     md = [f"Machine: {machine}. Data: loopback9 ({total} packets, {report['flows']} flows, 9 pcaps); "
@@ -137,6 +157,10 @@ def main():
            f"| prepare (1 process) / bare dpkt decode | {ratios['prepare / bare dpkt']:.2f}x | >= 1.0x |",
            f"| prepare (1 process) / scapy pipeline | {ratios['prepare / scapy']:.1f}x | >= 20x |",
            f"| prepare --num-proc 2 / 1 process | {ratios['num-proc 2 / 1']:.2f}x | >= 1.7x |", ""]
+    if larger:
+        md += [f"Larger input ({' + '.join(larger['inputs'])}: {larger['packets']} packets, {larger['files']} files; "
+               f"runs alternated, median of {a.repeats}): 1 process {larger['seconds_1']:.3f} s, --num-proc 2 "
+               f"{larger['seconds_2']:.3f} s: **{larger['ratio']:.2f}x**.", ""]
     (HERE / "results" / "prepare.md").write_text("\n".join(md))
     print("\n".join(md))
 

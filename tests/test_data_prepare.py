@@ -118,3 +118,34 @@ def test_failures_named_and_exit_status(tmp_path):
     r = json.loads((out / "report.json").read_text())
     assert "not a pcap/pcapng" in r["files_failed"]["junk.pcap"]
     assert r["files_failed"][str(tmp_path / "nope.pcap")] == "no such file or directory"
+
+
+def _rows(dd):
+    return {s: sorted(zip(ds["flow_id"], ds["input_ids"], ds["label"])) for s, ds in dd.items()}
+
+
+def test_num_proc_2_equals_one_process_and_survives_a_dead_worker(monkeypatch):
+    """Parallel prepare gives exactly the one-process dataset and report; a worker that dies in the
+    middle of a file (here: exits on purpose) loses nothing — its file is re-run by the main process."""
+    import os
+
+    from traffic_moe_hf.data import prepare as prep_mod
+
+    one = prepare([str(DEMO)], None, labels="file", num_proc=1, progress=False, save=False)
+    two = prepare([str(DEMO)], None, labels="file", num_proc=2, progress=False, save=False)
+    assert _rows(one["_dataset"]) == _rows(two["_dataset"])
+    for key in ("packets_total", "packets_used", "packets_skipped", "flows", "samples", "files_failed"):
+        assert one[key] == two[key], key
+
+    main_pid = os.getpid()
+    real_work = prep_mod._work
+
+    def dying_work(item):
+        if os.getpid() != main_pid:
+            os._exit(3)  # every file a child claims is lost with it
+        return real_work(item)
+
+    monkeypatch.setattr(prep_mod, "_work", dying_work)
+    rescued = prepare([str(DEMO)], None, labels="file", num_proc=2, progress=False, save=False)
+    assert rescued["files_read"] == 9 and rescued["files_failed"] == {}
+    assert _rows(rescued["_dataset"]) == _rows(one["_dataset"])
