@@ -149,3 +149,33 @@ def test_num_proc_2_equals_one_process_and_survives_a_dead_worker(monkeypatch):
     rescued = prepare([str(DEMO)], None, labels="file", num_proc=2, progress=False, save=False)
     assert rescued["files_read"] == 9 and rescued["files_failed"] == {}
     assert _rows(rescued["_dataset"]) == _rows(one["_dataset"])
+
+
+def test_duplicate_groups_are_transitive_and_order_free():
+    from traffic_moe_hf.data.splits import duplicate_groups
+
+    # flow a shares an input with b, b with c (packet-level samples); d stands alone
+    flows = ["a", "a", "b", "b", "c", "d"]
+    keys = ["k1", "k2", "k2", "k3", "k3", "k4"]
+    g = duplicate_groups(flows, keys)
+    assert g == {"a": "a", "b": "a", "c": "a", "d": "d"}
+    assert duplicate_groups(flows[::-1], keys[::-1]) == g
+
+
+def test_grouped_split_keeps_every_sample_and_no_input_in_two_splits():
+    """Default --dedup group on the demo slice: identical inputs (postgres and smtp logins are
+    byte-identical in their first packets) share one split, nothing is removed, and a removal split
+    of the same data loses samples that grouping keeps."""
+    grouped = prepare([str(DEMO)], None, labels="file", progress=False, save=False)
+    removed = prepare([str(DEMO)], None, labels="file", progress=False, save=False, dedup="remove")
+    assert grouped["samples_removed"] == {} and grouped["split_report"]["duplicates"]["policy"] == "group"
+    assert grouped["samples_total"] == grouped["samples_built"] == 9 * 40
+    assert sum(removed["samples_removed"].values()) > 0
+    assert grouped["split_report"]["groups"]["flows_in_groups_of_2_or_more"] > 0
+    owner = {}
+    for split, ds in grouped["_dataset"].items():
+        for pk, dr in zip(ds["packets"], ds["directions"]):
+            assert owner.setdefault((tuple(pk), tuple(dr)), split) == split
+    # file and time splits have fixed units: grouping falls back to removal there
+    by_time = prepare([str(DEMO)], None, labels="file", split="time", progress=False, save=False)
+    assert by_time["split_report"]["duplicates"]["policy"] == "remove"

@@ -287,5 +287,8 @@ def test_finetune_adversarial_flag(prepared, tmp_path):
     assert args.adversarial and args.adv_eps == 0.2
     summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", epochs=0.02, batch_size=8, progress=False,
                        adversarial=dict(copies=1, eps=0.3, steps=1, weight=0.5))
-    assert summary["train_samples"] == 2 * 288 and summary["adversarial"]["eps"] == 0.3
+    from datasets import load_from_disk
+
+    clean = len(load_from_disk(str(prepared))["train"])
+    assert summary["train_samples"] == 2 * clean and summary["adversarial"]["eps"] == 0.3
     assert np.isfinite([h["loss"] for h in summary["log_history"] if "loss" in h]).all()

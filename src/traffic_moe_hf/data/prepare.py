@@ -37,8 +37,9 @@ def add_parser(subparsers):
                    help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
     p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,validation,test fractions (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
-    p.add_argument("--dedup", choices=("remove", "report"), default="remove",
-                   help="samples whose model input already appears in an earlier split: remove (default) or only report")
+    p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
+                   help="identical model inputs: group (split flows sharing an input together; default, "
+                        "--split flow only, else remove), remove (from the later split) or report")
     p.add_argument("--max-packets", type=int, default=8, help="packets kept per flow (first N; default 8)")
     p.add_argument("--max-bytes", type=int, default=64, help="bytes kept per packet from the IP header (first M; default 64)")
     p.add_argument("--min-packets", type=int, default=1, help="skip flows with fewer packets (default 1)")
@@ -168,7 +169,7 @@ def _to_arrow(cols):
 
 
 def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
-            dedup="remove", max_packets=8, max_bytes=64, min_packets=1, anonymize=True, ttl="mask",
+            dedup="group", max_packets=8, max_bytes=64, min_packets=1, anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
@@ -326,7 +327,7 @@ def _size(p):
 
 
 def _assemble(results, report, cfg, split, ratios, seed, dedup):
-    from .splits import assign_splits, dedup_across_splits
+    from .splits import assign_splits, dedup_across_splits, duplicate_groups
 
     skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()
     cols = None
@@ -371,11 +372,20 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
             flow_first[fid] = i
     fids = list(flow_first)
     fi = [flow_first[f] for f in fids]
+    groups = None
+    if dedup == "group":
+        if split == "flow" and n:
+            group_of = duplicate_groups(cols["flow_id"], cols["_key"])
+            groups = [group_of[f] for f in fids]
+        else:
+            dedup = "remove"  # file/time splits have fixed units; grouping would override them
     fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [cols["source_file"][i] for i in fi],
-                                          [cols["start_time"][i] for i in fi], split, ratios, seed)
+                                          [cols["start_time"][i] for i in fi], split, ratios, seed, groups=groups)
     fsplit = dict(zip(fids, fsplits))
     splits = [fsplit[cols["flow_id"][i]] for i in range(n)]
-    keep, dup_report = dedup_across_splits(cols.get("_key", []), splits, cols.get("label", []), dedup)
+    keep, dup_report = dedup_across_splits(cols.get("_key", []), splits, cols.get("label", []),
+                                           "remove" if dedup == "group" else dedup)
+    dup_report["policy"] = dedup
     split_report["duplicates"] = dup_report
     # leakage check, recorded: no flow id in two splits
     seen = {}

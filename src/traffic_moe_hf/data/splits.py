@@ -13,9 +13,21 @@ flow's packets can never sit in two splits.  Modes:
 ``none``  everything in one ``test`` split (evaluate a trained model on captures from elsewhere).
 
 Duplicates: two samples are identical when their model input is (same anonymised packets, same
-directions).  A sample whose input already appears in an earlier split (order train, validation,
-test) is removed from the later split (``dedup="remove"``, default) or only reported
-(``dedup="report"``).  Identical inputs carrying different labels are reported as conflicts.
+directions).  Real captures hold many: a port scan or a flood repeats one exchange thousands of
+times, and short deterministic protocols (a psql login, an SMTP session) give identical first
+packets in every flow.  Three policies:
+
+``group``  (default for ``--split flow``) flows that share an input are one unit of splitting
+           (connected components, :func:`duplicate_groups`), and the units are split stratified by
+           label: identical inputs never sit in two splits, nothing is removed, and every class gets
+           test samples in proportion to its *distinct* inputs.
+``remove`` (default for ``file``/``time``, whose units are fixed) a sample whose input already
+           appears in an earlier split (order train, validation, test) is removed from the later
+           split.  With heavy duplication this leaves a class few or no test samples — and only its
+           unusual flows — which is why ``flow`` splits group instead.
+``report`` keep everything, only report.
+
+Identical inputs carrying different labels are reported as conflicts.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
-__all__ = ["assign_splits", "dedup_across_splits", "SPLIT_MODES", "SPLIT_ORDER"]
+__all__ = ["assign_splits", "dedup_across_splits", "duplicate_groups", "SPLIT_MODES", "SPLIT_ORDER"]
 
 SPLIT_MODES = ("flow", "file", "time", "none")
 SPLIT_ORDER = ("train", "validation", "test")
@@ -77,15 +89,52 @@ def _stratified(units, labels, ratios, seed, report):
     return out
 
 
-def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0):
-    """Split name for every flow (lists are parallel). Returns ``(splits, report)``."""
+def duplicate_groups(flow_of_sample, key_of_sample):
+    """Connected components of flows linked by identical sample inputs (union-find).
+    Returns ``{flow_id: group_id}`` where ``group_id`` is the smallest flow id of the component,
+    so groups do not depend on the order of the samples."""
+    parent = {}
+
+    def find(x):
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    owner = {}
+    for flow, key in zip(flow_of_sample, key_of_sample):
+        parent.setdefault(flow, flow)
+        other = owner.setdefault(key, flow)
+        if other != flow:
+            a, b = find(flow), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {flow: find(flow) for flow in parent}
+
+
+def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0, groups=None):
+    """Split name for every flow (lists are parallel). Returns ``(splits, report)``.
+    ``groups`` (``flow`` mode only): a group id per flow; flows of one group share a split, and the
+    groups are split stratified by their most common label."""
     report = {"mode": mode, "ratios": dict(zip(SPLIT_ORDER, ratios)), "seed": seed}
     n = len(flow_ids)
     if mode == "none":
         return ["test"] * n, report
     if n == 0:
         return [], report
-    if mode == "flow":
+    if mode == "flow" and groups is not None:
+        members = defaultdict(Counter)
+        for g, lab in zip(groups, labels):
+            members[g][lab] += 1
+        units = sorted(members)
+        m = _stratified(units, [members[g].most_common(1)[0][0] for g in units], ratios, seed, report)
+        splits = [m[g] for g in groups]
+        sizes = Counter(sum(members[g].values()) for g in units)
+        report["groups"] = {"units": len(units), "flows": n, "largest": max(sizes) if sizes else 0,
+                            "flows_in_groups_of_2_or_more": sum(k * v for k, v in sizes.items() if k > 1)}
+    elif mode == "flow":
         m = _stratified(list(range(n)), list(labels), ratios, seed, report)
         splits = [m[i] for i in range(n)]
     elif mode == "file":
