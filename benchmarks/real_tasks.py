@@ -41,13 +41,26 @@ REPORT_ONLY = False
 
 
 def cached(path: Path, fn):
+    """Result of ``fn`` stored at ``path``. Several processes may run this script on the same OUT at
+    once (e.g. one per core): a run another process has claimed (``path.lock``) is skipped here and
+    picked up by a final ``--report-only`` pass."""
+    import os
+
     if path.is_file():
         return json.loads(path.read_text())
     if REPORT_ONLY:
         return None
-    result = fn()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str))
+    lock = path.with_name(path.name + ".lock")
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+    try:
+        result = fn()
+        path.write_text(json.dumps(result, indent=1, default=str))
+    finally:
+        lock.unlink(missing_ok=True)
     return result
 
 
@@ -65,6 +78,10 @@ def main() -> int:
     parser.add_argument("--few-steps", type=int, default=300, help="few-shot: training steps (batch 16)")
     parser.add_argument("--few-lr", type=float, default=3e-3)
     parser.add_argument("--report-only", action="store_true", help="tabulate cached runs only; missing = not measured")
+    parser.add_argument("--pretrain-kinds", nargs="*", default=["moe", "dense"], help="which pretrainings to run here")
+    parser.add_argument("--stop-after", choices=("data", "pretrain"), default=None)
+    parser.add_argument("--contrastive", type=float, default=1.0, help="pretraining: flow-contrastive weight (0: MLM only)")
+    parser.add_argument("--pretrain-batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global REPORT_ONLY
@@ -101,13 +118,19 @@ def main() -> int:
         prepare([str(SHARED / "public" / "zeek-traces")], str(corpus), labels="dir", split="flow", ratios=(1.0, 0.0, 0.0),
                 progress=False, dedup="report")
 
+    if args.stop_after == "data":
+        return 0
     # 2. pretraining (train splits only)
     sources = [str(data[t]) for t in args.tasks] + [str(corpus)]
     for kind, dense in (("moe", False), ("dense", True)):
+        if kind not in args.pretrain_kinds:
+            continue
         folder = out / f"pretrained-{kind}"
         cached(runs / f"pretrain-{kind}.json", lambda: (log("pretrain", kind), pretrain(
-            sources, str(folder), config=args.config, dense=dense, max_steps=args.pretrain_steps, batch_size=32,
-            lr=1e-3, progress=False, save_steps=10_000))[1])
+            sources, str(folder), config=args.config, dense=dense, max_steps=args.pretrain_steps,
+            batch_size=args.pretrain_batch, lr=1e-3, progress=False, save_steps=10_000, contrastive=args.contrastive))[1])
+    if args.stop_after == "pretrain":
+        return 0
 
     models = {
         "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe")),
@@ -167,7 +190,7 @@ def main() -> int:
         rows["random forest (classic)"] = row
         table[task] = {"rows": rows, "train": len(prepared["train"]), "test": len(prepared["test"]), "classes": len(names)}
 
-    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "seeds": args.seeds,
+    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive, "seeds": args.seeds,
               "per_class": args.per_class, "epochs": args.epochs, "few_steps": args.few_steps, "few_lr": args.few_lr,
               "machine": _machine(), "tasks": table, "seconds": time.perf_counter() - started}
     (out / "real_tasks.json").write_text(json.dumps(report, indent=1))

@@ -56,13 +56,14 @@ def run(args) -> int:
     print(format_report(report))
     timings["prepare"] = time.perf_counter() - t
 
-    _stage("2/6 masked-packet pretraining (Traffic-MoE and dense BERT, train split only)")
+    _stage("2/6 masked-packet + flow-contrastive pretraining (Traffic-MoE and dense BERT, train split only)")
     t = time.perf_counter()
-    common = dict(data=[str(out / "data")], config=args.config, max_steps=args.pretrain_steps, batch_size=32,
+    # 16 flows per step = 32 sequences: each flow and its shaped view (flow-contrastive term)
+    common = dict(data=[str(out / "data")], config=args.config, max_steps=args.pretrain_steps, batch_size=16,
                   seed=args.seed, save_steps=10_000)
     pre_moe = pretrain(out=str(out / "pretrained-moe"), **common)
     pre_dense = pretrain(out=str(out / "pretrained-dense"), dense=True, **common)
-    print(f"Traffic-MoE MLM loss {pre_moe['first_logged_loss']:.3f} -> {pre_moe['last_logged_loss']:.3f}; "
+    print(f"pretraining loss (masked packets + flow-contrastive): Traffic-MoE {pre_moe['first_logged_loss']:.3f} -> {pre_moe['last_logged_loss']:.3f}; "
           f"dense BERT {pre_dense['first_logged_loss']:.3f} -> {pre_dense['last_logged_loss']:.3f}")
     timings["pretrain"] = time.perf_counter() - t
 

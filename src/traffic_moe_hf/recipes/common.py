@@ -40,13 +40,14 @@ def label_names(dataset) -> list[str]:
     return list(feature.names)
 
 
-def model_view(dataset, dense: bool = False):
-    """Only the columns the model consumes (+ label). The dense BERT baseline gets the packet
-    direction as its token type (ET-BERT-like segment embedding) and no packet index."""
-    keep = [*MODEL_COLUMNS, "label"]
+def model_view(dataset, dense: bool = False, extra=()):
+    """Only the columns the model consumes (+ label, + ``extra``). The dense BERT baseline gets the
+    packet direction as its token type (ET-BERT-like segment embedding) and no packet index."""
+    keep = [*MODEL_COLUMNS, "label", *extra]
     view = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
     if dense:
-        view = view.remove_columns(["packet_ids"]).rename_column("direction_ids", "token_type_ids")
+        view = view.remove_columns([c for c in view.column_names if c.endswith("packet_ids")])
+        view = view.rename_column("direction_ids", "token_type_ids")
     return view
 
 

@@ -7,6 +7,17 @@ Byte masking follows BERT's 80/10/10 rule through `DataCollatorForLanguageModeli
 the masked-packet objective hides whole byte spans inside a packet (a header field, a record length)
 and, with a smaller probability, whole packets, so the model must infer them from the rest of the
 flow. The router's load-balancing and z-losses are part of the loss; the expert load is logged.
+
+Flow-contrastive term (``--contrastive``, weight 1.0 by default; 0 turns it off): every flow is paired
+with a *shaped* copy of itself — one black-box shaping transform of ``traffic_moe_hf.robustness``
+(padding, segment splitting, chaff, size normalisation, header-field changes) at a random budget, the
+traffic a real stack or an evasion tool would send — and both views, each masked as above, go through
+the encoder; an NT-Xent loss (SimCLR) pulls the mean-pooled states of the two views together and
+pushes other flows of the batch away. Masked-byte prediction alone teaches byte statistics; the
+pooled flow vector the classifier reads is left untrained by it, and measured here it did not help
+few-shot fine-tuning (tls9, 10 flows per class: 0.848 macro-F1 after 800 MLM-only steps vs 0.959 from
+scratch, 0.983 with the contrastive term). Each step then encodes 2 x batch-size sequences.
+
 Only the splits named by ``--splits`` (default: ``train``) are read: test splits never leak into
 pretraining.
 """
@@ -21,6 +32,7 @@ from pathlib import Path
 
 import hashlib
 
+import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
@@ -117,6 +129,9 @@ def add_parser(subparsers):
     p.add_argument("--mlm-probability", type=float, default=0.15)
     p.add_argument("--span-probability", type=float, default=0.03)
     p.add_argument("--packet-probability", type=float, default=0.05)
+    p.add_argument("--contrastive", type=float, default=1.0,
+                   help="weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")
+    p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     p.add_argument("--save-steps", type=int, default=200)
@@ -131,7 +146,8 @@ def run(args) -> int:
         splits=args.splits.split(","), epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, mlm_probability=args.mlm_probability, span_probability=args.span_probability,
         packet_probability=args.packet_probability, seed=args.seed, resume=args.resume,
-        save_steps=args.save_steps, progress=args.progress,
+        save_steps=args.save_steps, progress=args.progress, contrastive=args.contrastive,
+        temperature=args.temperature,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -139,7 +155,8 @@ def run(args) -> int:
 
 def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
-             seed=0, resume=False, save_steps=200, progress=True, config_overrides=None) -> dict:
+             seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
+             temperature=0.1) -> dict:
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
@@ -155,7 +172,10 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         prepared = load_prepared(path)
         for split in splits:
             if split in prepared and len(prepared[split]):
-                parts.append(model_view(prepared[split], dense=dense).remove_columns(["label"]))
+                part = prepared[split]
+                if contrastive:
+                    part = shaped_views(part, path, seed=seed)
+                parts.append(model_view(part, dense=dense, extra=VIEW_COLUMNS if contrastive else ()).remove_columns(["label"]))
     if not parts:
         raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
@@ -171,6 +191,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         packet_probability=packet_probability, pad_to_multiple_of=8, mask_seed=seed,
     )
     callbacks = [_EpochCallback(collator)] + ([] if dense else [ExpertLoadCallback(model)])
+    if contrastive:
+        collator = TwoViewCollator(collator)
     if dense:  # BERT reads the direction as token type
         collator = _TokenTypeCollator(collator)
     out = Path(out)
@@ -195,8 +217,9 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=corpus, data_collator=collator,
-                      processing_class=tokenizer, callbacks=callbacks)
+    trainer_cls = contrastive_trainer(Trainer, contrastive, temperature) if contrastive else Trainer
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=corpus, data_collator=collator,
+                          processing_class=tokenizer, callbacks=callbacks)
     last = None
     if resume:
         from transformers.trainer_utils import get_last_checkpoint
@@ -206,7 +229,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
             print(f"--resume: no checkpoint under {out / 'checkpoints'}, starting fresh", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=last)
     card = {
-        "training_data": f"masked-packet pretraining on {len(corpus)} flows from {', '.join(map(str, data))} "
+        "training_data": f"masked-packet{' + flow-contrastive' if contrastive else ''} pretraining on {len(corpus)} flows from {', '.join(map(str, data))} "
         f"(splits: {', '.join(splits)})",
         "evaluation": "pretraining only; see the fine-tuned checkpoints",
     }
@@ -223,6 +246,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         "samples": len(corpus),
         "steps": trainer.state.global_step,
         "resumed_from": last,
+        "contrastive": contrastive,
         "train_loss": result.training_loss,
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
@@ -230,6 +254,96 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return {k: v for k, v in summary.items() if k != "log_history"}
+
+
+# ------------------------------------------------------------------------------ flow-contrastive
+VIEW_COLUMNS = tuple(f"view_{c}" for c in ("input_ids", "attention_mask", "packet_ids", "direction_ids"))
+
+
+def shaped_views(split, data_path=None, seed: int = 0):
+    """``split`` with ``view_*`` columns: the model input of a shaped copy of every flow (one
+    black-box shaping transform at a budget drawn from the adversarial-training budgets, seeded per
+    flow). Rows without packets (nothing to shape) keep their own input as the view."""
+    from ..robustness.adversarial import TRAIN_BUDGETS
+    from ..robustness.attacks import attack_columns, dataset_options, make_attack, row_seed
+
+    if "packets" not in split.column_names:
+        raise SystemExit("contrastive pretraining needs the `packets` column that `traffic-moe prepare` writes")
+    options = dataset_options(data_path) if data_path else {}
+    rng = np.random.default_rng(row_seed(seed, "views", len(split)))
+    names = sorted(TRAIN_BUDGETS)
+    choice = [names[i] for i in rng.integers(len(names), size=len(split))]
+    choice = [(n, TRAIN_BUDGETS[n][rng.integers(len(TRAIN_BUDGETS[n]))]) for n in choice]
+    has_packets = [len(p) > 0 for p in split["packets"]]
+    views = {c: list(split[c[len("view_"):]]) for c in VIEW_COLUMNS}
+    for key in sorted(set(choice), key=str):
+        index = [i for i, c in enumerate(choice) if c == key and has_packets[i]]
+        if not index:
+            continue
+        cols = attack_columns(split.select(index), make_attack(*key), seed=row_seed(seed, "views", *key), **options)
+        for c in VIEW_COLUMNS:
+            values = cols[c[len("view_"):]]
+            for j, i in enumerate(index):
+                views[c][i] = values[j]
+    for c in VIEW_COLUMNS:
+        split = split.add_column(c, views[c], feature=split.features[c[len("view_"):]])
+    return split
+
+
+class TwoViewCollator:
+    """Batch of 2B rows from B flows: the flows (rows 0..B-1), then their shaped views (B..2B-1),
+    each masked by the wrapped masked-packet collator."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features):
+        first = [{k: v for k, v in f.items() if not k.startswith("view_")} for f in features]
+        second = [{k[len("view_"):]: v for k, v in f.items() if k.startswith("view_")} for f in features]
+        return self.inner(first + second)
+
+
+def nt_xent(pooled: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent over 2B pooled vectors where row i and row i+B are two views of one flow."""
+    z = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    b = z.shape[0] // 2
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, target)
+
+
+def contrastive_trainer(base_cls, weight: float, temperature: float):
+    """A `Trainer` subclass adding ``weight`` x NT-Xent on the mean-pooled last hidden states (what the
+    classifier reads) to the model's masked-packet loss. Under gradient accumulation the term is
+    divided like the model's own loss, and its running mean is logged as ``contrastive_loss``."""
+
+    class ContrastivePretrainer(base_cls):
+        _closs_sum = 0.0
+        _closs_n = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {**inputs, "output_hidden_states": True}
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            hidden = outputs.hidden_states[-1]
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            closs = nt_xent(pooled, temperature)
+            self._closs_sum += float(closs.detach())
+            self._closs_n += 1
+            scaled_for_ga = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            if scaled_for_ga and model.training:  # the Trainer will not divide this loss by the GA steps
+                closs = closs / self.current_gradient_accumulation_steps
+            loss = loss + weight * closs
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and self._closs_n:
+                logs["contrastive_loss"] = round(self._closs_sum / self._closs_n, 4)
+                self._closs_sum, self._closs_n = 0.0, 0
+            return super().log(logs, *args, **kwargs)
+
+    return ContrastivePretrainer
 
 
 class _TokenTypeCollator:
