@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--real", default="runs/real", help="output folder of benchmarks/real_tasks.py")
     parser.add_argument("shifted", nargs="+", metavar="TASK=DIR")
     parser.add_argument("--condition", default="loopback MTU 700 (1500 in training)")
+    parser.add_argument("--shots", nargs="*", type=int, default=[10],
+                        help="also evaluate the few-shot checkpoints with these k (mean over seeds)")
     args = parser.parse_args()
 
     from datasets import load_from_disk
@@ -44,11 +46,20 @@ def main() -> int:
         if not (shifted / "dataset_dict.json").is_file():
             prepare([capture_dir], str(shifted), labels="file", split="none", progress=False)
         rows = {}
+        few = {}
         for folder in sorted((real / "ckpt" / task).iterdir()):
-            if "shot" in folder.name or not (folder / "config.json").is_file():
+            if not (folder / "config.json").is_file():
+                continue
+            if "shot" in folder.name:
+                name, _, _seed = folder.name.rpartition("-")
+                if int(name.rsplit("-", 1)[1].removesuffix("shot")) in args.shots:
+                    result = evaluate(str(shifted), str(folder), split="test", audit=False)
+                    few.setdefault(name, []).append(result["macro_f1"])
                 continue
             result = evaluate(str(shifted), str(folder), split="test", audit=False)
             rows[folder.name] = {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "samples": result["samples"]}
+        for name, values in sorted(few.items()):
+            rows[name] = {"macro_f1": float(np.mean(values)), "macro_f1_seeds": values}
         train = load_from_disk(str(real / "data" / task))["train"]
         test = load_from_disk(str(shifted))["test"]
         names = label_names(train)
@@ -59,8 +70,12 @@ def main() -> int:
         rows["random-forest"] = {"accuracy": forest["accuracy"], "macro_f1": forest["macro_f1"], "samples": int(len(keep))}
         in_task = {}
         for name in rows:
-            path = real / "runs" / task / f"{name}-all.json"
-            if path.is_file():
+            path = real / "runs" / task / (f"{name}-all.json" if "shot" not in name else f"{name}-0.json")
+            if "shot" in name:
+                runs = [real / "runs" / task / f"{name}-{seed}.json" for seed in range(len(rows[name]["macro_f1_seeds"]))]
+                if all(r.is_file() for r in runs):
+                    in_task[name] = float(np.mean([json.loads(r.read_text())["macro_f1"] for r in runs]))
+            elif path.is_file():
                 in_task[name] = json.loads(path.read_text())["macro_f1"]
         rf_path = real / "runs" / task / "random-forest-all.json"
         if rf_path.is_file():
