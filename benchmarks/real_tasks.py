@@ -190,7 +190,7 @@ def main() -> int:
         rows["random forest (classic)"] = row
         table[task] = {"rows": rows, "train": len(prepared["train"]), "test": len(prepared["test"]), "classes": len(names)}
 
-    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive, "seeds": args.seeds,
+    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive, "shots": args.shots, "seeds": args.seeds,
               "per_class": args.per_class, "epochs": args.epochs, "few_steps": args.few_steps, "few_lr": args.few_lr,
               "machine": _machine(), "tasks": table, "seconds": time.perf_counter() - started}
     (out / "real_tasks.json").write_text(json.dumps(report, indent=1))
@@ -215,6 +215,7 @@ def markdown(report: dict) -> str:
             return f"{values[0]:.3f}"
         return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
+    shots = report.get("shots", SHOTS)
     lines = [f"Machine: {report['machine']}. Model size preset `{report['config']}`, pretraining "
              f"{report['pretrain_steps']} steps (batch 32), fine-tuning up to {report['epochs']} epochs on at most "
              f"{report['per_class']} training flows per class; few-shot: {report['few_steps']} steps at lr {report['few_lr']}, "
@@ -222,9 +223,10 @@ def markdown(report: dict) -> str:
              "Macro-F1 on the test split.", ""]
     for task, t in report["tasks"].items():
         lines += [f"**{task}** ({t['classes']} classes; {t['train']} training flows, {t['test']} test flows)", "",
-                  "| model | all data | 1 per class | 5 per class | 10 per class |", "|---|---:|---:|---:|---:|"]
+                  "| model | all data | " + " | ".join(f"{k} per class" for k in shots) + " |",
+                  "|---|---:|" + "---:|" * len(shots)]
         for name, row in t["rows"].items():
-            lines.append(f"| {name} | {cell(row['all'])} | " + " | ".join(cell(row[f'{k}-shot']) if f'{k}-shot' in row else "" for k in SHOTS) + " |")
+            lines.append(f"| {name} | {cell(row['all'])} | " + " | ".join(cell(row[f'{k}-shot']) if f'{k}-shot' in row else "" for k in shots) + " |")
         lines.append("")
     return "\n".join(lines)
 
