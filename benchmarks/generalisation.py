@@ -70,7 +70,7 @@ def main() -> int:
         rows["random-forest"] = {"accuracy": forest["accuracy"], "macro_f1": forest["macro_f1"], "samples": int(len(keep))}
         in_task = {}
         for name in rows:
-            path = real / "runs" / task / (f"{name}-all.json" if "shot" not in name else f"{name}-0.json")
+            path = real / "runs" / task / f"{name}-all.json"
             if "shot" in name:
                 runs = [real / "runs" / task / f"{name}-{seed}.json" for seed in range(len(rows[name]["macro_f1_seeds"]))]
                 if all(r.is_file() for r in runs):

@@ -413,6 +413,14 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
             (Path(save_directory) / "README.md").write_text(card)
 
 
+def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``hidden_states`` over the real (unpadded) positions: the flow vector mean pooling reads."""
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, active per token): a routed expert counts for top_k / num_experts of its parameters."""
     total = active = 0
@@ -612,10 +620,7 @@ class TrafficMoeForSequenceClassification(TrafficMoePreTrainedModel):
     def pool(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.config.classifier_pooling == "cls":
             return last_hidden_state[:, 0]
-        if attention_mask is None:
-            return last_hidden_state.mean(dim=1)
-        mask = attention_mask.to(last_hidden_state.dtype).unsqueeze(-1)
-        return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return masked_mean(last_hidden_state, attention_mask)
 
     @can_return_tuple
     def forward(

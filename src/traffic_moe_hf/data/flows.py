@@ -74,6 +74,10 @@ def _ep(e) -> str:
     return f"[{ip}]:{e[1]}" if ":" in ip else f"{ip}:{e[1]}"
 
 
+def _pair_key(proto: int, a: tuple, b: tuple) -> tuple:
+    return (proto, a, b) if a <= b else (proto, b, a)
+
+
 class FlowTable:
     """Assigns packets to flows. ``add`` returns ``True`` when the packet is kept in its flow's
     sample (one of the first ``max_packets``), ``False`` when it was only counted."""
@@ -93,13 +97,12 @@ class FlowTable:
     @staticmethod
     def key(d: Decoded) -> tuple:
         """The direction-free flow key of a packet: protocol + the unordered pair of endpoints."""
-        a, b = (d.src, d.sport), (d.dst, d.dport)
-        return (d.proto, a, b) if a <= b else (d.proto, b, a)
+        return _pair_key(d.proto, (d.src, d.sport), (d.dst, d.dport))
 
     def add(self, ts: float, d: Decoded) -> bool:
         a = (d.src, d.sport)
         b = (d.dst, d.dport)
-        key = self.key(d)
+        key = _pair_key(d.proto, a, b)
         f = self.open.get(key)
         syn = d.proto == 6 and (d.flags & 0x12) == 0x02
         if f is not None:

@@ -121,16 +121,18 @@ def _work(item):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        res = process_file(path, cfg, name)
-    except Exception as e:  # a bug, not bad input: report it against the file instead of dying
-        res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
-               "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
-               "flows_used": 0, "flows_skipped": Counter(), "columns": None,
-               "ip_protocols_skipped": Counter(), "link_types": Counter(), "format": None}
-    if res.get("columns"):
-        _to_arrow(res["columns"])
-    if gc_was_enabled:
-        gc.enable()
+        try:
+            res = process_file(path, cfg, name)
+        except Exception as e:  # a bug, not bad input: report it against the file instead of dying
+            res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
+                   "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
+                   "flows_used": 0, "flows_skipped": Counter(), "columns": None,
+                   "ip_protocols_skipped": Counter(), "link_types": Counter(), "format": None}
+        if res.get("columns"):
+            _to_arrow(res["columns"])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     res["seconds"] = time.perf_counter() - t
     return res
 
@@ -373,12 +375,11 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
     fids = list(flow_first)
     fi = [flow_first[f] for f in fids]
     groups = None
-    if dedup == "group":
-        if split == "flow" and n:
-            group_of = duplicate_groups(cols["flow_id"], cols["_key"])
-            groups = [group_of[f] for f in fids]
-        else:
-            dedup = "remove"  # file/time splits have fixed units; grouping would override them
+    if dedup == "group" and split != "flow":
+        dedup = "remove"  # file/time splits have fixed units; grouping would override them
+    elif dedup == "group" and n:
+        group_of = duplicate_groups(cols["flow_id"], cols["_key"])
+        groups = [group_of[f] for f in fids]
     fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [cols["source_file"][i] for i in fi],
                                           [cols["start_time"][i] for i in fi], split, ratios, seed, groups=groups)
     fsplit = dict(zip(fids, fsplits))

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
+from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 
 
@@ -325,10 +326,7 @@ def contrastive_trainer(base_cls, weight: float, temperature: float):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = {**inputs, "output_hidden_states": True}
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            hidden = outputs.hidden_states[-1]
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            closs = nt_xent(pooled, temperature)
+            closs = nt_xent(masked_mean(outputs.hidden_states[-1], inputs["attention_mask"]), temperature)
             self._closs_sum += float(closs.detach())
             self._closs_n += 1
             scaled_for_ga = self.model_accepts_loss_kwargs and num_items_in_batch is not None
