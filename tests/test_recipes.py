@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -229,21 +230,24 @@ def test_two_process_training_ranks_agree(prepared, tmp_path):
         "gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]\n"
         "dist.all_gather(gathered, w)\n"
         "diff = max((g - gathered[0]).abs().max().item() for g in gathered)\n"
-        "print('RESULT', seen['mode'][0], seen['mode'][1], seen['mode'][2], diff, flush=True)\n"
+        "# one file per rank: two ranks printing to the shared stdout can interleave their lines\n"
+        "open(f'result-{os.environ[\"RANK\"]}.txt', 'w').write(' '.join(map(str, (*seen['mode'], diff))))\n"
     )
+    with socket.socket() as probe:  # a free port, so a parallel run elsewhere on the machine cannot collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          str(worker), str(prepared), str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
-    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(lines) == 2, result.stdout[-2000:]
+    lines = [(tmp_path / f"result-{rank}.txt").read_text().split() for rank in (0, 1)]
     from datasets import load_from_disk
 
     steps_per_epoch = -(-len(load_from_disk(str(prepared))["train"]) // 16)  # 8 flows per rank x 2 ranks
-    for _, world, mode, epoch, diff in lines:
+    for world, mode, epoch, diff in lines:
         assert world == "2" and mode.endswith("DISTRIBUTED") and float(diff) == 0.0, (world, mode, diff)
         assert abs(float(epoch) - 3 / steps_per_epoch) < 1e-3, (epoch, steps_per_epoch)  # the data was sharded
     assert (tmp_path / "out" / "model.safetensors").is_file()
