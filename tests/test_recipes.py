@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,19 @@ def test_two_process_training_ranks_agree(prepared, tmp_path):
         assert world == "2" and mode.endswith("DISTRIBUTED") and float(diff) == 0.0, (world, mode, diff)
         assert abs(float(epoch) - 3 / steps_per_epoch) < 1e-3, (epoch, steps_per_epoch)  # the data was sharded
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_selection_score_breaks_saturated_ties_by_validation_loss():
+    """Best-checkpoint selection: macro-F1 decides; at equal macro-F1 (a saturated validation set) the
+    checkpoint with the lower validation cross-entropy wins instead of the first one."""
+    from traffic_moe_hf.recipes.common import selection_score
+
+    labels = np.array([0, 1, 2, 0])
+    unsure = np.eye(3)[labels] * 0.5  # right, barely
+    sure = np.eye(3)[labels] * 8.0  # right, confidently
+    assert selection_score(1.0, sure, labels) > selection_score(1.0, unsure, labels)
+    wrong_but_sure = sure.copy()
+    wrong_but_sure[0] = [0.0, 30.0, 0.0]
+    # a macro-F1 lead visible in four decimals always beats any loss difference
+    assert selection_score(0.9999, unsure, labels) < selection_score(1.0, unsure, labels)
+    assert selection_score(0.75, wrong_but_sure, labels) < selection_score(0.7501, unsure * 0.0, labels)

@@ -279,7 +279,8 @@ def test_cli_writes_json(prepared, tiny_model, tmp_path):
 
 
 def test_finetune_adversarial_flag(prepared, tmp_path):
-    """`finetune --adversarial` trains on clean + shaped flows with the embedding-PGD loss."""
+    """`finetune --adversarial` trains on clean + shaped flows with the embedding-PGD loss and selects
+    its checkpoint on clean + shaped validation flows."""
     from traffic_moe_hf.cli import build_parser
     from traffic_moe_hf.recipes.finetune import finetune
 
@@ -289,6 +290,8 @@ def test_finetune_adversarial_flag(prepared, tmp_path):
                        adversarial=dict(copies=1, eps=0.3, steps=1, weight=0.5))
     from datasets import load_from_disk
 
-    clean = len(load_from_disk(str(prepared))["train"])
-    assert summary["train_samples"] == 2 * clean and summary["adversarial"]["eps"] == 0.3
+    clean = load_from_disk(str(prepared))
+    assert summary["train_samples"] == 2 * len(clean["train"]) and summary["adversarial"]["eps"] == 0.3
+    # the checkpoint is selected on clean + shaped validation flows too
+    assert summary["validation_samples"] == 2 * len(clean["validation"])
     assert np.isfinite([h["loss"] for h in summary["log_history"] if "loss" in h]).all()

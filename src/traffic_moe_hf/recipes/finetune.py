@@ -127,6 +127,10 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         from ..robustness.adversarial import augment_split
 
         prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 1))
+        if eval_split in prepared and len(prepared[eval_split]) and shots is None:
+            # selected on what it is trained for: clean validation flows + shaped copies of them (other seed)
+            prepared[eval_split] = augment_split(prepared[eval_split], data, seed=seed + 10_000,
+                                                 copies=adversarial.get("copies", 1))
     train = model_view(prepared["train"], dense=dense)
     if shots is not None:
         train = few_shot(train, shots, seed)
@@ -170,7 +174,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         save_steps=evaluate_each,
         save_total_limit=2,
         load_best_model_at_end=validation is not None,
-        metric_for_best_model="macro_f1",
+        metric_for_best_model="selection",  # macro-F1, ties broken by validation loss (common.selection_score)
         greater_is_better=True,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),  # lets torchrun start CPU (gloo) DDP without extra settings
@@ -200,7 +204,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     trainer.train()
     if not dense:
         model.config.output_router_logits = False
-    best = trainer.state.best_metric
+    best = None  # macro-F1 of the selected checkpoint (best_metric is the selection score)
+    if trainer.state.best_metric is not None:
+        evals = [e for e in trainer.state.log_history if "eval_selection" in e]
+        best = next((e["eval_macro_f1"] for e in evals if e["eval_selection"] == trainer.state.best_metric),
+                    max((e["eval_macro_f1"] for e in evals), default=None))
     card = {
         "training_data": f"{len(train)} flows of {data} (train split"
         + (f", {shots} per class" if shots is not None else "")
@@ -215,10 +223,12 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "model": type(trainer.model).__name__,
         **parameter_summary(trainer.model),
         "train_samples": len(train),
+        "validation_samples": 0 if validation is None else len(validation),
         "shots": shots,
         "adversarial": adversarial,
         "steps": trainer.state.global_step,
         "best_validation_macro_f1": best,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "log_history": trainer.state.log_history,
     }
