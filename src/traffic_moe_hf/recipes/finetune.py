@@ -4,7 +4,8 @@
 
 From a pretrained checkpoint (``--from``) or from scratch (``--config``); ``--dense`` trains the BERT
 baseline (from a dense pretrained checkpoint with ``--from``). Class weights against imbalance, early
-stopping and best-checkpoint selection on validation macro-F1. With ``--shots K`` only K training
+stopping and best-checkpoint selection on validation macro-F1 (ties, e.g. a saturated validation set,
+go to the lower validation loss). With ``--shots K`` only K training
 flows per class are used, and (as there is then no fair validation set) training runs for a fixed
 number of steps and keeps the last model.
 """
