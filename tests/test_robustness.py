@@ -295,3 +295,16 @@ def test_finetune_adversarial_flag(prepared, tmp_path):
     # the checkpoint is selected on clean + shaped validation flows too
     assert summary["validation_samples"] == 2 * len(clean["validation"])
     assert np.isfinite([h["loss"] for h in summary["log_history"] if "loss" in h]).all()
+
+
+def test_few_shot_adversarial_copies_are_of_the_chosen_flows(prepared, tmp_path):
+    """`--shots K --adversarial`: K clean flows per class plus shaped copies of those same flows (not K
+    drawn from a pool of clean and shaped rows)."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf.recipes.finetune import finetune
+
+    classes = len(set(load_from_disk(str(prepared))["train"]["label"]))
+    summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=2, min_steps=1, epochs=0.01,
+                       batch_size=8, progress=False, adversarial=dict(copies=2, eps=0.0))
+    assert summary["train_samples"] == 3 * 2 * classes

@@ -124,6 +124,8 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
+    if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
+        prepared["train"] = few_shot(prepared["train"], shots, seed)
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
         from ..robustness.adversarial import augment_split
 
@@ -133,8 +135,6 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
             prepared[eval_split] = augment_split(prepared[eval_split], data, seed=seed + 10_000,
                                                  copies=adversarial.get("copies", 1))
     train = model_view(prepared["train"], dense=dense)
-    if shots is not None:
-        train = few_shot(train, shots, seed)
     if len(train) == 0:
         raise SystemExit(f"{data}: the train split is empty")
     validation = None
