@@ -308,3 +308,24 @@ def test_few_shot_adversarial_copies_are_of_the_chosen_flows(prepared, tmp_path)
     summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=2, min_steps=1, epochs=0.01,
                        batch_size=8, progress=False, adversarial=dict(copies=2, eps=0.0))
     assert summary["train_samples"] == 3 * 2 * classes
+
+
+def test_augment_split_draws_budgets_from_ranges_and_is_seeded(prepared):
+    """Shaping augmentation: budgets come from continuous ranges (not only the reported values), the
+    copies are seeded, keep their labels, and change the model input."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf.robustness.adversarial import TRAIN_RANGES, augment_split, draw_budget
+
+    rng = np.random.default_rng(0)
+    padding = [draw_budget(rng, TRAIN_RANGES["padding"]) for _ in range(2000)]
+    assert min(padding) >= 1 and max(padding) <= 4096 and len(set(padding)) > 300
+    assert {draw_budget(rng, TRAIN_RANGES["split"]) for _ in range(200)} == {2, 3, 4}
+    assert draw_budget(rng, [16, 64]) in (16, 64)
+    train = load_from_disk(str(prepared))["train"].select(range(24))
+    a = augment_split(train, prepared, seed=3, copies=1)
+    b = augment_split(train, prepared, seed=3, copies=1)
+    assert len(a) == 2 * len(train) and a["input_ids"] == b["input_ids"]
+    assert a["label"][len(train):] == train["label"]
+    changed = sum(x != y for x, y in zip(a["input_ids"][len(train):], train["input_ids"]))
+    assert changed >= len(train) // 2, changed

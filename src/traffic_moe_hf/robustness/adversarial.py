@@ -4,7 +4,10 @@ Two parts, each switchable:
 
 * **Shaping augmentation** (:func:`augment_split`): ``copies`` shaped copies of every training flow
   are added to the clean ones; each copy gets one black-box shaping attack drawn at random, with a
-  budget drawn at random from :data:`TRAIN_BUDGETS` (the reported budgets and milder ones), seeded.
+  budget drawn at random from :data:`TRAIN_RANGES` (continuous ranges that contain the reported
+  budgets), seeded. A fixed list of budgets (:data:`TRAIN_BUDGETS`) taught robustness to exactly those
+  amounts only: trained with padding of 8, 32, 64, 256 or 1500 bytes, a tls9 model lost 4-5 points
+  of macro-F1 under 8 or 32 bytes of padding and 42-65 points under 4, 12, 16, 20, 24 or 48.
 * **Embedding-space adversarial training** (:func:`adversarial_trainer`): a `Trainer` subclass whose
   loss is ``(1 - weight) * clean + weight * adversarial``; the adversarial loss is taken at a PGD
   perturbation (``steps`` ascent steps, FreeLB-style random start) of the byte embeddings of every
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import ATTACKS, attack_columns, dataset_options, make_attack, row_seed
 
-__all__ = ["TRAIN_BUDGETS", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
+__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
 
 TRAIN_BUDGETS = {
     "padding": [8, 32, 64, 256, 1500],
@@ -30,27 +33,57 @@ TRAIN_BUDGETS = {
 }
 
 
+# (kind, low, high): "int" uniform integer, "logint" log-uniform integer, "float" uniform real.
+# Padding is capped so a packet fits the MTU: budgets up to 4096 put ~1 draw in 5 at "fill to the MTU".
+TRAIN_RANGES = {
+    "padding": ("logint", 1, 4096),
+    "split": ("int", 2, 4),
+    "chaff": ("float", 0.05, 1.0),
+    "normalize": ("int", 200, 1500),
+    "headers": ("float", 0.05, 1.0),
+}
+
+
+def draw_budget(rng: np.random.Generator, spec):
+    """One budget: a list/tuple of values → one of them; a ``(kind, low, high)`` range → a draw from it."""
+    if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[0], str):
+        kind, low, high = spec
+        if kind == "int":
+            return int(rng.integers(low, high + 1))
+        if kind == "logint":
+            return int(min(high, max(low, round(float(np.exp(rng.uniform(np.log(low), np.log(high + 1))) - 0.5)))))
+        if kind == "float":
+            return round(float(rng.uniform(low, high)), 3)
+        raise ValueError(f"unknown budget range kind {kind!r}")
+    return spec[rng.integers(len(spec))]
+
+
 def augment_split(dataset, data_path=None, seed: int = 0, copies: int = 1, budgets: dict | None = None,
                   options: dict | None = None):
-    """Clean rows + ``copies`` shaped copies of each (model columns and label only)."""
+    """Clean rows + ``copies`` shaped copies of each (model columns and label only). ``budgets``:
+    attack name → list of budgets or ``(kind, low, high)`` range (default :data:`TRAIN_RANGES`)."""
     from datasets import Dataset, concatenate_datasets
 
-    budgets = budgets or TRAIN_BUDGETS
+    budgets = budgets or TRAIN_RANGES
     options = options or (dataset_options(data_path) if data_path else {})
     names = sorted(budgets)
     keep = ["input_ids", "attention_mask", "packet_ids", "direction_ids", "label"]
     parts = [dataset.remove_columns([c for c in dataset.column_names if c not in keep])]
+    labels = list(dataset["label"])
     for copy in range(copies):
         rng = np.random.default_rng(row_seed(seed, "augment", copy))
         choice = [(names[rng.integers(len(names))]) for _ in range(len(dataset))]
-        choice = [(n, budgets[n][rng.integers(len(budgets[n]))]) for n in choice]
+        choice = [(n, draw_budget(rng, budgets[n])) for n in choice]
+        part = {k: [None] * len(dataset) for k in keep[:-1]}
         for name, budget in sorted(set(choice), key=str):
             index = [i for i, c in enumerate(choice) if c == (name, budget)]
-            subset = dataset.select(index)
-            cols = attack_columns(subset, make_attack(name, budget), seed=row_seed(seed, copy, name, budget), **options)
-            part = {k: cols[k] for k in keep[:-1]}
-            part["label"] = list(subset["label"])
-            parts.append(Dataset.from_dict(part).cast(parts[0].features))
+            cols = attack_columns(dataset.select(index), make_attack(name, budget),
+                                  seed=row_seed(seed, copy, name, budget), **options)
+            for k in keep[:-1]:
+                for j, i in enumerate(index):
+                    part[k][i] = cols[k][j]
+        part["label"] = labels
+        parts.append(Dataset.from_dict(part).cast(parts[0].features))
     return concatenate_datasets(parts)
 
 
