@@ -124,22 +124,22 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
+    # few-shot runs have no fair validation set: fixed steps, last model
+    use_validation = shots is None and eval_split in prepared and len(prepared[eval_split]) > 0
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
         prepared["train"] = few_shot(prepared["train"], shots, seed)
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
         from ..robustness.adversarial import augment_split
 
         prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 1))
-        if eval_split in prepared and len(prepared[eval_split]) and shots is None:
+        if use_validation:
             # selected on what it is trained for: clean validation flows + shaped copies of them (other seed)
             prepared[eval_split] = augment_split(prepared[eval_split], data, seed=seed + 10_000,
                                                  copies=adversarial.get("copies", 1))
     train = model_view(prepared["train"], dense=dense)
     if len(train) == 0:
         raise SystemExit(f"{data}: the train split is empty")
-    validation = None
-    if shots is None and eval_split in prepared and len(prepared[eval_split]):
-        validation = model_view(prepared[eval_split], dense=dense)
+    validation = model_view(prepared[eval_split], dense=dense) if use_validation else None
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
     if dense:

@@ -265,27 +265,18 @@ def shaped_views(split, data_path=None, seed: int = 0):
     """``split`` with ``view_*`` columns: the model input of a shaped copy of every flow (one
     black-box shaping transform at a budget drawn from the adversarial-training budgets, seeded per
     flow). Rows without packets (nothing to shape) keep their own input as the view."""
-    from ..robustness.adversarial import TRAIN_BUDGETS
-    from ..robustness.attacks import attack_columns, dataset_options, make_attack, row_seed
+    from ..robustness.adversarial import TRAIN_BUDGETS, draw_budget, shape_rows
+    from ..robustness.attacks import dataset_options, row_seed
 
-    if "packets" not in split.column_names:
-        raise SystemExit("contrastive pretraining needs the `packets` column that `traffic-moe prepare` writes")
     options = dataset_options(data_path) if data_path else {}
     rng = np.random.default_rng(row_seed(seed, "views", len(split)))
     names = sorted(TRAIN_BUDGETS)
     choice = [names[i] for i in rng.integers(len(names), size=len(split))]
-    choice = [(n, TRAIN_BUDGETS[n][rng.integers(len(TRAIN_BUDGETS[n]))]) for n in choice]
-    has_packets = [len(p) > 0 for p in split["packets"]]
-    views = {c: list(split[c[len("view_"):]]) for c in VIEW_COLUMNS}
-    for key in sorted(set(choice), key=str):
-        index = [i for i, c in enumerate(choice) if c == key and has_packets[i]]
-        if not index:
-            continue
-        cols = attack_columns(split.select(index), make_attack(*key), seed=row_seed(seed, "views", *key), **options)
-        for c in VIEW_COLUMNS:
-            values = cols[c[len("view_"):]]
-            for j, i in enumerate(index):
-                views[c][i] = values[j]
+    choice = [(n, draw_budget(rng, TRAIN_BUDGETS[n])) for n in choice]
+    columns = [c[len("view_"):] for c in VIEW_COLUMNS]
+    shaped = shape_rows(split, choice, lambda key: row_seed(seed, "views", *key), columns, options, skip_empty=True,
+                        purpose="contrastive pretraining")
+    views = {f"view_{c}": [own if new is None else new for own, new in zip(split[c], shaped[c])] for c in columns}
     for c in VIEW_COLUMNS:
         split = split.add_column(c, views[c], feature=split.features[c[len("view_"):]])
     return split

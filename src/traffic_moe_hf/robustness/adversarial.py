@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import ATTACKS, attack_columns, dataset_options, make_attack, row_seed
 
-__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
+__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
 
 TRAIN_BUDGETS = {
     "padding": [8, 32, 64, 256, 1500],
@@ -58,6 +58,26 @@ def draw_budget(rng: np.random.Generator, spec):
     return spec[rng.integers(len(spec))]
 
 
+def shape_rows(dataset, choice: list, seed_of, columns, options: dict, skip_empty: bool = False,
+               purpose: str = "shaping") -> dict:
+    """Row i of ``dataset`` shaped by the attack ``choice[i]`` = (name, budget): one `attack_columns`
+    call per distinct choice (seeded by ``seed_of((name, budget))``), results scattered back in row
+    order. Returns ``columns`` → list per row; with ``skip_empty`` rows without packets stay None."""
+    if "packets" not in dataset.column_names:
+        raise SystemExit(f"{purpose} needs the `packets` column that `traffic-moe prepare` writes")
+    rows = [len(p) > 0 for p in dataset["packets"]] if skip_empty else None
+    out = {c: [None] * len(dataset) for c in columns}
+    for key in sorted(set(choice), key=str):
+        index = [i for i, c in enumerate(choice) if c == key and (rows is None or rows[i])]
+        if not index:
+            continue
+        cols = attack_columns(dataset.select(index), make_attack(*key), seed=seed_of(key), **options)
+        for c in columns:
+            for j, i in enumerate(index):
+                out[c][i] = cols[c][j]
+    return out
+
+
 def augment_split(dataset, data_path=None, seed: int = 0, copies: int = 1, budgets: dict | None = None,
                   options: dict | None = None):
     """Clean rows + ``copies`` shaped copies of each (model columns and label only). ``budgets``:
@@ -74,14 +94,8 @@ def augment_split(dataset, data_path=None, seed: int = 0, copies: int = 1, budge
         rng = np.random.default_rng(row_seed(seed, "augment", copy))
         choice = [(names[rng.integers(len(names))]) for _ in range(len(dataset))]
         choice = [(n, draw_budget(rng, budgets[n])) for n in choice]
-        part = {k: [None] * len(dataset) for k in keep[:-1]}
-        for name, budget in sorted(set(choice), key=str):
-            index = [i for i, c in enumerate(choice) if c == (name, budget)]
-            cols = attack_columns(dataset.select(index), make_attack(name, budget),
-                                  seed=row_seed(seed, copy, name, budget), **options)
-            for k in keep[:-1]:
-                for j, i in enumerate(index):
-                    part[k][i] = cols[k][j]
+        part = shape_rows(dataset, choice, lambda key, copy=copy: row_seed(seed, copy, *key), keep[:-1], options,
+                          purpose="shaping augmentation (finetune --adversarial)")
         part["label"] = labels
         parts.append(Dataset.from_dict(part).cast(parts[0].features))
     return concatenate_datasets(parts)
