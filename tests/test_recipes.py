@@ -124,6 +124,68 @@ def test_contrastive_views_pairs_and_loss(prepared, pretrained):
     assert summary["contrastive"] == 1.0 and history[-1]["contrastive_loss"] < history[0]["contrastive_loss"]
 
 
+def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
+    """``view_budgets="ranges"`` draws budgets from TRAIN_RANGES (values outside the fixed list
+    appear), ``"list"`` only from TRAIN_BUDGETS; ``view_copies`` puts each flow in the corpus once per
+    view, with different views."""
+    from datasets import load_from_disk
+
+    import traffic_moe_hf.recipes.pretrain as pretrain_mod
+    from traffic_moe_hf.robustness import adversarial
+
+    train = load_from_disk(str(prepared))["train"]
+    train = train.select(range(0, len(train), max(1, len(train) // 40)))
+    seen = {}
+    real_shape_rows = adversarial.shape_rows
+
+    def spy(dataset, choice, *args, **kwargs):
+        seen.setdefault("choices", []).extend(choice)
+        return real_shape_rows(dataset, choice, *args, **kwargs)
+
+    monkeypatch.setattr(adversarial, "shape_rows", spy)
+    pretrain_mod.shaped_views(train, str(prepared), seed=0, budgets="list")
+    listed = {(n, b) for n, bs in adversarial.TRAIN_BUDGETS.items() for b in bs}
+    assert set(seen.pop("choices")) <= listed
+    pretrain_mod.shaped_views(train, str(prepared), seed=0, budgets="ranges")
+    ranged = seen.pop("choices")
+    assert any(c not in listed for c in ranged)
+    for name, budget in ranged:
+        _kind, low, high = adversarial.TRAIN_RANGES[name]
+        assert low <= budget <= high
+    with pytest.raises(ValueError, match="view budgets"):
+        pretrain_mod.shaped_views(train, str(prepared), budgets="nope")
+
+    # copies: capture the corpus the trainer would get, without training
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_model_view(part, dense=False, extra=()):
+        captured.setdefault("parts", []).append(part)
+        return part
+
+    def stop(parts):
+        raise Stop
+
+    real_views = pretrain_mod.shaped_views
+    monkeypatch.setattr(pretrain_mod, "shaped_views",  # the small subset instead of the whole split
+                        lambda split, path, seed=0, budgets="list": real_views(train, path, seed, budgets))
+    import traffic_moe_hf.recipes.common as common_mod
+
+    import datasets
+
+    monkeypatch.setattr(common_mod, "model_view", fake_model_view)
+    monkeypatch.setattr(datasets, "concatenate_datasets", stop)  # stop before any training
+    with pytest.raises(Stop):
+        pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=2, view_budgets="ranges")
+    assert len(captured["parts"]) == 2
+    first, second = captured["parts"]
+    assert len(first) == len(second) == len(train)
+    assert first["input_ids"] == second["input_ids"]  # the same flows ...
+    assert first["view_input_ids"] != second["view_input_ids"]  # ... with other views
+
+
 def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     out, summary = finetuned
     assert summary["best_validation_macro_f1"] is not None

@@ -133,6 +133,10 @@ def add_parser(subparsers):
     p.add_argument("--contrastive", type=float, default=1.0,
                    help="weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")
     p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (default 0.1)")
+    p.add_argument("--view-copies", type=int, default=1,
+                   help="shaped views made per flow (each flow appears once per view; default 1)")
+    p.add_argument("--view-budgets", choices=("list", "ranges"), default="list",
+                   help="shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     p.add_argument("--save-steps", type=int, default=200)
@@ -148,7 +152,7 @@ def run(args) -> int:
         lr=args.lr, mlm_probability=args.mlm_probability, span_probability=args.span_probability,
         packet_probability=args.packet_probability, seed=args.seed, resume=args.resume,
         save_steps=args.save_steps, progress=args.progress, contrastive=args.contrastive,
-        temperature=args.temperature,
+        temperature=args.temperature, view_copies=args.view_copies, view_budgets=args.view_budgets,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -157,7 +161,7 @@ def run(args) -> int:
 def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
              seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
-             temperature=0.1) -> dict:
+             temperature=0.1, view_copies=1, view_budgets="list") -> dict:
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
@@ -174,9 +178,12 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         for split in splits:
             if split in prepared and len(prepared[split]):
                 part = prepared[split]
-                if contrastive:
-                    part = shaped_views(part, path, seed=seed)
-                parts.append(model_view(part, dense=dense, extra=VIEW_COLUMNS if contrastive else ()).remove_columns(["label"]))
+                if not contrastive:
+                    parts.append(model_view(part, dense=dense).remove_columns(["label"]))
+                    continue
+                for copy in range(max(1, view_copies)):  # copy 0 is the single view of the default
+                    viewed = shaped_views(part, path, seed=seed if copy == 0 else seed + 1000 * copy, budgets=view_budgets)
+                    parts.append(model_view(viewed, dense=dense, extra=VIEW_COLUMNS).remove_columns(["label"]))
     if not parts:
         raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
@@ -248,6 +255,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         "steps": trainer.state.global_step,
         "resumed_from": last,
         "contrastive": contrastive,
+        "view_copies": max(1, view_copies) if contrastive else 0,
+        "view_budgets": view_budgets if contrastive else None,
         "train_loss": result.training_loss,
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
@@ -261,18 +270,22 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
 VIEW_COLUMNS = tuple(f"view_{c}" for c in ("input_ids", "attention_mask", "packet_ids", "direction_ids"))
 
 
-def shaped_views(split, data_path=None, seed: int = 0):
+def shaped_views(split, data_path=None, seed: int = 0, budgets: str = "list"):
     """``split`` with ``view_*`` columns: the model input of a shaped copy of every flow (one
-    black-box shaping transform at a budget drawn from the adversarial-training budgets, seeded per
-    flow). Rows without packets (nothing to shape) keep their own input as the view."""
-    from ..robustness.adversarial import TRAIN_BUDGETS, draw_budget, shape_rows
+    black-box shaping transform at a budget drawn from the adversarial-training budgets — the fixed
+    list ``TRAIN_BUDGETS`` or, with ``budgets="ranges"``, ``TRAIN_RANGES`` — seeded per flow). Rows
+    without packets (nothing to shape) keep their own input as the view."""
+    from ..robustness.adversarial import TRAIN_BUDGETS, TRAIN_RANGES, draw_budget, shape_rows
     from ..robustness.attacks import dataset_options, row_seed
 
+    if budgets not in ("list", "ranges"):
+        raise ValueError(f"view budgets must be 'list' or 'ranges', not {budgets!r}")
+    table = TRAIN_BUDGETS if budgets == "list" else TRAIN_RANGES
     options = dataset_options(data_path) if data_path else {}
     rng = np.random.default_rng(row_seed(seed, "views", len(split)))
-    names = sorted(TRAIN_BUDGETS)
+    names = sorted(table)
     choice = [names[i] for i in rng.integers(len(names), size=len(split))]
-    choice = [(n, draw_budget(rng, TRAIN_BUDGETS[n])) for n in choice]
+    choice = [(n, draw_budget(rng, table[n])) for n in choice]
     columns = [c[len("view_"):] for c in VIEW_COLUMNS]
     shaped = shape_rows(split, choice, lambda key: row_seed(seed, "views", *key), columns, options, skip_empty=True,
                         purpose="contrastive pretraining")

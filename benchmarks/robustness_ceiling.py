@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How much of each shaping attack *any* classifier of the prepared input could undo: a random forest
+that is trained on the attacked traffic itself.
+
+For each black-box attack at each reported budget, on the flow-level split of a prepared task:
+
+* ``forest clean``   : the classic forest (`recipes.baselines`) trained on clean flows, tested on
+                       shaped test flows (the forest's own drop, no defence);
+* ``forest matched`` : trained on the clean flows + one copy shaped by *this* attack at *this* budget
+                       (another seed than the test's), tested on the shaped test flows. It knows the
+                       exact attack in advance, which no deployed defence does: its drop is a rough
+                       floor for what adversarial training can reach on this input (8 packets x
+                       direction, IP length, TCP flags, first payload bytes);
+* ``forest mixed``   : trained on the clean flows + 3 copies shaped with attacks and budgets drawn
+                       from `adversarial.TRAIN_RANGES` (what `finetune --adversarial` trains on).
+
+A drop that stays large for ``forest matched`` means the attack removes the information the
+classifier reads (e.g. padding to the MTU in front of the payload leaves only packet count,
+direction and flags in the first 64 bytes), not that the model is weak.
+
+usage: python benchmarks/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--json OUT] [--md OUT.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def shaped(dataset, name, budget, seed, options):
+    from traffic_moe_hf.robustness.attacks import attack_columns, make_attack
+
+    cols = attack_columns(dataset, make_attack(name, budget) if name else None, seed=seed, **options)
+    return {k: cols[k] for k in ("packets", "directions", "ip_lengths")}
+
+
+def features(cols):
+    from traffic_moe_hf.recipes.baselines import flow_features
+
+    return np.stack([flow_features(p, d, l) for p, d, l in zip(cols["packets"], cols["directions"], cols["ip_lengths"])])
+
+
+def forest(x, y, seed=0):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1).fit(x, y)
+
+
+def macro_f1(y, p):
+    from sklearn.metrics import f1_score
+
+    return round(float(f1_score(y, p, average="macro")), 4)
+
+
+def mixed_copies(train, options, copies=3, seed=1):
+    """Feature rows of ``copies`` shaped copies, attack and budget per row drawn as finetune --adversarial does."""
+    from traffic_moe_hf.robustness.adversarial import TRAIN_RANGES, draw_budget, shape_rows
+    from traffic_moe_hf.robustness.attacks import row_seed
+
+    names = sorted(TRAIN_RANGES)
+    out = []
+    for copy in range(copies):
+        rng = np.random.default_rng(row_seed(seed, "augment", copy))
+        choice = [names[rng.integers(len(names))] for _ in range(len(train))]
+        choice = [(n, draw_budget(rng, TRAIN_RANGES[n])) for n in choice]
+        cols = shape_rows(train, choice, lambda key, copy=copy: row_seed(seed, copy, *key),
+                          ["packets", "directions", "ip_lengths"], options)
+        out.append(features(cols))
+    return np.concatenate(out)
+
+
+def run_task(data: str, budgets: dict, log) -> dict:
+    from traffic_moe_hf.recipes.common import load_prepared
+    from traffic_moe_hf.robustness.attacks import dataset_options
+
+    prepared = load_prepared(data)
+    train, test = prepared["train"], prepared["test"]
+    options = dataset_options(data)
+    y_train, y_test = np.asarray(train["label"]), np.asarray(test["label"])
+    x_train = features(shaped(train, None, None, 0, options))
+    x_test = features(shaped(test, None, None, 0, options))
+    clean_forest = forest(x_train, y_train)
+    log(data, "mixed copies")
+    x_mixed = np.concatenate([x_train, mixed_copies(train, options)])
+    mixed_forest = forest(x_mixed, np.tile(y_train, len(x_mixed) // len(y_train)))
+    result = {"data": data, "train": len(train), "test": len(test),
+              "clean": {"forest clean": macro_f1(y_test, clean_forest.predict(x_test)),
+                        "forest mixed": macro_f1(y_test, mixed_forest.predict(x_test))},
+              "attacks": {}}
+    result["clean"]["forest matched"] = result["clean"]["forest clean"]
+    for name, values in budgets.items():
+        for budget in values:
+            log(data, name, budget)
+            x_att = features(shaped(test, name, budget, 0, options))  # seed 0: what `traffic-moe robustness` uses
+            x_copy = features(shaped(train, name, budget, 1, options))
+            matched = forest(np.concatenate([x_train, x_copy]), np.concatenate([y_train, y_train]))
+            result["attacks"].setdefault(name, {})[str(budget)] = {
+                "forest clean": macro_f1(y_test, clean_forest.predict(x_att)),
+                "forest matched": macro_f1(y_test, matched.predict(x_att)),
+                "forest mixed": macro_f1(y_test, mixed_forest.predict(x_att)),
+            }
+    return result
+
+
+def markdown(results: list[dict]) -> str:
+    kinds = ("forest clean", "forest matched", "forest mixed")
+    lines = []
+    for r in results:
+        lines += [f"**{Path(r['data']).name}** (train {r['train']} flows, test {r['test']}; macro-F1, drop in points)", "",
+                  "| attack | budget | " + " | ".join(kinds) + " |", "|---|---|" + "---:|" * len(kinds)]
+        lines.append("| clean | – | " + " | ".join(f"{r['clean'][k]:.3f}" for k in kinds) + " |")
+        for name, by in r["attacks"].items():
+            for budget, m in by.items():
+                lines.append(f"| {name} | {budget} | " + " | ".join(
+                    f"{m[k]:.3f} ({100 * (m[k] - r['clean'][k]):+.1f})" for k in kinds) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from traffic_moe_hf.robustness.attacks import DEFAULT_BUDGETS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="+")
+    parser.add_argument("--json", default="benchmarks/results/robustness_ceiling.json")
+    parser.add_argument("--md", default="benchmarks/results/robustness_ceiling.md")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    def log(*a):
+        print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+    results = [run_task(d, DEFAULT_BUDGETS, log) for d in args.data]
+    Path(args.json).write_text(json.dumps({"results": results, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+    Path(args.md).write_text(markdown(results) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
