@@ -59,15 +59,12 @@ def macro_f1(y, p):
 
 def mixed_copies(train, options, copies=3, seed=1):
     """Feature rows of ``copies`` shaped copies, attack and budget per row drawn as finetune --adversarial does."""
-    from traffic_moe_hf.robustness.adversarial import TRAIN_RANGES, draw_budget, shape_rows
+    from traffic_moe_hf.robustness.adversarial import draw_choices, shape_rows
     from traffic_moe_hf.robustness.attacks import row_seed
 
-    names = sorted(TRAIN_RANGES)
     out = []
     for copy in range(copies):
-        rng = np.random.default_rng(row_seed(seed, "augment", copy))
-        choice = [names[rng.integers(len(names))] for _ in range(len(train))]
-        choice = [(n, draw_budget(rng, TRAIN_RANGES[n])) for n in choice]
+        choice = draw_choices(len(train), seed, copy)
         cols = shape_rows(train, choice, lambda key, copy=copy: row_seed(seed, copy, *key),
                           ["packets", "directions", "ip_lengths"], options)
         out.append(features(cols))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import ATTACKS, attack_columns, dataset_options, make_attack, row_seed
 
-__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
+__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "draw_choices", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
 
 TRAIN_BUDGETS = {
     "padding": [8, 32, 64, 256, 1500],
@@ -58,6 +58,16 @@ def draw_budget(rng: np.random.Generator, spec):
     return spec[rng.integers(len(spec))]
 
 
+def draw_choices(n: int, seed: int, copy: int, budgets: dict | None = None) -> list:
+    """(attack, budget) for each of ``n`` rows of shaped copy number ``copy``: the attack uniform over
+    ``budgets``' names (default :data:`TRAIN_RANGES`), the budget drawn from its entry; seeded."""
+    budgets = budgets or TRAIN_RANGES
+    names = sorted(budgets)
+    rng = np.random.default_rng(row_seed(seed, "augment", copy))
+    choice = [names[rng.integers(len(names))] for _ in range(n)]
+    return [(name, draw_budget(rng, budgets[name])) for name in choice]
+
+
 def shape_rows(dataset, choice: list, seed_of, columns, options: dict, skip_empty: bool = False,
                purpose: str = "shaping") -> dict:
     """Row i of ``dataset`` shaped by the attack ``choice[i]`` = (name, budget): one `attack_columns`
@@ -86,14 +96,11 @@ def augment_split(dataset, data_path=None, seed: int = 0, copies: int = 1, budge
 
     budgets = budgets or TRAIN_RANGES
     options = options or (dataset_options(data_path) if data_path else {})
-    names = sorted(budgets)
     keep = ["input_ids", "attention_mask", "packet_ids", "direction_ids", "label"]
     parts = [dataset.remove_columns([c for c in dataset.column_names if c not in keep])]
     labels = list(dataset["label"])
     for copy in range(copies):
-        rng = np.random.default_rng(row_seed(seed, "augment", copy))
-        choice = [(names[rng.integers(len(names))]) for _ in range(len(dataset))]
-        choice = [(n, draw_budget(rng, budgets[n])) for n in choice]
+        choice = draw_choices(len(dataset), seed, copy, budgets)
         part = shape_rows(dataset, choice, lambda key, copy=copy: row_seed(seed, copy, *key), keep[:-1], options,
                           purpose="shaping augmentation (finetune --adversarial)")
         part["label"] = labels
