@@ -89,8 +89,6 @@ def main() -> int:
     parser.add_argument("--pretrained-row", action="append", default=[], metavar="LABEL=CKPT",
                         help="add a row: the MoE pretrained elsewhere (CKPT, e.g. longer pretraining), fine-tuned like "
                              "the pretrained row; repeatable")
-    parser.add_argument("--all-data-rows", default=None,
-                        help="comma list of row labels of --pretrained-row that also get the all-data run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global REPORT_ONLY
@@ -147,15 +145,12 @@ def main() -> int:
         "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True),
     }
     few_only = set()
-    all_rows = None if args.all_data_rows is None else set(args.all_data_rows.split(","))
     for spec in args.pretrained_row:
         label, _, path = spec.partition("=")
         if not path or not Path(path, "config.json").is_file():
             raise SystemExit(f"--pretrained-row {spec!r}: expected LABEL=CKPT with CKPT a pretrained checkpoint folder")
         name = f"Traffic-MoE pretrained ({label})"
         models[name] = dict(init_from=path)
-        if all_rows is not None and label not in all_rows:
-            few_only.add(name)
     if args.augmented_row:
         name = f"Traffic-MoE pretrained + {args.augmented_row} shaped copies"
         models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0))

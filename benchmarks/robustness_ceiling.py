@@ -31,18 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from traffic_moe_hf.recipes.baselines import dataset_features as features
+
 
 def shaped(dataset, name, budget, seed, options):
     from traffic_moe_hf.robustness.attacks import attack_columns, make_attack
 
     cols = attack_columns(dataset, make_attack(name, budget) if name else None, seed=seed, **options)
     return {k: cols[k] for k in ("packets", "directions", "ip_lengths")}
-
-
-def features(cols):
-    from traffic_moe_hf.recipes.baselines import flow_features
-
-    return np.stack([flow_features(p, d, l) for p, d, l in zip(cols["packets"], cols["directions"], cols["ip_lengths"])])
 
 
 def forest(x, y, seed=0):
@@ -59,12 +55,12 @@ def macro_f1(y, p):
 
 def mixed_copies(train, options, copies=3, seed=1):
     """Feature rows of ``copies`` shaped copies, attack and budget per row drawn as finetune --adversarial does."""
-    from traffic_moe_hf.robustness.adversarial import draw_choices, shape_rows
+    from traffic_moe_hf.robustness.adversarial import copy_choices, shape_rows
     from traffic_moe_hf.robustness.attacks import row_seed
 
     out = []
     for copy in range(copies):
-        choice = draw_choices(len(train), seed, copy)
+        choice = copy_choices(len(train), seed, copy)
         cols = shape_rows(train, choice, lambda key, copy=copy: row_seed(seed, copy, *key),
                           ["packets", "directions", "ip_lengths"], options)
         out.append(features(cols))

@@ -128,12 +128,13 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
     """``view_budgets="ranges"`` draws budgets from TRAIN_RANGES (values outside the fixed list
     appear), ``"list"`` only from TRAIN_BUDGETS; ``view_copies`` puts each flow in the corpus once per
     view, with different views."""
-    from datasets import load_from_disk
+    import datasets
 
+    import traffic_moe_hf.recipes.common as common_mod
     import traffic_moe_hf.recipes.pretrain as pretrain_mod
     from traffic_moe_hf.robustness import adversarial
 
-    train = load_from_disk(str(prepared))["train"]
+    train = datasets.load_from_disk(str(prepared))["train"]
     train = train.select(range(0, len(train), max(1, len(train) // 40)))
     seen = {}
     real_shape_rows = adversarial.shape_rows
@@ -154,6 +155,8 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
         assert low <= budget <= high
     with pytest.raises(ValueError, match="view budgets"):
         pretrain_mod.shaped_views(train, str(prepared), budgets="nope")
+    with pytest.raises(SystemExit, match="view-copies must be at least 1"):
+        pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=0)
 
     # copies: capture the corpus the trainer would get, without training
     captured = {}
@@ -171,10 +174,6 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
     real_views = pretrain_mod.shaped_views
     monkeypatch.setattr(pretrain_mod, "shaped_views",  # the small subset instead of the whole split
                         lambda split, path, seed=0, budgets="list": real_views(train, path, seed, budgets))
-    import traffic_moe_hf.recipes.common as common_mod
-
-    import datasets
-
     monkeypatch.setattr(common_mod, "model_view", fake_model_view)
     monkeypatch.setattr(datasets, "concatenate_datasets", stop)  # stop before any training
     with pytest.raises(Stop):

@@ -31,9 +31,9 @@ def flow_features(packets, directions, ip_lengths, num_packets: int = PACKETS, p
 
 
 def dataset_features(dataset) -> np.ndarray:
-    return np.stack(
-        [flow_features(p, d, l) for p, d, l in zip(dataset["packets"], dataset["directions"], dataset["ip_lengths"])]
-    ) if len(dataset) else np.zeros((0, PACKETS * (3 + PAYLOAD_BYTES)), dtype=np.float32)
+    """Feature rows of a prepared split, or of any mapping with ``packets``/``directions``/``ip_lengths`` lists."""
+    rows = [flow_features(p, d, l) for p, d, l in zip(dataset["packets"], dataset["directions"], dataset["ip_lengths"])]
+    return np.stack(rows) if rows else np.zeros((0, PACKETS * (3 + PAYLOAD_BYTES)), dtype=np.float32)
 
 
 def random_forest(train, evaluated, names: list[str], labels_train=None, labels_eval=None, seed: int = 0) -> dict:

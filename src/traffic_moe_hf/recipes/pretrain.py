@@ -169,6 +169,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from .common import dense_config, load_prepared, model_view, moe_config, parameter_summary
     from .expert_load import ExpertLoadCallback
 
+    if view_copies < 1:
+        raise SystemExit(f"--view-copies must be at least 1, not {view_copies} (--contrastive 0 turns the views off)")
     set_seed(seed)
     if "test" in splits:
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
@@ -181,8 +183,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
                 if not contrastive:
                     parts.append(model_view(part, dense=dense).remove_columns(["label"]))
                     continue
-                for copy in range(max(1, view_copies)):  # copy 0 is the single view of the default
-                    viewed = shaped_views(part, path, seed=seed if copy == 0 else seed + 1000 * copy, budgets=view_budgets)
+                for copy in range(view_copies):  # copy 0 is the single view of the default
+                    viewed = shaped_views(part, path, seed=seed + 1000 * copy, budgets=view_budgets)
                     parts.append(model_view(viewed, dense=dense, extra=VIEW_COLUMNS).remove_columns(["label"]))
     if not parts:
         raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
@@ -255,7 +257,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         "steps": trainer.state.global_step,
         "resumed_from": last,
         "contrastive": contrastive,
-        "view_copies": max(1, view_copies) if contrastive else 0,
+        "view_copies": view_copies if contrastive else 0,
         "view_budgets": view_budgets if contrastive else None,
         "train_loss": result.training_loss,
         "first_logged_loss": history[0]["loss"] if history else None,
@@ -275,17 +277,14 @@ def shaped_views(split, data_path=None, seed: int = 0, budgets: str = "list"):
     black-box shaping transform at a budget drawn from the adversarial-training budgets — the fixed
     list ``TRAIN_BUDGETS`` or, with ``budgets="ranges"``, ``TRAIN_RANGES`` — seeded per flow). Rows
     without packets (nothing to shape) keep their own input as the view."""
-    from ..robustness.adversarial import TRAIN_BUDGETS, TRAIN_RANGES, draw_budget, shape_rows
+    from ..robustness.adversarial import TRAIN_BUDGETS, TRAIN_RANGES, draw_choices, shape_rows
     from ..robustness.attacks import dataset_options, row_seed
 
     if budgets not in ("list", "ranges"):
         raise ValueError(f"view budgets must be 'list' or 'ranges', not {budgets!r}")
-    table = TRAIN_BUDGETS if budgets == "list" else TRAIN_RANGES
     options = dataset_options(data_path) if data_path else {}
     rng = np.random.default_rng(row_seed(seed, "views", len(split)))
-    names = sorted(table)
-    choice = [names[i] for i in rng.integers(len(names), size=len(split))]
-    choice = [(n, draw_budget(rng, table[n])) for n in choice]
+    choice = draw_choices(rng, len(split), TRAIN_BUDGETS if budgets == "list" else TRAIN_RANGES)
     columns = [c[len("view_"):] for c in VIEW_COLUMNS]
     shaped = shape_rows(split, choice, lambda key: row_seed(seed, "views", *key), columns, options, skip_empty=True,
                         purpose="contrastive pretraining")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import ATTACKS, attack_columns, dataset_options, make_attack, row_seed
 
-__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "draw_choices", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
+__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "draw_choices", "copy_choices", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
 
 TRAIN_BUDGETS = {
     "padding": [8, 32, 64, 256, 1500],
@@ -58,14 +58,18 @@ def draw_budget(rng: np.random.Generator, spec):
     return spec[rng.integers(len(spec))]
 
 
-def draw_choices(n: int, seed: int, copy: int, budgets: dict | None = None) -> list:
-    """(attack, budget) for each of ``n`` rows of shaped copy number ``copy``: the attack uniform over
-    ``budgets``' names (default :data:`TRAIN_RANGES`), the budget drawn from its entry; seeded."""
+def draw_choices(rng: np.random.Generator, n: int, budgets: dict | None = None) -> list:
+    """(attack, budget) for each of ``n`` rows: the attack uniform over ``budgets``' names (default
+    :data:`TRAIN_RANGES`), then each row's budget drawn from its entry (:func:`draw_budget`)."""
     budgets = budgets or TRAIN_RANGES
     names = sorted(budgets)
-    rng = np.random.default_rng(row_seed(seed, "augment", copy))
-    choice = [names[rng.integers(len(names))] for _ in range(n)]
+    choice = [names[i] for i in rng.integers(len(names), size=n)]
     return [(name, draw_budget(rng, budgets[name])) for name in choice]
+
+
+def copy_choices(n: int, seed: int, copy: int, budgets: dict | None = None) -> list:
+    """:func:`draw_choices` for shaped copy number ``copy`` of an ``n``-row split (seeded)."""
+    return draw_choices(np.random.default_rng(row_seed(seed, "augment", copy)), n, budgets)
 
 
 def shape_rows(dataset, choice: list, seed_of, columns, options: dict, skip_empty: bool = False,
@@ -100,7 +104,7 @@ def augment_split(dataset, data_path=None, seed: int = 0, copies: int = 1, budge
     parts = [dataset.remove_columns([c for c in dataset.column_names if c not in keep])]
     labels = list(dataset["label"])
     for copy in range(copies):
-        choice = draw_choices(len(dataset), seed, copy, budgets)
+        choice = copy_choices(len(dataset), seed, copy, budgets)
         part = shape_rows(dataset, choice, lambda key, copy=copy: row_seed(seed, copy, *key), keep[:-1], options,
                           purpose="shaping augmentation (finetune --adversarial)")
         part["label"] = labels
