@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -78,11 +79,16 @@ def main() -> int:
     parser.add_argument("--shots", nargs="*", type=int, default=list(SHOTS), help="few-shot sizes (flows per class)")
     parser.add_argument("--few-steps", type=int, default=300, help="few-shot: training steps (batch 16)")
     parser.add_argument("--few-lr", type=float, default=3e-3)
+    parser.add_argument("--models", nargs="*", default=None, metavar="TEXT",
+                        help="train only the model rows whose name contains one of these (the table lists all cached rows)")
     parser.add_argument("--report-only", action="store_true", help="tabulate cached runs only; missing = not measured")
     parser.add_argument("--pretrain-kinds", nargs="*", default=["moe", "dense"], help="which pretrainings to run here")
     parser.add_argument("--stop-after", choices=("data", "pretrain"), default=None)
     parser.add_argument("--contrastive", type=float, default=1.0, help="pretraining: flow-contrastive weight (0: MLM only)")
     parser.add_argument("--pretrain-batch", type=int, default=32)
+    parser.add_argument("--pretrain-view-copies", type=int, default=1, help="pretraining: shaped views per flow")
+    parser.add_argument("--pretrain-view-budgets", choices=("list", "ranges"), default="list",
+                        help="pretraining: view budgets (fixed list or drawn from ranges)")
     parser.add_argument("--augmented-row", type=int, default=0, metavar="COPIES",
                         help="add a few-shot-only row: the pretrained MoE fine-tuned with COPIES shaped copies of each "
                              "training flow (finetune --adversarial --adv-eps 0); 0: no such row")
@@ -118,6 +124,8 @@ def main() -> int:
         if not (capped / "dataset_dict.json").is_file():
             d = load_from_disk(str(full))
             DatasetDict({"train": few_shot(d["train"], args.per_class, 0), "validation": d["validation"], "test": d["test"]}).save_to_disk(str(capped))
+        if not (capped / "report.json").is_file():  # the prepare options (tokenizer settings) go with the data
+            shutil.copyfile(full / "report.json", capped / "report.json")
         data[task] = capped
     corpus = out / "data" / "public-zeek"
     if not (corpus / "dataset_dict.json").is_file():
@@ -135,7 +143,8 @@ def main() -> int:
         folder = out / f"pretrained-{kind}"
         cached(runs / f"pretrain-{kind}.json", lambda: (log("pretrain", kind), pretrain(
             sources, str(folder), config=args.config, dense=dense, max_steps=args.pretrain_steps,
-            batch_size=args.pretrain_batch, lr=1e-3, progress=False, save_steps=10_000, contrastive=args.contrastive))[1])
+            batch_size=args.pretrain_batch, lr=1e-3, progress=False, save_steps=10_000, contrastive=args.contrastive,
+            view_copies=args.pretrain_view_copies, view_budgets=args.pretrain_view_budgets))[1])
     if args.stop_after == "pretrain":
         return 0
 
@@ -167,13 +176,15 @@ def main() -> int:
         rows = {}
         for name, kwargs in models.items():
             folder = out / "ckpt" / task / slug(name)
+            train = args.models is None or any(m in name for m in args.models)
+            run = cached if train else lambda path, _fn: json.loads(path.read_text()) if path.is_file() else None
 
             def full_run():
                 log(task, name, "all data")
                 finetune(str(data[task]), str(folder), epochs=args.epochs, batch_size=32, lr=2e-3, patience=3, progress=False, **kwargs)
                 return evaluate(str(data[task]), str(folder), split="test", audit=(name == "Traffic-MoE pretrained"))
 
-            result = None if name in few_only else cached(runs / task / f"{slug(name)}-all.json", full_run)
+            result = None if name in few_only else run(runs / task / f"{slug(name)}-all.json", full_run)
             row = {"all": "few-shot only" if name in few_only else
                    None if result is None else {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}}
             if result is not None and "shortcut_audit" in result:
@@ -189,7 +200,7 @@ def main() -> int:
                                  lr=args.few_lr, seed=seed, progress=False, **kwargs)
                         return evaluate(str(data[task]), str(shot_folder), split="test", audit=False)
 
-                    got = cached(runs / task / f"{slug(name)}-{k}shot-{seed}.json", few_run)
+                    got = run(runs / task / f"{slug(name)}-{k}shot-{seed}.json", few_run)
                     if got is not None:
                         scores.append(got["macro_f1"])
                 row[f"{k}-shot"] = scores
@@ -209,7 +220,8 @@ def main() -> int:
         rows["random forest (classic)"] = row
         table[task] = {"rows": rows, "train": len(prepared["train"]), "test": len(prepared["test"]), "classes": len(names)}
 
-    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive, "shots": args.shots, "seeds": args.seeds,
+    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive,
+              "pretrain_views": [args.pretrain_view_copies, args.pretrain_view_budgets], "shots": args.shots, "seeds": args.seeds,
               "per_class": args.per_class, "epochs": args.epochs, "few_steps": args.few_steps, "few_lr": args.few_lr,
               "machine": _machine(), "tasks": table, "seconds": time.perf_counter() - started}
     (out / "real_tasks.json").write_text(json.dumps(report, indent=1))
@@ -238,7 +250,9 @@ def markdown(report: dict) -> str:
 
     shots = report.get("shots", SHOTS)
     lines = [f"Machine: {report['machine']}. Model size preset `{report['config']}`, pretraining "
-             f"{report['pretrain_steps']} steps (batch 32), fine-tuning up to {report['epochs']} epochs on at most "
+             f"{report['pretrain_steps']} steps (batch 32"
+             + (", {} shaped view(s) per flow, budgets from the {}".format(*report["pretrain_views"]) if "pretrain_views" in report else "")
+             + f"), fine-tuning up to {report['epochs']} epochs on at most "
              f"{report['per_class']} training flows per class; few-shot: {report['few_steps']} steps at lr {report['few_lr']}, "
              f"mean ± std over {report['seeds']} seed(s) (random forest: same flows). "
              "Macro-F1 on the test split.", ""]

@@ -80,4 +80,4 @@ def test_fields_zeroed_and_idempotent():
         assert out[20:32] == bytes(12) and out[36:38] == b"\0\0"
         d2 = parse_ip(out)
         assert anonymize(d2, 1500) == out
-        assert encode_packets([out], [0], 1, 64)["input_ids"][0][:3] == [2, 5, 0x45 + 6]
+        assert encode_packets([out], [0])["input_ids"][0][:3] == [2, 5, 0x45 + 6]

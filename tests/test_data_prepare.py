@@ -48,16 +48,20 @@ def test_dataset_rows_and_no_flow_in_two_splits(demo_out):
         for fid in ds["flow_id"]:
             assert owner.setdefault(fid, split) == split, f"flow {fid} in {owner[fid]} and {split}"
     row = dd["train"][0]
-    enc = encode_packets(row["packets"], row["directions"], 8, 64)
+    enc = encode_packets(row["packets"], row["directions"])
     assert enc["input_ids"][0] == row["input_ids"] and enc["direction_ids"][0] == row["direction_ids"]
     assert len(row["packets"]) == len(row["directions"]) == len(row["ip_lengths"]) == len(row["timestamps"])
     assert row["timestamps"][0] == 0.0 and row["start_time"] <= row["end_time"]
-    assert all(len(p) <= 64 for p in row["packets"])
+    assert all(len(p) <= 128 for p in row["packets"]) and max(row["packet_ids"]) <= 8
     # identical model input never appears in two splits (dedup=remove)
     seen = {}
     for split, ds in dd.items():
         for pk, dr in zip(ds["packets"], ds["directions"]):
             assert seen.setdefault((tuple(pk), tuple(dr)), split) == split
+    seen = {}
+    for split, ds in dd.items():
+        for ids, dr in zip(ds["input_ids"], ds["direction_ids"]):
+            assert seen.setdefault((tuple(ids), tuple(dr)), split) == split
 
 
 def test_split_by_file_time_none_and_packet_level(tmp_path):

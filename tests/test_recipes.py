@@ -24,9 +24,10 @@ from traffic_moe_hf.tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "loopback9"
-# 8 x 64 bytes (the defaults): with fewer bytes the demo slice has too few distinct flows for the grouped
-# split to leave a test set that measures anything (4 x 32: 62 distinct inputs among 360 flows)
-SMALL = dict(max_packets=8, max_bytes=64)
+# the defaults (8 packets, 128 stored bytes, 64 tokens each in the compact layout): with fewer bytes the demo
+# slice has too few distinct flows for the grouped split to leave a test set that measures anything
+# (4 x 32 bytes: 62 distinct inputs among 360 flows)
+SMALL = dict(max_packets=8, max_bytes=128)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +207,25 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert stats["flows"] == len(rows) == 40
     assert set(rows[0]) == {"file", "five_tuple", "start_time", "packets", "label", "probability"}
     assert all(0 < float(r["probability"]) <= 1 for r in rows)
+    # predict reads a capture into exactly the model input prepare gave the same flows (header layout,
+    # stored bytes and limits travel with the checkpoint's tokenizer)
+    from datasets import concatenate_datasets, load_from_disk
+
+    from traffic_moe_hf.data.samples import PrepareConfig, process_file
+    from traffic_moe_hf.recipes.predict import Classifier
+
+    classifier = Classifier(str(out))
+    http = DEMO / "http.pcap"  # packets longer than 64 bytes: the stored length matters
+    read = process_file(str(http), PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
+                                                     tokenize=False, root_label={str(http): "?"}))["columns"]
+    predicted = classifier.tokenizer(read["packets"], directions=read["directions"])["input_ids"]
+    data = load_from_disk(str(prepared))
+    data = concatenate_datasets([data[split] for split in data])
+    stored = {(t, round(s, 6)): ids for t, s, ids, f in zip(data["five_tuple"], data["start_time"], data["input_ids"],
+                                                         data["source_file"]) if f.endswith("http.pcap")}
+    pairs = [(stored[(t, round(s, 6))], ids) for t, s, ids in zip(read["five_tuple"], read["start_time"], predicted)
+             if (t, round(s, 6)) in stored]
+    assert len(pairs) == 40 and all(a == b for a, b in pairs)
     # bfloat16 inference: same verdict for (nearly) every flow
     predict_files([str(capture)], str(out), str(tmp_path / "bf16.csv"), progress=False, bf16=True)
     with open(tmp_path / "bf16.csv") as f:
@@ -329,3 +349,33 @@ def test_selection_score_breaks_saturated_ties_by_validation_loss():
     # a macro-F1 lead visible in four decimals always beats any loss difference
     assert selection_score(0.9999, unsure, labels) < selection_score(1.0, unsure, labels)
     assert selection_score(0.75, wrong_but_sure, labels) < selection_score(0.7501, unsure * 0.0, labels)
+
+
+def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
+    """Recipes tokenize like the prepared data (report.json options), and refuse a checkpoint or a
+    second dataset tokenized another way instead of training on inputs it would read differently."""
+    import json
+
+    from traffic_moe_hf import TrafficTokenizer
+    from traffic_moe_hf.recipes.common import data_tokenizer
+
+    def dataset(name, **options):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps({"options": options}))
+        return folder
+
+    new = dataset("new", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact")
+    old = dataset("old", max_packets=8, max_bytes=64)  # written before header layouts: full layout
+    tok = data_tokenizer(new)
+    assert (tok.max_packets, tok.max_packet_bytes, tok.header_layout, tok.capture_bytes) == (8, 64, "compact", 128)
+    legacy = data_tokenizer(old)
+    assert (legacy.header_layout, legacy.max_packet_bytes, legacy.capture_bytes) == ("full", 64, 64)
+    with pytest.raises(SystemExit, match="tokenized differently"):
+        data_tokenizer([new, old])
+    ckpt = tmp_path / "ckpt"
+    TrafficTokenizer(header_layout="full").save_pretrained(ckpt)
+    with pytest.raises(SystemExit, match="ckpt"):
+        data_tokenizer(new, ckpt)
+    TrafficTokenizer().save_pretrained(ckpt)
+    assert data_tokenizer(new, ckpt).header_layout == "compact"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from traffic_moe_hf.data.decode import Decoded, parse_ip
+from traffic_moe_hf.data.samples import get_tokenizer, tokenizer_settings
 from traffic_moe_hf.robustness.attacks import (
     ACK, DEFAULT_BUDGETS, FIN, MTU, SYN, Flow, attack_columns, dataset_options, make_attack, packet_info,
 )
@@ -129,7 +130,7 @@ def test_transform_keeps_capture_valid(full_flows, name, budget, tmp_path):
 
 @pytest.mark.parametrize("name,budget", CASES)
 def test_transform_on_prepared_rows(prepared, name, budget):
-    """On stored (anonymised, 64-byte) rows: packets re-parse, are at most max_bytes long, the IP
+    """On stored (anonymised, 128-byte) rows: packets re-parse, are at most max_bytes long, the IP
     total length holds the on-wire length, and the result re-tokenizes."""
     from datasets import load_from_disk
 
@@ -142,7 +143,8 @@ def test_transform_on_prepared_rows(prepared, name, budget):
             d = parse_ip(p)
             assert isinstance(d, Decoded) and len(p) <= opts["max_bytes"] and d.ip_len == n <= MTU
             assert d.src == bytes(4) and d.sport == 0 and d.seq == 0  # re-anonymised
-        assert len(ids) == 1 + sum(len(p) + 1 for p in packets)
+        tok = get_tokenizer(None, tokenizer_settings(opts))
+        assert len(ids) == 1 + sum(len(tok.layout(p)[: tok.max_packet_bytes]) + 1 for p in packets)
 
 
 @pytest.mark.parametrize("name,budget", CASES)
@@ -229,17 +231,21 @@ def test_whitebox_lowers_confidence(prepared, tiny_model):
     of the same budget, on real flows."""
     from datasets import load_from_disk
 
+    from traffic_moe_hf.data.samples import encode_packets, get_tokenizer, tokenizer_settings
     from traffic_moe_hf.robustness.whitebox import confidence, whitebox_columns
 
     ds = load_from_disk(str(prepared))["test"]
     opts = dataset_options(prepared)
+    tokenizer = get_tokenizer(None, tokenizer_settings(opts))
     labels = np.asarray(ds["label"])
     cols = attack_columns(ds, make_attack("padding", 32), seed=0, **opts)
     random_conf = confidence(tiny_model, cols, labels, dense=False)
-    attacked = whitebox_columns(tiny_model, cols, labels, False, opts["max_packets"], opts["max_bytes"], steps=4)
+    attacked = whitebox_columns(tiny_model, cols, labels, False, tokenizer, steps=4)
     white_conf = confidence(tiny_model, attacked, labels, dense=False)
     assert white_conf.mean() < random_conf.mean()
     assert (white_conf < random_conf).mean() > 0.5
+    # the bytes written back into the packets are the chosen tokens (through the header layout)
+    assert list(encode_packets(attacked["packets"], attacked["directions"], tokenizer)["input_ids"]) == attacked["input_ids"]
     # only the inserted bytes changed: packets still parse, same lengths
     for before, after in zip(cols["packets"], attacked["packets"]):
         assert [len(p) for p in before] == [len(p) for p in after]

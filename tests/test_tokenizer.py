@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_round_trip_real_packets_exactly(real_flows):
-    tokenizer = TrafficTokenizer(max_packets=64, max_packet_bytes=1600)
+    tokenizer = TrafficTokenizer(max_packets=64, max_packet_bytes=1600, header_layout="full")
     count = 0
     for flows in real_flows.values():
         for packets, directions in flows:
@@ -31,7 +31,7 @@ def test_round_trip_real_packets_exactly(real_flows):
 def test_structure_ids_and_truncation(real_flows):
     packets, directions = real_flows["http"][0]
     assert len(packets) >= 4 and set(directions[:4]) == {0, 1}
-    tokenizer = TrafficTokenizer(max_packets=3, max_packet_bytes=20)
+    tokenizer = TrafficTokenizer(max_packets=3, max_packet_bytes=20, header_layout="full")
     enc = tokenizer(packets, directions=directions, return_special_tokens_mask=True)
     ids = enc["input_ids"]
     assert ids[0] == CLS_ID and ids.count(PKT_ID) == 3
@@ -44,6 +44,74 @@ def test_structure_ids_and_truncation(real_flows):
     assert cut["input_ids"] == ids[:30]
     wider = tokenizer(packets, directions=directions, max_packets=5, max_packet_bytes=8)
     assert wider["input_ids"].count(PKT_ID) == 5 and len(wider["input_ids"]) == 1 + 5 * 9
+
+
+def _ipv6_packets() -> list[bytes]:
+    """IPv6 TCP (with options and payload), IPv6 UDP behind a hop-by-hop header, built with dpkt."""
+    import dpkt
+
+    tcp = dpkt.tcp.TCP(sport=40000, dport=443, seq=123456, ack=654321, flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH,
+                       win=501, opts=b"\x01\x01\x08\x0a\x00\x01\x02\x03\x04\x05\x06\x07", data=b"GET / HTTP/1.1\r\n")
+    a = dpkt.ip6.IP6(src=bytes(range(16)), dst=bytes(range(16, 32)), nxt=6, hlim=64, flow=0x12345, data=tcp)
+    a.plen = len(bytes(tcp))
+    udp = bytes(dpkt.udp.UDP(sport=5353, dport=53, data=b"\x12\x34query"))
+    hop = bytes([17, 0]) + bytes([1, 4, 0xAA, 0xBB, 0xCC, 0xDD])  # next: UDP, 8 bytes, a PadN-like option
+    b = bytearray(bytes(dpkt.ip6.IP6(src=bytes(16), dst=bytes(range(1, 17)), nxt=0, hlim=7, data=b"")))
+    b[4:6] = (len(hop) + len(udp)).to_bytes(2, "big")
+    return [bytes(a), bytes(b) + hop + udp]
+
+
+def test_compact_layout_drops_exactly_what_anonymisation_changes(real_flows):
+    """Compact-layout tokens of a raw packet equal those of its anonymised copy (TTL kept): the layout
+    leaves out every byte anonymisation changes, and the bytes it drops are zeros once anonymised."""
+    from traffic_moe_hf.data.anonymize import anonymize
+    from traffic_moe_hf.data.decode import Decoded, parse_ip
+    from traffic_moe_hf.tokenization_traffic_moe import compact_ranges
+
+    compact = TrafficTokenizer(max_packet_bytes=1600, capture_bytes=1600)
+    packets = [p for flows in real_flows.values() for f, _ in flows for p in f] + _ipv6_packets()
+    saved = 0
+    for packet in packets:
+        d = parse_ip(packet)
+        assert type(d) is Decoded
+        anon = anonymize(d, 1600, ttl="keep")
+        assert compact.layout(packet) == compact.layout(anon)
+        kept = {i for s, e in compact_ranges(anon) for i in range(s, e)}
+        assert all(anon[i] == 0 for i in range(len(anon)) if i not in kept)
+        # payload is never dropped
+        header = d.l4 + ((packet[d.l4 + 12] >> 4) * 4 if d.proto == 6 else 8)
+        assert compact.layout(packet).endswith(packet[header:])
+        saved += len(packet) - len(compact.layout(packet))
+    assert saved >= 20 * len(packets)
+    # an IPv4/TCP packet with timestamps keeps 18 of its 52 header bytes: 46 payload bytes in 64 tokens
+    http = next(p for f, _ in real_flows["http"] for p in f if len(p) > 120 and p[32] == 0x80)
+    assert len(compact.layout(http[:52])) == 18
+    assert TrafficTokenizer()([http])["input_ids"][2 + 18 : 2 + 64] == [b + BYTE_OFFSET for b in http[52 : 52 + 46]]
+
+
+def test_token_byte_indices_follow_the_layout(real_flows):
+    for tokenizer in (TrafficTokenizer(), TrafficTokenizer(header_layout="full"), TrafficTokenizer(max_packet_bytes=20)):
+        for packet in [p for f, _ in real_flows["http"] for p in f] + _ipv6_packets():
+            index = tokenizer.token_byte_indices(packet)
+            assert bytes(packet[i] for i in index) == tokenizer.layout(packet)[: tokenizer.max_packet_bytes]
+            assert index == sorted(set(index)) and all(i < tokenizer.capture_bytes for i in index)
+
+
+def test_compact_ranges_never_fail_on_arbitrary_bytes():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from traffic_moe_hf.tokenization_traffic_moe import compact_ranges
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=200), st.sampled_from([0x45, 0x46, 0x4F, 0x60, 0x41, 0x00]))
+    def check(data, first):
+        packet = bytes([first]) + data
+        ranges = compact_ranges(packet)
+        assert all(0 <= s < e <= len(packet) for s, e in ranges)
+        assert all(e1 < s2 for (_s1, e1), (s2, _e2) in zip(ranges, ranges[1:]))
+
+    check()
 
 
 def test_batch_padding_and_tensors(real_flows):
@@ -90,10 +158,10 @@ def test_default_tokenizer_folder_loads_with_autotokenizer(real_flows):
 
 
 def test_save_and_reload_keeps_settings(tmp_path, real_flows):
-    tokenizer = TrafficTokenizer(max_packets=5, max_packet_bytes=40)
+    tokenizer = TrafficTokenizer(max_packets=5, max_packet_bytes=40, header_layout="full", capture_bytes=90)
     tokenizer.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
-    assert (again.max_packets, again.max_packet_bytes) == (5, 40)
+    assert (again.max_packets, again.max_packet_bytes, again.header_layout, again.capture_bytes) == (5, 40, "full", 90)
     packets, directions = real_flows["smtp"][0]
     assert again(packets, directions=directions) == tokenizer(packets, directions=directions)
     assert torch.equal(

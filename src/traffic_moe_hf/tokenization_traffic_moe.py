@@ -12,6 +12,18 @@ with at most ``max_packets`` packets and at most ``max_packet_bytes`` bytes of e
 * ``direction_ids``: 0 for ``[CLS]``/padding, 1 for a packet sent by the flow's initiator, 2 for a
   packet sent by the responder.
 
+**Header layout.** With ``header_layout="compact"`` (the default) a packet's bytes reach the model
+without the header fields that anonymisation masks (see ``data/anonymize.py``): IPv4 identification,
+checksum, addresses and options; IPv6 flow label (with the low traffic-class nibble that shares its
+bytes), addresses and extension-header contents; TCP ports, sequence
+and acknowledgement numbers, checksum and the values of timestamp/SACK/signature/MPTCP options; UDP
+ports and checksum. Those bytes are zeros in anonymised data, so dropping them loses nothing and
+leaves room for payload: an IPv4/TCP packet with timestamps has 52 header bytes, of which 18 stay,
+so 64 tokens hold 46 payload bytes instead of 12. Everything else (lengths, flags, window, TTL,
+kept options, payload) is kept in packet order. ``"full"`` keeps the packet as it is. The packet is
+first cut to ``capture_bytes`` (what ``traffic-moe prepare --max-bytes`` stores), then laid out, then
+cut to ``max_packet_bytes``, so a full packet and its stored copy give the same tokens.
+
 Vocabulary (fixed): ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 [PKT]=5`` and byte ``b`` -> ``b + 6``.
 
 The vocabulary, the special tokens, the hex-text path and the saved ``tokenizer.json`` are a
@@ -54,6 +66,78 @@ PAD_VALUES = {
 }
 
 
+HEADER_LAYOUTS = ("compact", "full")
+# TCP options whose value bytes anonymisation zeroes (timestamps, SACK blocks, MD5, MPTCP, TCP-AO)
+_TCP_OPT_VALUE_DROPPED = frozenset((8, 5, 19, 29, 30))
+
+
+def compact_ranges(packet: bytes) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of an IP packet that the compact header layout keeps, in order.
+
+    Drops the fields anonymisation masks (listed in the module docstring). A packet that is not
+    IPv4/IPv6, or whose headers are cut short, keeps what can be laid out; nothing raises."""
+    n = len(packet)
+    if n == 0:
+        return []
+    version = packet[0] >> 4
+    proto = None
+    if version == 4:
+        ihl = (packet[0] & 15) * 4
+        if ihl < 20:
+            return [(0, n)]
+        ranges = [(0, 4), (6, 10)]  # version/IHL, TOS, total length | flags/fragment, TTL, protocol
+        l4 = ihl
+        if n > 9 and not ((packet[6] & 0x1F) or packet[7]):  # not a later fragment
+            proto = packet[9]
+    elif version == 6:
+        # version + high traffic-class nibble | payload length, next header, hop limit (byte 1-3: the rest of
+        # the traffic class, shared with the flow label, left out)
+        ranges = [(0, 1), (4, 8)]
+        l4 = 40
+        proto = packet[6] if n > 6 else None
+        while proto in (0, 43, 44, 51, 60) and l4 + 2 <= n:  # extension headers: keep next-header + length
+            ranges.append((l4, l4 + 2))
+            size = 8 if proto == 44 else (packet[l4 + 1] + 2) * 4 if proto == 51 else (packet[l4 + 1] + 1) * 8
+            proto = packet[l4]
+            l4 += size
+        if proto in (0, 43, 44, 51, 60):
+            proto = None
+    else:
+        return [(0, n)]
+    start = l4
+    if proto == 6 and n >= l4 + 13:
+        doff = max((packet[l4 + 12] >> 4) * 4, 20)
+        ranges += [(l4 + 12, l4 + 16), (l4 + 18, l4 + 20)]  # offset/flags, window | urgent pointer
+        i, end = l4 + 20, min(l4 + doff, n)
+        while i < end:
+            kind = packet[i]
+            if kind in (0, 1):  # end of list (the rest is padding) / no-op
+                ranges.append((i, i + 1 if kind == 1 else end))
+                i = i + 1 if kind == 1 else end
+                continue
+            ln = packet[i + 1] if i + 1 < end else 0
+            if ln < 2 or i + ln > end:  # malformed or cut: keep the rest as it is
+                ranges.append((i, end))
+                break
+            ranges.append((i, i + 2) if kind in _TCP_OPT_VALUE_DROPPED else (i, i + ln))
+            i += ln
+        start = l4 + doff
+    elif proto == 17 and n >= l4 + 8:
+        ranges.append((l4 + 4, l4 + 6))  # length
+        start = l4 + 8
+    ranges.append((start, n))
+    merged: list[tuple[int, int]] = []
+    for s, e in ranges:
+        s, e = min(s, n), min(e, n)
+        if e <= s:
+            continue
+        if merged and merged[-1][1] == s:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged
+
+
 def _byte_vocab() -> dict[str, int]:
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"{b:02x}": b + BYTE_OFFSET for b in range(256)})
@@ -67,14 +151,20 @@ class TrafficTokenizer(TokenizersBackend):
 
     Args:
         max_packets (`int`, defaults to 8): packets of a flow kept (the first ones).
-        max_packet_bytes (`int`, defaults to 64): bytes of each packet kept (the first ones).
+        max_packet_bytes (`int`, defaults to 64): bytes of each packet kept (the first ones, after the layout).
+        header_layout (`str`, defaults to `"compact"`): `"compact"` drops the header fields anonymisation
+            masks (see the module docstring), `"full"` keeps the packet as it is.
+        capture_bytes (`int`, optional): bytes of each packet (from the IP header) kept before the layout:
+            what `traffic-moe prepare --max-bytes` stores and `predict` keeps. Defaults to 128 for the
+            compact layout and `max_packet_bytes` for the full one.
     """
 
     vocab_files_names = {"tokenizer_file": "tokenizer.json"}
     model_input_names = ["input_ids", "attention_mask", "packet_ids", "direction_ids"]
     padding_side = "right"
 
-    def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, **kwargs):
+    def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, header_layout: str = "compact",
+                 capture_bytes: int | None = None, **kwargs):
         # The vocabulary is fixed by design; a saved tokenizer.json holds the same one.
         for key in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):
             kwargs.pop(key, None)
@@ -91,13 +181,22 @@ class TrafficTokenizer(TokenizersBackend):
         self._tokenizer = tokenizer
         self.max_packets = int(max_packets)
         self.max_packet_bytes = int(max_packet_bytes)
+        if header_layout not in HEADER_LAYOUTS:
+            raise ValueError(f"header_layout must be one of {HEADER_LAYOUTS}, not {header_layout!r}")
+        self.header_layout = header_layout
+        if capture_bytes is None:
+            capture_bytes = 128 if header_layout == "compact" else self.max_packet_bytes
+        self.capture_bytes = int(capture_bytes)
+        if self.capture_bytes < 1 or self.max_packet_bytes < 1 or self.max_packets < 1:
+            raise ValueError("max_packets, max_packet_bytes and capture_bytes must be positive")
         kwargs.setdefault("model_max_length", self.max_packets * (self.max_packet_bytes + 1) + 1)
         for name, token in (("pad", "[PAD]"), ("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK]")):
             if str(kwargs.setdefault(f"{name}_token", token)) != token:
                 raise ValueError(f"{name}_token is fixed to {token} in TrafficTokenizer")
         kwargs.pop("additional_special_tokens", None)
         kwargs["extra_special_tokens"] = ["[PKT]"]
-        super().__init__(max_packets=self.max_packets, max_packet_bytes=self.max_packet_bytes, **kwargs)
+        super().__init__(max_packets=self.max_packets, max_packet_bytes=self.max_packet_bytes,
+                         header_layout=self.header_layout, capture_bytes=self.capture_bytes, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also writes this file beside tokenizer.json with an `auto_map`, so the folder loads with
@@ -120,6 +219,20 @@ class TrafficTokenizer(TokenizersBackend):
         return BYTE_OFFSET + 256
 
     # ------------------------------------------------------------------ encoding
+    def layout(self, packet: bytes) -> bytes:
+        """The bytes of one packet the model sees (before the ``max_packet_bytes`` cut)."""
+        packet = bytes(packet[: self.capture_bytes])
+        if self.header_layout == "full":
+            return packet
+        return b"".join(packet[s:e] for s, e in compact_ranges(packet))
+
+    def token_byte_indices(self, packet: bytes, max_packet_bytes: int | None = None) -> list[int]:
+        """Index in ``packet`` of the byte behind each of its byte tokens, in token order."""
+        max_packet_bytes = self.max_packet_bytes if max_packet_bytes is None else max_packet_bytes
+        packet = bytes(packet[: self.capture_bytes])
+        ranges = [(0, len(packet))] if self.header_layout == "full" else compact_ranges(packet)
+        return [i for s, e in ranges for i in range(s, e)][:max_packet_bytes]
+
     def _as_packet(self, packet) -> bytes:
         """One packet as bytes, from a bytes-like object or hex text (whitespace and ':' ignored)."""
         if isinstance(packet, (bytes, bytearray, memoryview)):
@@ -166,7 +279,7 @@ class TrafficTokenizer(TokenizersBackend):
         packet_ids = [0]
         direction_ids = [DIRECTION_NONE]
         for index, packet in enumerate(packets[:max_packets]):
-            payload = bytes(packet[:max_packet_bytes])
+            payload = self.layout(packet)[:max_packet_bytes]
             direction = DIRECTION_FORWARD if directions is None else DIRECTION_FORWARD + int(directions[index])
             if direction not in (DIRECTION_FORWARD, DIRECTION_BACKWARD):
                 raise ValueError(f"direction must be 0 or 1, got {directions[index]}")

@@ -41,7 +41,13 @@ def add_parser(subparsers):
                    help="identical model inputs: group (split flows sharing an input together; default, "
                         "--split flow only, else remove), remove (from the later split) or report")
     p.add_argument("--max-packets", type=int, default=8, help="packets kept per flow (first N; default 8)")
-    p.add_argument("--max-bytes", type=int, default=64, help="bytes kept per packet from the IP header (first M; default 64)")
+    p.add_argument("--max-bytes", type=int, default=128,
+                   help="bytes stored per packet from the IP header (first M; default 128)")
+    p.add_argument("--packet-bytes", type=int, default=64,
+                   help="byte tokens per packet the model sees, after the header layout (default 64)")
+    p.add_argument("--header-layout", choices=("compact", "full"), default="compact",
+                   help="model input: compact (default) leaves out the header fields anonymisation masks, "
+                        "so more payload fits in --packet-bytes; full keeps the packet as stored")
     p.add_argument("--min-packets", type=int, default=1, help="skip flows with fewer packets (default 1)")
     p.add_argument("--no-anonymize", dest="anonymize", action="store_false",
                    help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; see docs/data.md)")
@@ -78,7 +84,8 @@ def run(args) -> int:
     report = prepare(
         args.inputs, args.out, labels=args.labels, level=args.level, split=args.split,
         ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup,
-        max_packets=args.max_packets, max_bytes=args.max_bytes, min_packets=args.min_packets,
+        max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
+        header_layout=args.header_layout, min_packets=args.min_packets,
         anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
         tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress,
     )
@@ -158,20 +165,28 @@ def _arrow_types():
 
 
 def _to_arrow(cols):
-    """Dedup key per sample (digest of its model input: packets + directions), then Arrow arrays."""
+    """Dedup key per sample (digest of its model input: the tokens with their directions, or the
+    stored packets + directions when not tokenized), then Arrow arrays."""
     import hashlib
+
+    from array import array
 
     import pyarrow as pa
 
-    cols["_key"] = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
-                    for pk, dr in zip(cols["packets"], cols["directions"])]
+    if cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
+        cols["_key"] = [hashlib.blake2b(array("i", ids).tobytes() + bytes(dr), digest_size=16).digest()
+                        for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
+    else:
+        cols["_key"] = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
+                        for pk, dr in zip(cols["packets"], cols["directions"])]
     for k, t in _arrow_types().items():
         if k in cols:
             cols[k] = pa.array(cols[k], type=t)
 
 
 def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
-            dedup="group", max_packets=8, max_bytes=64, min_packets=1, anonymize=True, ttl="mask",
+            dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
+            anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
@@ -185,13 +200,24 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     inputs = [os.fspath(i) for i in inputs]
     mode, csv_path = parse_labels_option(labels)
     files, missing = collect_inputs(inputs)
+    if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
+        from .samples import get_tokenizer
+
+        tok = get_tokenizer(tokenizer)
+        max_packets, packet_bytes = tok.max_packets, tok.max_packet_bytes
+        header_layout = getattr(tok, "header_layout", "full")
+        max_bytes = getattr(tok, "capture_bytes", packet_bytes)
+    if min(max_packets, max_bytes, packet_bytes) < 1:
+        raise ValueError("max_packets, max_bytes and packet_bytes must be at least 1")
     cfg = PrepareConfig(level=level, max_packets=max_packets, max_bytes=max_bytes, ttl=ttl,
+                        packet_bytes=packet_bytes, header_layout=header_layout,
                         anonymize=anonymize, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
                         min_packets=min_packets, label_mode=mode, tokenizer=tokenizer)
     report = {
         "inputs": inputs, "out": os.fspath(out) if out else None,
         "options": {"labels": labels, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
                     "dedup": dedup, "max_packets": max_packets, "max_bytes": max_bytes,
+                    "packet_bytes": packet_bytes, "header_layout": header_layout,
                     "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl,
                     "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
                     "num_proc": num_proc},
@@ -222,9 +248,9 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
 
     if num_proc > 1 and len(items) > 1:
         if tokenizer is None and cfg.tokenize:
-            from .samples import get_tokenizer
+            from .samples import get_tokenizer, tokenizer_settings
 
-            get_tokenizer(None)  # build once before forking
+            get_tokenizer(None, tokenizer_settings(cfg))  # build once before forking
         _run_parallel(items, min(num_proc, len(items)), done)
     else:
         for j, it in enumerate(items):

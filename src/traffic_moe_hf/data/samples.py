@@ -24,7 +24,8 @@ from .decode import Decoded, decode, parse_ip
 from .flows import FlowTable, bursts
 from .reader import CaptureError, linktype_name, open_capture
 
-__all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "COLUMNS", "get_tokenizer"]
+__all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "COLUMNS", "get_tokenizer",
+           "tokenizer_settings"]
 
 COLUMNS = (
     "input_ids", "attention_mask", "packet_ids", "direction_ids", "label", "packets", "directions",
@@ -37,7 +38,9 @@ COLUMNS = (
 class PrepareConfig:
     level: str = "flow"  # flow | packet
     max_packets: int = 8
-    max_bytes: int = 64
+    max_bytes: int = 128  # bytes stored per packet, from the IP header
+    packet_bytes: int = 64  # byte tokens per packet, after the header layout
+    header_layout: str = "compact"  # compact | full (see tokenization_traffic_moe)
     ttl: str = "mask"
     anonymize: bool = True
     udp_timeout: float = 60.0
@@ -53,9 +56,20 @@ class PrepareConfig:
 _TOKENIZERS: dict = {}
 
 
-def get_tokenizer(path: str | None = None):
-    """The project's tokenizer (cached per process)."""
-    tok = _TOKENIZERS.get(path)
+def tokenizer_settings(options) -> dict:
+    """``TrafficTokenizer`` arguments for data prepared with ``options`` (a :class:`PrepareConfig`, or
+    the ``options`` of a dataset's report.json). Data prepared before header layouts existed was
+    tokenized with the full layout and ``max_bytes`` tokens per packet."""
+    get = options.get if isinstance(options, dict) else lambda key, default=None: getattr(options, key, default)
+    max_bytes = int(get("max_bytes", 64) or 64)
+    return {"max_packets": int(get("max_packets", 8) or 8), "max_packet_bytes": int(get("packet_bytes", max_bytes) or max_bytes),
+            "header_layout": get("header_layout", "full") or "full", "capture_bytes": max_bytes}
+
+
+def get_tokenizer(path: str | None = None, settings: dict | None = None):
+    """The project's tokenizer (cached per process): from a folder, or ``TrafficTokenizer(**settings)``."""
+    key = (path, tuple(sorted((settings or {}).items())))
+    tok = _TOKENIZERS.get(key)
     if tok is None:
         if path:
             from transformers import AutoTokenizer
@@ -64,19 +78,20 @@ def get_tokenizer(path: str | None = None):
         else:
             from traffic_moe_hf import TrafficTokenizer
 
-            tok = TrafficTokenizer()
-        _TOKENIZERS[path] = tok
+            tok = TrafficTokenizer(**(settings or {}))
+        _TOKENIZERS[key] = tok
     return tok
 
 
-def encode_packets(packets, directions, max_packets=8, max_bytes=64, tokenizer=None):
+def encode_packets(packets, directions, tokenizer=None):
     """Model input for one flow (list of packets from the IP header, list of 0/1 directions) or a
-    batch (list of flows, list of direction lists). Returns the tokenizer's ``BatchEncoding``."""
+    batch (list of flows, list of direction lists), with ``tokenizer``'s packet and byte limits and
+    header layout (default: ``TrafficTokenizer()``). Returns the tokenizer's ``BatchEncoding``."""
     tok = tokenizer if tokenizer is not None else get_tokenizer(None)
     single = len(packets) > 0 and isinstance(packets[0], (bytes, bytearray, memoryview))
     flows = [list(packets)] if single else [list(p) for p in packets]
     dirs = [list(directions)] if single else [list(d) for d in directions]
-    return tok(flows, directions=dirs, max_packets=max_packets, max_packet_bytes=max_bytes, padding=False)
+    return tok(flows, directions=dirs, padding=False)
 
 
 def write_pcap(path, packets, timestamps=None, start_time: float = 0.0):
@@ -210,8 +225,7 @@ def _build_rows(res, flows, cfg, name, path):
             cols["five_tuple"].append(meta[6])
             cols["header_fields"].append(list(f.header_fields))
     if cfg.tokenize and cols["packets"]:
-        enc = encode_packets(cols["packets"], cols["directions"], cfg.max_packets, cfg.max_bytes,
-                             get_tokenizer(cfg.tokenizer))
+        enc = encode_packets(cols["packets"], cols["directions"], get_tokenizer(cfg.tokenizer, tokenizer_settings(cfg)))
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
             cols[k] = list(enc[k])
     elif not cfg.tokenize:

@@ -33,6 +33,33 @@ def load_prepared(path: str | os.PathLike):
     return data
 
 
+def data_tokenizer(paths, checkpoint: str | os.PathLike | None = None) -> TrafficTokenizer:
+    """The tokenizer the prepared dataset(s) at ``paths`` were tokenized with (their report.json), so
+    a saved checkpoint tokenizes new traffic (``predict``) exactly as its training data was. All
+    datasets, and ``checkpoint``'s tokenizer when it has one, must agree; a clear error otherwise."""
+    from ..data.samples import tokenizer_settings
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    settings = {}
+    for path in paths:
+        report = Path(path) / "report.json"
+        options = json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
+        settings[str(path)] = tokenizer_settings(options)
+    if checkpoint is not None and (Path(checkpoint) / "tokenizer_config.json").is_file():
+        saved = json.loads((Path(checkpoint) / "tokenizer_config.json").read_text())
+        settings[f"{checkpoint} (checkpoint)"] = {key: saved.get(key, default) for key, default in
+                                                  (("max_packets", 8), ("max_packet_bytes", 64),
+                                                   ("header_layout", "full"), ("capture_bytes", None))}
+        if settings[f"{checkpoint} (checkpoint)"]["capture_bytes"] is None:
+            settings[f"{checkpoint} (checkpoint)"]["capture_bytes"] = saved.get("max_packet_bytes", 64)
+    distinct = {json.dumps(v, sort_keys=True) for v in settings.values()}
+    if len(distinct) > 1:
+        lines = "\n".join(f"  {where}: {v}" for where, v in settings.items())
+        raise SystemExit("these inputs were tokenized differently (prepare the data again with the same "
+                         f"--max-packets/--max-bytes/--packet-bytes/--header-layout):\n{lines}")
+    return TrafficTokenizer(**next(iter(settings.values())))
+
+
 def label_names(dataset) -> list[str]:
     feature = dataset.features["label"]
     if not hasattr(feature, "names"):

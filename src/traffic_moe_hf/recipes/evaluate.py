@@ -78,9 +78,10 @@ def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
 
 
 def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True) -> dict:
-    from .common import device_summary, label_names, load_prepared, model_view, parameter_summary
+    from .common import data_tokenizer, device_summary, label_names, load_prepared, model_view, parameter_summary
 
     prepared = load_prepared(data)
+    data_tokenizer(data, model_path)  # the model's input layout must be the data's
     if split not in prepared:
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     model = load_classifier(model_path)

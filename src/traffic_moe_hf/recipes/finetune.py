@@ -106,10 +106,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         set_seed,
     )
 
-    from .. import TrafficMoeForSequenceClassification, TrafficTokenizer
+    from .. import TrafficMoeForSequenceClassification
     from .common import (
         TrafficCollator,
         class_weights,
+        data_tokenizer,
         dense_config,
         few_shot,
         label_names,
@@ -153,7 +154,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         model = TrafficMoeForSequenceClassification(moe_config(config, **labels, **(config_overrides or {})))
     if not dense:
         model.config.output_router_logits = True  # router losses join the loss computed below
-    tokenizer = TrafficTokenizer()
+    tokenizer = data_tokenizer(data, init_from)
     weights = class_weights(train, len(names)) if use_class_weights else None
 
     out = Path(out)

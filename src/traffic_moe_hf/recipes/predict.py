@@ -79,6 +79,11 @@ class Classifier:
     def max_packet_bytes(self) -> int:
         return self.tokenizer.max_packet_bytes
 
+    @property
+    def capture_bytes(self) -> int:
+        """Bytes of each packet kept before the tokenizer's header layout (as `prepare` stored them)."""
+        return getattr(self.tokenizer, "capture_bytes", self.tokenizer.max_packet_bytes)
+
     @torch.inference_mode()
     def __call__(self, flows: list[list[bytes]], directions: list[list[int]]) -> tuple[list[str], list[float]]:
         batch = self.tokenizer(flows, directions=directions, padding=True, pad_to_multiple_of=8, return_tensors="pt")
@@ -133,7 +138,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
                "packets_total": 0, "seconds": 0.0}
     started = time.perf_counter()
     for path, name, _root in tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr):
-        cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.max_packet_bytes,
+        cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
                             tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout)
         result = process_file(path, cfg, name)
         if result["error"]:
@@ -177,7 +182,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     classifier = Classifier(model_path, bf16=bf16)
     writer = _Writer(out)
     n = classifier.max_packets
-    table = FlowTable(max_packets=n, max_bytes=classifier.max_packet_bytes, udp_timeout=udp_timeout,
+    table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout)
     emitted: set[int] = set()
     summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_skipped": 0,

@@ -165,8 +165,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
-    from .. import TrafficMoeForMaskedLM, TrafficTokenizer
-    from .common import dense_config, load_prepared, model_view, moe_config, parameter_summary
+    from .. import TrafficMoeForMaskedLM
+    from .common import data_tokenizer, dense_config, load_prepared, model_view, moe_config, parameter_summary
     from .expert_load import ExpertLoadCallback
 
     if view_copies < 1:
@@ -175,6 +175,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     if "test" in splits:
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
     parts = []
+    tokenizer = data_tokenizer(data)  # every source tokenized alike (a clear error otherwise)
     for path in data:
         prepared = load_prepared(path)
         for split in splits:
@@ -189,7 +190,6 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     if not parts:
         raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
-    tokenizer = TrafficTokenizer()
 
     cfg = moe_config(config, **(config_overrides or {}))
     if dense:

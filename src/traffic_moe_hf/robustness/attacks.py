@@ -526,13 +526,18 @@ def make_attack(name: str, strength) -> Attack:
 
 # ------------------------------------------------------------------------------- datasets of flows
 def attack_columns(dataset, attack: Attack | None, seed: int = 0, max_packets: int = 8, max_bytes: int = 64,
-                   ttl: str = "mask", anonymized: bool = True, tokenizer=None) -> dict:
+                   ttl: str = "mask", anonymized: bool = True, tokenizer=None, packet_bytes: int | None = None,
+                   header_layout: str = "full") -> dict:
     """Apply ``attack`` to every flow of a prepared split (rows with ``packets``/``directions``/
     ``timestamps``) and return the columns `prepare` would have written for the shaped traffic:
     re-anonymised, first ``max_packets`` packets, first ``max_bytes`` bytes, re-tokenized.
-    ``editable`` (per flow, per packet, byte ranges) marks the bytes the attack inserted."""
-    from ..data.samples import encode_packets
+    ``editable`` (per flow, per packet, byte ranges) marks the bytes the attack inserted.
+    ``tokenizer`` defaults to the one the dataset was prepared with (``packet_bytes``, ``header_layout``)."""
+    from ..data.samples import encode_packets, get_tokenizer, tokenizer_settings
 
+    if tokenizer is None:
+        tokenizer = get_tokenizer(None, tokenizer_settings({"max_packets": max_packets, "max_bytes": max_bytes,
+                                                            "packet_bytes": packet_bytes, "header_layout": header_layout}))
     cols = {k: [] for k in ("packets", "directions", "timestamps", "ip_lengths", "editable")}
     times = dataset["timestamps"] if "timestamps" in dataset.column_names else [None] * len(dataset)
     for i, (packets, dirs, ts) in enumerate(zip(dataset["packets"], dataset["directions"], times)):
@@ -545,7 +550,7 @@ def attack_columns(dataset, attack: Attack | None, seed: int = 0, max_packets: i
         cols["timestamps"].append(flow.timestamps[:n])
         cols["ip_lengths"].append(flow.ip_lengths[:n])
         cols["editable"].append([[(s, min(e, max_bytes)) for s, e in r if s < max_bytes] for r in flow.editable[:n]])
-    enc = encode_packets(cols["packets"], cols["directions"], max_packets, max_bytes, tokenizer)
+    enc = encode_packets(cols["packets"], cols["directions"], tokenizer)
     for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
         cols[k] = list(enc[k])
     return cols
@@ -564,11 +569,14 @@ def attacked_dataset(dataset, attack: Attack | None, seed: int = 0, **options):
 
 
 def dataset_options(path) -> dict:
-    """max_packets / max_bytes / ttl / anonymize a prepared dataset was written with (report.json)."""
+    """max_packets / max_bytes / ttl / anonymize / packet_bytes / header_layout a prepared dataset was
+    written with (report.json; datasets from before header layouts: full layout, max_bytes tokens)."""
     import json
     from pathlib import Path
 
     report = Path(path) / "report.json"
     opts = json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
     return {"max_packets": int(opts.get("max_packets", 8)), "max_bytes": int(opts.get("max_bytes", 64)),
-            "ttl": opts.get("ttl", "mask"), "anonymized": bool(opts.get("anonymize", True))}
+            "ttl": opts.get("ttl", "mask"), "anonymized": bool(opts.get("anonymize", True)),
+            "packet_bytes": int(opts.get("packet_bytes", opts.get("max_bytes", 64))),
+            "header_layout": opts.get("header_layout", "full")}

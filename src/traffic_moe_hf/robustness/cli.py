@@ -77,8 +77,10 @@ def _metrics(labels, logits) -> dict:
 def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=False, whitebox_steps=8,
                    pgd_eps=(), seed=0) -> dict:
     from .attacks import attack_columns, make_attack
+    from ..data.samples import get_tokenizer, tokenizer_settings
     from .whitebox import pgd_eval, predict, whitebox_columns
 
+    tokenizer = get_tokenizer(None, tokenizer_settings(options))
     dense = model.config.model_type == "bert"
     clean = attack_columns(dataset, None, seed=seed, **options)
     out = {"clean": _metrics(labels, predict(model, clean, dense)), "attacks": {}}
@@ -93,8 +95,7 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
             out["attacks"][key] = {}
             for budget in budgets.get(key, WHITEBOX_BUDGETS[key]):
                 cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
-                cols = whitebox_columns(model, cols, labels, dense, options["max_packets"], options["max_bytes"],
-                                        steps=whitebox_steps)
+                cols = whitebox_columns(model, cols, labels, dense, tokenizer, steps=whitebox_steps)
                 out["attacks"][key][str(budget)] = _metrics(labels, predict(model, cols, dense))
     if pgd_eps:
         out["pgd"] = {str(e): _metrics(labels, pgd_eval(model, clean, labels, dense, e)) for e in pgd_eps}
@@ -103,7 +104,7 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
 
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
                whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0) -> dict:
-    from ..recipes.common import device_summary, label_names, load_prepared
+    from ..recipes.common import data_tokenizer, device_summary, label_names, load_prepared
     from ..recipes.evaluate import align_labels, load_classifier
     from .attacks import DEFAULT_BUDGETS, dataset_options
 
@@ -122,6 +123,7 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
               "budgets": {a: all_budgets[a] for a in attacks}, "seed": seed, "device": device_summary(), "models": {}}
     started = time.perf_counter()
     for name, path in zip(names, models):
+        data_tokenizer(data, path)  # the model's input layout must be the data's
         model = load_classifier(path)
         mapping = align_labels(label_names(dataset), model.config.id2label)
         labels = mapping[np.asarray(dataset["label"])]

@@ -38,18 +38,18 @@ def batch_inputs(cols: dict, index, dense: bool) -> dict:
     return batch
 
 
-def editable_token_mask(packets: list, editable: list, max_packets: int, max_bytes: int, length: int) -> np.ndarray:
-    """Boolean mask over one flow's tokens ([CLS], then [PKT] + bytes per packet) of editable bytes."""
+def editable_token_mask(packets: list, editable: list, tokenizer, length: int) -> np.ndarray:
+    """Boolean mask over one flow's tokens ([CLS], then [PKT] + bytes per packet) of editable bytes;
+    byte ``j`` of a packet is at the token ``tokenizer.token_byte_indices`` puts it (header layout)."""
     mask = np.zeros(length, dtype=bool)
     pos = 1
-    for p, ranges in zip(packets[:max_packets], editable[:max_packets]):
-        n = min(len(p), max_bytes)
-        for s, e in ranges:
-            s, e = max(0, s), min(e, n)
-            if e > s:
-                mask[pos + 1 + s : pos + 1 + e] = True
-        pos += n + 1
-    return mask[:length]
+    for p, ranges in zip(packets[: tokenizer.max_packets], editable[: tokenizer.max_packets]):
+        index = tokenizer.token_byte_indices(p)
+        for t, j in enumerate(index):
+            if any(s <= j < e for s, e in ranges) and pos + 1 + t < length:
+                mask[pos + 1 + t] = True
+        pos += len(index) + 1
+    return mask
 
 
 def _forward(model, batch, embeds):
@@ -82,10 +82,11 @@ def hotflip(model, batch: dict, labels: torch.Tensor, editable: torch.Tensor, st
     return ids
 
 
-def whitebox_columns(model, cols: dict, labels: np.ndarray, dense: bool, max_packets: int, max_bytes: int,
-                     steps: int = 8, flips: int = 8, batch_size: int = 32) -> dict:
-    """HotFlip applied to flows shaped by an attack (``cols`` from ``attack_columns``, with
-    ``editable``). Returns the columns with ``input_ids`` and ``packets`` holding the chosen bytes."""
+def whitebox_columns(model, cols: dict, labels: np.ndarray, dense: bool, tokenizer, steps: int = 8, flips: int = 8,
+                     batch_size: int = 32) -> dict:
+    """HotFlip applied to flows shaped by an attack (``cols`` from ``attack_columns`` with the same
+    ``tokenizer``, with ``editable``). Returns the columns with ``input_ids`` and ``packets`` holding
+    the chosen bytes."""
     model.eval()
     out_ids = [list(x) for x in cols["input_ids"]]
     packets = [list(p) for p in cols["packets"]]
@@ -93,19 +94,21 @@ def whitebox_columns(model, cols: dict, labels: np.ndarray, dense: bool, max_pac
         index = list(range(start, min(start + batch_size, len(out_ids))))
         batch = batch_inputs(cols, index, dense)
         T = batch["input_ids"].shape[1]
-        mask = torch.tensor(np.stack([editable_token_mask(cols["packets"][i], cols["editable"][i], max_packets,
-                                                          max_bytes, T) for i in index]))
+        mask = torch.tensor(np.stack([editable_token_mask(cols["packets"][i], cols["editable"][i], tokenizer, T)
+                                      for i in index]))
         y = torch.as_tensor(labels[index], dtype=torch.long)
         new = hotflip(model, batch, y, mask, steps=steps, flips=flips)
         for j, i in enumerate(index):
             n = len(out_ids[i])
             out_ids[i] = new[j, :n].tolist()
-            pos = 1  # write the chosen bytes back into the packets
-            for p_i, p in enumerate(packets[i][:max_packets]):
-                m = min(len(p), max_bytes)
-                chosen = bytes(x - BYTE_OFFSET for x in out_ids[i][pos + 1 : pos + 1 + m])
-                packets[i][p_i] = chosen + bytes(p[m:])
-                pos += m + 1
+            pos = 1  # write the chosen bytes back into the packets, where the layout took them from
+            for p_i, p in enumerate(packets[i][: tokenizer.max_packets]):
+                where = tokenizer.token_byte_indices(p)
+                data = bytearray(p)
+                for t, b in enumerate(where):
+                    data[b] = out_ids[i][pos + 1 + t] - BYTE_OFFSET
+                packets[i][p_i] = bytes(data)
+                pos += len(where) + 1
     return {**cols, "input_ids": out_ids, "packets": packets}
 
 
