@@ -148,7 +148,7 @@ def main():
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare.json").write_text(json.dumps(result, indent=1))
     md = [f"Machine: {machine}. Data: loopback9 ({total} packets, {report['flows']} flows, 9 pcaps); "
-          f"median of {a.repeats} runs; prepare defaults (flow level, 8 packets x 64 bytes, anonymised, "
+          f"median of {a.repeats} runs; prepare defaults (flow level, 8 packets, 128 bytes stored and 64 tokens per packet in the compact header layout, anonymised, "
           "tokenized, stratified split, dedup, Arrow + save_to_disk).", "",
           "| pipeline | packets | seconds | packets/s |", "|---|---:|---:|---:|"]
     for k, v in rows.items():

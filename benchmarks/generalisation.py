@@ -43,8 +43,10 @@ def main() -> int:
     for item in args.shifted:
         task, capture_dir = item.split("=", 1)
         shifted = real / "data" / f"{task}-shifted"
-        if not (shifted / "dataset_dict.json").is_file():
-            prepare([capture_dir], str(shifted), labels="file", split="none", progress=False)
+        if not (shifted / "dataset_dict.json").is_file():  # with the task's own input settings
+            options = json.loads((real / "data" / task / "report.json").read_text())["options"]
+            same = {k: options[k] for k in ("max_packets", "max_bytes", "packet_bytes", "header_layout", "ttl") if k in options}
+            prepare([capture_dir], str(shifted), labels="file", split="none", progress=False, **same)
         rows = {}
         few = {}
         for folder in sorted((real / "ckpt" / task).iterdir()):
@@ -66,8 +68,10 @@ def main() -> int:
         index = {n: i for i, n in enumerate(names)}
         mapped = np.array([index.get(n, -1) for n in label_names(test)])[np.asarray(test["label"])]
         keep = np.flatnonzero(mapped >= 0)
-        forest = random_forest(train, test.select(keep), names, labels_eval=mapped[keep])
-        rows["random-forest"] = {"accuracy": forest["accuracy"], "macro_f1": forest["macro_f1"], "samples": int(len(keep))}
+        for suffix, payload in (("", 32), ("-12b", 12)):  # the baseline's 32 payload bytes, and 12 (see real_tasks.py)
+            forest = random_forest(train, test.select(keep), names, labels_eval=mapped[keep], payload_bytes=payload)
+            rows[f"random-forest{suffix}"] = {"accuracy": forest["accuracy"], "macro_f1": forest["macro_f1"],
+                                              "samples": int(len(keep))}
         in_task = {}
         for name in rows:
             path = real / "runs" / task / f"{name}-all.json"
@@ -77,9 +81,10 @@ def main() -> int:
                     in_task[name] = float(np.mean([json.loads(r.read_text())["macro_f1"] for r in runs]))
             elif path.is_file():
                 in_task[name] = json.loads(path.read_text())["macro_f1"]
-        rf_path = real / "runs" / task / "random-forest-all.json"
-        if rf_path.is_file():
-            in_task["random-forest"] = json.loads(rf_path.read_text())["macro_f1"]
+        for suffix in ("", "-12b"):
+            rf_path = real / "runs" / task / f"random-forest{suffix}-all.json"
+            if rf_path.is_file():
+                in_task[f"random-forest{suffix}"] = json.loads(rf_path.read_text())["macro_f1"]
         report["tasks"][task] = {"rows": rows, "same_conditions_macro_f1": in_task, "shifted_flows": len(test)}
     (real / "generalisation.json").write_text(json.dumps(report, indent=1))
     lines = [f"Shift: {report['condition']}. Macro-F1 on the test split of the original captures vs on all flows of the "

@@ -415,7 +415,9 @@ class TrafficTokenizer(TokenizersBackend):
 
     # ------------------------------------------------------------------ decoding
     def decode_flow(self, token_ids) -> list[bytes]:
-        """The exact packet bytes an encoding holds (special tokens and padding dropped)."""
+        """The bytes an encoding holds, per packet (special tokens and padding dropped): the packets
+        exactly with ``header_layout="full"``; with ``"compact"`` their laid-out bytes (the masked
+        header fields are not in the encoding), which are not meant to be encoded again."""
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
         packets: list[bytearray] = []

@@ -30,13 +30,15 @@ def flow_features(packets, directions, ip_lengths, num_packets: int = PACKETS, p
     return row
 
 
-def dataset_features(dataset) -> np.ndarray:
+def dataset_features(dataset, payload_bytes: int = PAYLOAD_BYTES) -> np.ndarray:
     """Feature rows of a prepared split, or of any mapping with ``packets``/``directions``/``ip_lengths`` lists."""
-    rows = [flow_features(p, d, l) for p, d, l in zip(dataset["packets"], dataset["directions"], dataset["ip_lengths"])]
-    return np.stack(rows) if rows else np.zeros((0, PACKETS * (3 + PAYLOAD_BYTES)), dtype=np.float32)
+    rows = [flow_features(p, d, l, payload_bytes=payload_bytes)
+            for p, d, l in zip(dataset["packets"], dataset["directions"], dataset["ip_lengths"])]
+    return np.stack(rows) if rows else np.zeros((0, PACKETS * (3 + payload_bytes)), dtype=np.float32)
 
 
-def random_forest(train, evaluated, names: list[str], labels_train=None, labels_eval=None, seed: int = 0) -> dict:
+def random_forest(train, evaluated, names: list[str], labels_train=None, labels_eval=None, seed: int = 0,
+                  payload_bytes: int = PAYLOAD_BYTES) -> dict:
     """Fit on `train`, score on `evaluated` (datasets from `prepare`). Label arrays may be passed
     when they need mapping (e.g. a dataset prepared separately)."""
     from sklearn.ensemble import RandomForestClassifier
@@ -46,5 +48,5 @@ def random_forest(train, evaluated, names: list[str], labels_train=None, labels_
     y_train = np.asarray(train["label"]) if labels_train is None else labels_train
     y_eval = np.asarray(evaluated["label"]) if labels_eval is None else labels_eval
     forest = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
-    forest.fit(dataset_features(train), y_train)
-    return classification_metrics(y_eval, forest.predict(dataset_features(evaluated)), names)
+    forest.fit(dataset_features(train, payload_bytes), y_train)
+    return classification_metrics(y_eval, forest.predict(dataset_features(evaluated, payload_bytes)), names)
