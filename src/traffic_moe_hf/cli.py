@@ -47,7 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    status = int(args.func(args) or 0)
+    _leave_process_group()
+    return status
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate launch: all ranks leave the process group together, so that no rank
+    exits while another's gloo/NCCL threads still talk to it (which can abort the job after it finished)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
