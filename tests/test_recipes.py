@@ -383,3 +383,11 @@ def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
         data_tokenizer(new, ckpt)
     TrafficTokenizer().save_pretrained(ckpt)
     assert data_tokenizer(new, ckpt).header_layout == "compact"
+    legacy_ckpt = tmp_path / "legacy-ckpt"  # saved before header layouts: read as full, as `predict` reads it
+    TrafficTokenizer(header_layout="full").save_pretrained(legacy_ckpt)
+    config = json.loads((legacy_ckpt / "tokenizer_config.json").read_text())
+    config.pop("header_layout"), config.pop("capture_bytes")
+    (legacy_ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    assert data_tokenizer(old, legacy_ckpt).header_layout == "full"
+    with pytest.raises(SystemExit, match="legacy-ckpt"):
+        data_tokenizer(new, legacy_ckpt)

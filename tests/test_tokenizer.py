@@ -162,6 +162,15 @@ def test_save_and_reload_keeps_settings(tmp_path, real_flows):
     tokenizer.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert (again.max_packets, again.max_packet_bytes, again.header_layout, again.capture_bytes) == (5, 40, "full", 90)
+    # a folder saved before header layouts (no `header_layout` / `capture_bytes`) fed a full-layout model
+    import json
+
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("header_layout"), config.pop("capture_bytes")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    legacy = AutoTokenizer.from_pretrained(tmp_path)
+    assert (legacy.header_layout, legacy.capture_bytes) == ("full", 40)
+    assert TrafficTokenizer().header_layout == "compact"
     packets, directions = real_flows["smtp"][0]
     assert again(packets, directions=directions) == tokenizer(packets, directions=directions)
     assert torch.equal(

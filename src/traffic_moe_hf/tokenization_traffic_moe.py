@@ -153,7 +153,8 @@ class TrafficTokenizer(TokenizersBackend):
         max_packets (`int`, defaults to 8): packets of a flow kept (the first ones).
         max_packet_bytes (`int`, defaults to 64): bytes of each packet kept (the first ones, after the layout).
         header_layout (`str`, defaults to `"compact"`): `"compact"` drops the header fields anonymisation
-            masks (see the module docstring), `"full"` keeps the packet as it is.
+            masks (see the module docstring), `"full"` keeps the packet as it is. A saved folder without
+            the setting predates header layouts, and its model read the full layout: it loads as `"full"`.
         capture_bytes (`int`, optional): bytes of each packet (from the IP header) kept before the layout:
             what `traffic-moe prepare --max-bytes` stores and `predict` keeps. Defaults to 128 for the
             compact layout and `max_packet_bytes` for the full one.
@@ -163,7 +164,7 @@ class TrafficTokenizer(TokenizersBackend):
     model_input_names = ["input_ids", "attention_mask", "packet_ids", "direction_ids"]
     padding_side = "right"
 
-    def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, header_layout: str = "compact",
+    def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, header_layout: str | None = None,
                  capture_bytes: int | None = None, **kwargs):
         # The vocabulary is fixed by design; a saved tokenizer.json holds the same one.
         for key in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):
@@ -181,6 +182,8 @@ class TrafficTokenizer(TokenizersBackend):
         self._tokenizer = tokenizer
         self.max_packets = int(max_packets)
         self.max_packet_bytes = int(max_packet_bytes)
+        if header_layout is None:  # `from_pretrained` passes `name_or_path`; every folder saved since has the key
+            header_layout = "full" if "name_or_path" in kwargs else "compact"
         if header_layout not in HEADER_LAYOUTS:
             raise ValueError(f"header_layout must be one of {HEADER_LAYOUTS}, not {header_layout!r}")
         self.header_layout = header_layout

@@ -40,10 +40,10 @@ def add_parser(subparsers):
     p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
                    help="identical model inputs: group (split flows sharing an input together; default, "
                         "--split flow only, else remove), remove (from the later split) or report")
-    p.add_argument("--max-packets", type=int, default=8, help="packets kept per flow (first N; default 8)")
-    p.add_argument("--max-bytes", type=int, default=128,
+    p.add_argument("--max-packets", type=_at_least_one, default=8, help="packets kept per flow (first N; default 8)")
+    p.add_argument("--max-bytes", type=_at_least_one, default=128,
                    help="bytes stored per packet from the IP header (first M; default 128)")
-    p.add_argument("--packet-bytes", type=int, default=64,
+    p.add_argument("--packet-bytes", type=_at_least_one, default=64,
                    help="byte tokens per packet the model sees, after the header layout (default 64)")
     p.add_argument("--header-layout", choices=("compact", "full"), default="compact",
                    help="model input: compact (default) leaves out the header fields anonymisation masks, "
@@ -60,6 +60,16 @@ def add_parser(subparsers):
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
+
+
+def _at_least_one(s: str) -> int:
+    try:
+        value = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _ratios(s: str):

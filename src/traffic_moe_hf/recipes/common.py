@@ -38,20 +38,14 @@ def data_tokenizer(paths, checkpoint: str | os.PathLike | None = None) -> Traffi
     a saved checkpoint tokenizes new traffic (``predict``) exactly as its training data was. All
     datasets, and ``checkpoint``'s tokenizer when it has one, must agree; a clear error otherwise."""
     from ..data.samples import tokenizer_settings
+    from ..robustness.attacks import dataset_options
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    settings = {}
-    for path in paths:
-        report = Path(path) / "report.json"
-        options = json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
-        settings[str(path)] = tokenizer_settings(options)
+    settings = {str(path): tokenizer_settings(dataset_options(path)) for path in paths}
     if checkpoint is not None and (Path(checkpoint) / "tokenizer_config.json").is_file():
-        saved = json.loads((Path(checkpoint) / "tokenizer_config.json").read_text())
-        settings[f"{checkpoint} (checkpoint)"] = {key: saved.get(key, default) for key, default in
-                                                  (("max_packets", 8), ("max_packet_bytes", 64),
-                                                   ("header_layout", "full"), ("capture_bytes", None))}
-        if settings[f"{checkpoint} (checkpoint)"]["capture_bytes"] is None:
-            settings[f"{checkpoint} (checkpoint)"]["capture_bytes"] = saved.get("max_packet_bytes", 64)
+        saved = TrafficTokenizer.from_pretrained(checkpoint)  # read as `predict` will read it
+        settings[f"{checkpoint} (checkpoint)"] = {"max_packets": saved.max_packets, "max_packet_bytes": saved.max_packet_bytes,
+                                                  "header_layout": saved.header_layout, "capture_bytes": saved.capture_bytes}
     distinct = {json.dumps(v, sort_keys=True) for v in settings.values()}
     if len(distinct) > 1:
         lines = "\n".join(f"  {where}: {v}" for where, v in settings.items())
