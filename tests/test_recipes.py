@@ -355,6 +355,41 @@ def test_selection_score_breaks_saturated_ties_by_validation_loss():
     assert selection_score(0.75, wrong_but_sure, labels) < selection_score(0.7501, unsure * 0.0, labels)
 
 
+def test_selection_counts_each_distinct_input_once():
+    """A group of identical flows (one input repeated) is one decision: with distinct weights the
+    checkpoint that gets more distinct inputs right is selected, not the one that gets the big group
+    right. Modelled on attack10's validation split (800 identical dos-httpflood flows)."""
+    from datasets import Dataset
+    from transformers import EvalPrediction
+
+    from traffic_moe_hf.recipes.common import distinct_weights, trainer_metrics
+
+    # class 0: one input repeated 8 times + 2 distinct ones; class 1: 3 distinct inputs
+    inputs = [[5, 6]] * 8 + [[7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+    labels = np.array([0] * 10 + [1] * 3)
+    data = Dataset.from_dict({"input_ids": inputs, "direction_ids": [[0, 1]] * 13, "label": labels.tolist()})
+    weights = distinct_weights(data)
+    assert np.allclose(weights[:8], 1 / 8) and np.allclose(weights[8:], 1.0)
+    assert np.isclose(weights.sum(), 6)  # six distinct inputs
+    # same input under another label is another (conflicting) sample, not a duplicate
+    other = Dataset.from_dict({"input_ids": [[5, 6], [5, 6]], "direction_ids": [[0, 1]] * 2, "label": [0, 1]})
+    assert np.allclose(distinct_weights(other), 1.0)
+
+    def logits(predicted):
+        return np.eye(2)[np.asarray(predicted)] * 5.0
+
+    group_right = [0] * 8 + [1, 1] + [1, 0, 0]  # the repeated input right, 1 of 5 distinct ones
+    distinct_right = [1] * 8 + [0, 0] + [1, 1, 1]  # the opposite
+    metric = trainer_metrics(["a", "b"], weights)
+    a = metric(EvalPrediction(predictions=logits(group_right), label_ids=labels))
+    b = metric(EvalPrediction(predictions=logits(distinct_right), label_ids=labels))
+    assert a["macro_f1"] > b["macro_f1"]  # per sample the big group wins ...
+    assert b["macro_f1_distinct"] > a["macro_f1_distinct"]  # ... per distinct input it does not
+    assert b["selection"] > a["selection"]
+    plain = trainer_metrics(["a", "b"])
+    assert "macro_f1_distinct" not in plain(EvalPrediction(predictions=logits(group_right), label_ids=labels))
+
+
 def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
     """Recipes tokenize like the prepared data (report.json options), and refuse a checkpoint or a
     second dataset tokenized another way instead of training on inputs it would read differently."""

@@ -4,8 +4,9 @@
 
 From a pretrained checkpoint (``--from``) or from scratch (``--config``); ``--dense`` trains the BERT
 baseline (from a dense pretrained checkpoint with ``--from``). Class weights against imbalance, early
-stopping and best-checkpoint selection on validation macro-F1 (ties, e.g. a saturated validation set,
-go to the lower validation loss). With ``--shots K`` only K training
+stopping and best-checkpoint selection on validation macro-F1 with every distinct model input counted
+once (identical flows share a split and can be most of a class there; ties, e.g. a saturated
+validation set, go to the lower validation loss). With ``--shots K`` only K training
 flows per class are used, and (as there is then no fair validation set) training runs for a fixed
 number of steps and keeps the last model.
 """
@@ -43,6 +44,9 @@ def add_parser(subparsers):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    p.add_argument("--head-init", choices=("random", "probe"), default="random",
+                   help="probe: start the classifier from a linear probe fitted on the frozen pretrained "
+                        "encoder's features (LP-FT); needs --from")
     p.add_argument("--seed", type=int, default=0)
     adv = p.add_argument_group("adversarial training (docs/robustness.md)")
     adv.add_argument("--adversarial", action="store_true",
@@ -64,7 +68,7 @@ def run(args) -> int:
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
         seed=args.seed, progress=args.progress,
         adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight)
-        if args.adversarial else None,
+        if args.adversarial else None, head_init=args.head_init,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
     return 0
@@ -95,9 +99,58 @@ def weighted_loss(weights: torch.Tensor | None, config):
     return compute
 
 
+def probe_head(model, dataset, collator, class_weight=None, batch_size=64, c=1.0) -> dict:
+    """Linear-probe initialisation of the classifier (the first stage of LP-FT, Kumar et al. 2022,
+    "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution").
+
+    The encoder is run once, frozen, over `dataset`; what reaches ``model.classifier`` (its input,
+    caught with a forward hook, so it works for Traffic-MoE and for BERT alike) is standardised and a
+    multinomial logistic regression (scikit-learn, L2, ``C=c``) is fitted to the labels; its weights, with
+    the standardisation folded in, become the classifier's. Fine-tuning then starts from a head that
+    already separates the classes instead of a random one, which moves the pretrained features less.
+    Returns the probe's training accuracy and the number of features."""
+    from sklearn.linear_model import LogisticRegression
+
+    features = []
+    hook = model.classifier.register_forward_hook(lambda _m, args, _out: features.append(args[0].detach().float().cpu()))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(dataset), batch_size):
+                batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+                batch.pop("labels", None)
+                model(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        hook.remove()
+        model.train(was_training)
+    x = torch.cat(features).numpy().astype(np.float64)
+    y = np.asarray(dataset["label"])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return {"probe_train_accuracy": None, "features": int(x.shape[1])}
+    weight = None if class_weight is None else {int(k): float(class_weight[k]) for k in classes}
+    probe = LogisticRegression(C=c, max_iter=2000, class_weight=weight).fit((x - mean) / std, y)
+    coef = probe.coef_ / std  # w . (x - mean) / std + b  ==  (w / std) . x + (b - (w / std) . mean)
+    bias = probe.intercept_ - coef @ mean
+    if len(classes) == 2:  # scikit-learn gives one row (the logit of classes[1]); softmax over [0, z] is the same
+        coef, bias = np.stack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, bias[0]])
+    with torch.no_grad():
+        w, b = model.classifier.weight, model.classifier.bias
+        rows = torch.as_tensor(classes, dtype=torch.long, device=w.device)
+        w[rows] = torch.as_tensor(coef, dtype=w.dtype, device=w.device)
+        b[rows] = torch.as_tensor(bias, dtype=b.dtype, device=b.device)
+        missing = [i for i in range(w.shape[0]) if i not in set(classes.tolist())]
+        if missing:  # a class without training samples: never the probe's choice
+            b[missing] = float(bias.min()) - 10.0
+    return {"probe_train_accuracy": float(probe.score((x - mean) / std, y)), "features": int(x.shape[1])}
+
+
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
-             config_overrides=None, eval_split="validation", adversarial=None) -> dict:
+             config_overrides=None, eval_split="validation", adversarial=None, head_init="random") -> dict:
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,
@@ -111,6 +164,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         TrafficCollator,
         class_weights,
         data_tokenizer,
+        distinct_weights,
         dense_config,
         few_shot,
         label_names,
@@ -156,6 +210,13 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         model.config.output_router_logits = True  # router losses join the loss computed below
     tokenizer = data_tokenizer(data, init_from)
     weights = class_weights(train, len(names)) if use_class_weights else None
+    probe = None
+    if head_init == "probe":
+        if not init_from:
+            raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
+        probe = probe_head(model, train, TrafficCollator(tokenizer), None if weights is None else weights.numpy())
+    elif head_init != "random":
+        raise SystemExit(f"--head-init {head_init!r}: expected 'random' or 'probe'")
 
     out = Path(out)
     steps_per_epoch = max(1, -(-len(train) // batch_size))
@@ -199,18 +260,19 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         eval_dataset=validation,
         data_collator=TrafficCollator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=trainer_metrics(names),
+        compute_metrics=trainer_metrics(names, None if validation is None else distinct_weights(prepared[eval_split])),
         compute_loss_func=weighted_loss(weights, model.config),
         callbacks=callbacks,
     )
     trainer.train()
     if not dense:
         model.config.output_router_logits = False
-    best = None  # macro-F1 of the selected checkpoint (best_metric is the selection score)
+    best = best_distinct = None  # macro-F1 of the selected checkpoint (best_metric is the selection score)
     if trainer.state.best_metric is not None:
         evals = [e for e in trainer.state.log_history if "eval_selection" in e]
-        best = next((e["eval_macro_f1"] for e in evals if e["eval_selection"] == trainer.state.best_metric),
-                    max((e["eval_macro_f1"] for e in evals), default=None))
+        chosen = next((e for e in evals if e["eval_selection"] == trainer.state.best_metric), None)
+        best = chosen["eval_macro_f1"] if chosen else max((e["eval_macro_f1"] for e in evals), default=None)
+        best_distinct = chosen.get("eval_macro_f1_distinct") if chosen else None
     card = {
         "training_data": f"{len(train)} flows of {data} (train split"
         + (f", {shots} per class" if shots is not None else "")
@@ -228,8 +290,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "validation_samples": 0 if validation is None else len(validation),
         "shots": shots,
         "adversarial": adversarial,
+        "head_init": head_init,
+        **({"probe": probe} if probe else {}),
         "steps": trainer.state.global_step,
         "best_validation_macro_f1": best,
+        "best_validation_macro_f1_distinct": best_distinct,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "log_history": trainer.state.log_history,
