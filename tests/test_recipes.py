@@ -246,6 +246,50 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     assert 0 <= result["macro_f1"] <= 1 and "expert_load" not in result
 
 
+def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):
+    """--head-init probe: before any fine-tuning step, the classifier already predicts what the
+    logistic-regression probe on the frozen encoder predicts (same training accuracy), for the MoE
+    and (through the same hook) for a BERT classifier; fine-tuning then runs from that head."""
+    from datasets import load_from_disk
+    from transformers import BertForSequenceClassification
+
+    from traffic_moe_hf import TrafficMoeForSequenceClassification
+    from traffic_moe_hf.recipes.common import TrafficCollator, data_tokenizer, dense_config, few_shot, model_view
+    from traffic_moe_hf.recipes.finetune import probe_head
+
+    train = few_shot(load_from_disk(str(prepared))["train"], 5, seed=0)
+    names = train.features["label"].names
+    tokenizer = data_tokenizer(str(prepared), str(pretrained[0]))
+    collator = TrafficCollator(tokenizer)
+
+    def train_accuracy(model, view):
+        model.eval()
+        batch = collator([view[i] for i in range(len(view))])
+        labels = batch.pop("labels")
+        with torch.inference_mode():
+            return float((model(**batch).logits.argmax(-1) == labels).float().mean())
+
+    moe = TrafficMoeForSequenceClassification.from_pretrained(str(pretrained[0]), num_labels=len(names))
+    view = model_view(train)
+    before = train_accuracy(moe, view)
+    fitted = probe_head(moe, view, collator)
+    after = train_accuracy(moe, view)
+    assert fitted["features"] == moe.config.hidden_size
+    assert abs(after - fitted["probe_train_accuracy"]) < 1e-6, (after, fitted)
+    assert after > before and after > 0.5, (before, after)
+
+    bert = BertForSequenceClassification(dense_config(moe.config, num_labels=len(names)))
+    dense_view = model_view(train, dense=True)
+    fitted = probe_head(bert, dense_view, collator)
+    assert abs(train_accuracy(bert, dense_view) - fitted["probe_train_accuracy"]) < 1e-6
+
+    summary = finetune(str(prepared), str(tmp_path / "lpft"), init_from=str(pretrained[0]), shots=5, min_steps=4,
+                       epochs=1, batch_size=8, progress=False, head_init="probe")
+    assert summary["head_init"] == "probe" and summary["probe"]["probe_train_accuracy"] > 0.5
+    with pytest.raises(SystemExit, match="pretrained checkpoint"):
+        finetune(str(prepared), str(tmp_path / "x"), config="tiny", shots=2, min_steps=1, progress=False, head_init="probe")
+
+
 def test_predict_stream_matches_file(finetuned, tmp_path):
     """`cat capture | traffic-moe predict -` gives every flow the verdict the file gives it."""
     out, _ = finetuned
