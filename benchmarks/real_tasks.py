@@ -90,6 +90,9 @@ def main() -> int:
     parser.add_argument("--pretrain-view-copies", type=int, default=1, help="pretraining: shaped views per flow")
     parser.add_argument("--pretrain-view-budgets", choices=("list", "ranges"), default="list",
                         help="pretraining: view budgets (fixed list or drawn from ranges)")
+    parser.add_argument("--lpft-row", action="store_true",
+                        help="add rows fine-tuned from a linear-probe head (finetune --head-init probe), MoE and, "
+                             "where a dense checkpoint exists, dense")
     parser.add_argument("--augmented-row", type=int, default=0, metavar="COPIES",
                         help="add a few-shot-only row: the pretrained MoE fine-tuned with COPIES shaped copies of each "
                              "training flow (finetune --adversarial --adv-eps 0); 0: no such row")
@@ -150,10 +153,10 @@ def main() -> int:
     if args.stop_after == "pretrain":
         return 0
 
-    models = {
-        "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe")),
-        "Traffic-MoE from scratch": dict(config=args.config),
-        "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True),
+    models = {  # plain rows: a random classifier head (finetune's default for few-shot is now the LP-FT row's)
+        "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe"), head_init="random"),
+        "Traffic-MoE from scratch": dict(config=args.config, head_init="random"),
+        "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True, head_init="random"),
     }
     few_only = set()
     for spec in args.pretrained_row:
@@ -161,10 +164,15 @@ def main() -> int:
         if not path or not Path(path, "config.json").is_file():
             raise SystemExit(f"--pretrained-row {spec!r}: expected LABEL=CKPT with CKPT a pretrained checkpoint folder")
         name = f"Traffic-MoE pretrained ({label})"
-        models[name] = dict(init_from=path)
+        models[name] = dict(init_from=path, head_init="random")
+    if args.lpft_row:  # linear probe first, then fine-tuning (finetune --head-init probe)
+        models["Traffic-MoE pretrained, LP-FT"] = dict(init_from=str(out / "pretrained-moe"), head_init="probe")
+        if (out / "pretrained-dense" / "config.json").is_file():
+            models["dense BERT pretrained, LP-FT"] = dict(init_from=str(out / "pretrained-dense"), dense=True, head_init="probe")
     if args.augmented_row:
         name = f"Traffic-MoE pretrained + {args.augmented_row} shaped copies"
-        models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0))
+        models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0),
+                            head_init="random")
         few_only.add(name)
 
     def slug(text):
