@@ -209,8 +209,9 @@ def distinct_weights(dataset) -> np.ndarray:
     best-checkpoint selection follows it (a pretrained model stopped after its first epoch, 0.98 on
     test, where the same model trained on scored 1.0). Weighted with these, every distinct input
     counts once."""
+    directions = dataset["direction_ids"] if "direction_ids" in dataset.column_names else [()] * len(dataset)
     keys = [hash((tuple(ids), tuple(dirs), label)) for ids, dirs, label in
-            zip(dataset["input_ids"], dataset["direction_ids"], dataset["label"])]
+            zip(dataset["input_ids"], directions, dataset["label"])]
     _, inverse, counts = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True, return_counts=True)
     return 1.0 / counts[inverse]
 
