@@ -153,10 +153,10 @@ def main() -> int:
     if args.stop_after == "pretrain":
         return 0
 
-    models = {  # plain rows: a random classifier head (finetune's default for few-shot is now the LP-FT row's)
-        "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe"), head_init="random"),
-        "Traffic-MoE from scratch": dict(config=args.config, head_init="random"),
-        "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True, head_init="random"),
+    models = {
+        "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe")),
+        "Traffic-MoE from scratch": dict(config=args.config),
+        "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True),
     }
     few_only = set()
     for spec in args.pretrained_row:
@@ -164,16 +164,18 @@ def main() -> int:
         if not path or not Path(path, "config.json").is_file():
             raise SystemExit(f"--pretrained-row {spec!r}: expected LABEL=CKPT with CKPT a pretrained checkpoint folder")
         name = f"Traffic-MoE pretrained ({label})"
-        models[name] = dict(init_from=path, head_init="random")
+        models[name] = dict(init_from=path)
     if args.lpft_row:  # linear probe first, then fine-tuning (finetune --head-init probe)
         models["Traffic-MoE pretrained, LP-FT"] = dict(init_from=str(out / "pretrained-moe"), head_init="probe")
         if (out / "pretrained-dense" / "config.json").is_file():
             models["dense BERT pretrained, LP-FT"] = dict(init_from=str(out / "pretrained-dense"), dense=True, head_init="probe")
     if args.augmented_row:
         name = f"Traffic-MoE pretrained + {args.augmented_row} shaped copies"
-        models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0),
-                            head_init="random")
+        models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0))
         few_only.add(name)
+
+    for kwargs in models.values():  # rows are trained with a random classifier head unless they say otherwise
+        kwargs.setdefault("head_init", "random")  # (finetune's few-shot default is the LP-FT row's)
 
     def slug(text):
         return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

@@ -272,7 +272,7 @@ def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pre
     moe = TrafficMoeForSequenceClassification.from_pretrained(str(pretrained[0]), num_labels=len(names))
     view = model_view(train)
     before = train_accuracy(moe, view)
-    fitted = probe_head(moe, view, collator)
+    fitted = probe_head(moe, view)
     after = train_accuracy(moe, view)
     assert fitted["features"] == moe.config.hidden_size
     assert abs(after - fitted["probe_train_accuracy"]) < 1e-6, (after, fitted)
@@ -280,7 +280,7 @@ def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pre
 
     bert = BertForSequenceClassification(dense_config(moe.config, num_labels=len(names)))
     dense_view = model_view(train, dense=True)
-    fitted = probe_head(bert, dense_view, collator)
+    fitted = probe_head(bert, dense_view)
     assert abs(train_accuracy(bert, dense_view) - fitted["probe_train_accuracy"]) < 1e-6
 
     summary = finetune(str(prepared), str(tmp_path / "lpft"), init_from=str(pretrained[0]), shots=5, min_steps=4,

@@ -165,19 +165,27 @@ def is_dense_checkpoint(path: str | os.PathLike) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- metrics
+def macro_f1(labels, predictions, sample_weight=None) -> float:
+    """Macro-F1 over the classes present in `labels` (optionally with per-sample weights)."""
+    from sklearn.metrics import f1_score
+
+    present = sorted(set(np.asarray(labels).tolist()))
+    return float(f1_score(labels, predictions, labels=present, average="macro", sample_weight=sample_weight,
+                          zero_division=0))
+
+
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> dict:
     """Accuracy, macro-F1 over the classes present in `labels`, per-class precision/recall/F1/support,
     confusion matrix. Computed locally with scikit-learn: `evaluate.load("accuracy")` fetches its metric
     script from the Hub, which users' (and our CI's) machines often cannot reach."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    present = sorted(set(np.asarray(labels).tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=list(range(len(names))), zero_division=0
     )
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(labels, predictions),
         "samples": int(len(labels)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -221,8 +229,6 @@ def trainer_metrics(names: list[str], sample_weights: np.ndarray | None = None):
     selection and early stopping use, see :func:`selection_score`). With `sample_weights` (e.g.
     :func:`distinct_weights` of the evaluation set, in its order) also ``macro_f1_distinct``, the
     macro-F1 with each sample weighted, and ``selection`` is computed from that."""
-    from sklearn.metrics import f1_score
-
     def compute(eval_prediction):
         logits = eval_prediction.predictions
         if isinstance(logits, tuple):
@@ -232,9 +238,7 @@ def trainer_metrics(names: list[str], sample_weights: np.ndarray | None = None):
         out = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
         chosen = metrics["macro_f1"]
         if sample_weights is not None and len(sample_weights) == len(labels):
-            chosen = out["macro_f1_distinct"] = float(f1_score(
-                labels, predictions, labels=sorted(set(np.asarray(labels).tolist())), average="macro",
-                sample_weight=sample_weights, zero_division=0))
+            chosen = out["macro_f1_distinct"] = macro_f1(labels, predictions, sample_weights)
         out["selection"] = selection_score(chosen, logits, labels)
         return out
 

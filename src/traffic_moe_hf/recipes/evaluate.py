@@ -54,8 +54,10 @@ def load_classifier(path):
 
 
 @torch.inference_mode()
-def predict_logits(model, dataset, batch_size=64, monitor=None) -> np.ndarray:
-    """Logits for every row, batched by similar length so flows are not padded to the longest."""
+def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None):
+    """Logits for every row, batched by similar length so flows are not padded to the longest.
+    With ``inputs_of`` (a submodule taking one tensor, e.g. ``model.classifier``) returns
+    ``(logits, inputs)``: also what that module received for every row, in row order."""
     from .. import TrafficTokenizer
     from .common import TrafficCollator
 
@@ -63,12 +65,23 @@ def predict_logits(model, dataset, batch_size=64, monitor=None) -> np.ndarray:
     lengths = np.fromiter((len(x) for x in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
     order = np.argsort(-lengths, kind="stable")
     logits = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = collator([dataset[int(i)] for i in index])
-        batch.pop("labels", None)
-        logits[index] = model(**batch).logits.float().cpu().numpy()
-    return logits
+    inputs, seen = None, []
+    hook = None if inputs_of is None else inputs_of.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = collator([dataset[int(i)] for i in index])
+            batch.pop("labels", None)
+            logits[index] = model(**batch).logits.float().cpu().numpy()
+            if hook is not None:
+                x = seen.pop().float().cpu().numpy()
+                if inputs is None:
+                    inputs = np.zeros((len(dataset), x.shape[-1]), dtype=np.float32)
+                inputs[index] = x
+    finally:
+        if hook is not None:
+            hook.remove()
+    return logits if inputs_of is None else (logits, inputs)
 
 
 def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:

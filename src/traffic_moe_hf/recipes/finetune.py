@@ -102,33 +102,27 @@ def weighted_loss(weights: torch.Tensor | None, config):
     return compute
 
 
-def probe_head(model, dataset, collator, class_weight=None, batch_size=64, c=1.0) -> dict:
+def probe_head(model, dataset, class_weight=None, c=1.0) -> dict:
     """Linear-probe initialisation of the classifier (the first stage of LP-FT, Kumar et al. 2022,
     "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution").
 
-    The encoder is run once, frozen, over `dataset`; what reaches ``model.classifier`` (its input,
-    caught with a forward hook, so it works for Traffic-MoE and for BERT alike) is standardised and a
-    multinomial logistic regression (scikit-learn, L2, ``C=c``) is fitted to the labels; its weights, with
-    the standardisation folded in, become the classifier's. Fine-tuning then starts from a head that
-    already separates the classes instead of a random one, which moves the pretrained features less.
+    The encoder is run once, frozen, over `dataset`; what reaches ``model.classifier`` (its input, so it
+    works for Traffic-MoE and for BERT alike) is standardised and a multinomial logistic regression
+    (scikit-learn, L2, ``C=c``) is fitted to the labels; its weights, with the standardisation folded
+    in, become the classifier's. Fine-tuning then starts from a head that already separates the
+    classes instead of a random one, which moves the pretrained features less.
     Returns the probe's training accuracy and the number of features."""
     from sklearn.linear_model import LogisticRegression
 
-    features = []
-    hook = model.classifier.register_forward_hook(lambda _m, args, _out: features.append(args[0].detach().float().cpu()))
+    from .evaluate import predict_logits
+
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
-        with torch.inference_mode():
-            for start in range(0, len(dataset), batch_size):
-                batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-                batch.pop("labels", None)
-                model(**{k: v.to(device) for k, v in batch.items()})
+        _, x = predict_logits(model, dataset, inputs_of=model.classifier)
     finally:
-        hook.remove()
         model.train(was_training)
-    x = torch.cat(features).numpy().astype(np.float64)
+    x = x.astype(np.float64)
     y = np.asarray(dataset["label"])
     mean, std = x.mean(0), x.std(0) + 1e-6
     classes = np.unique(y)
@@ -145,9 +139,9 @@ def probe_head(model, dataset, collator, class_weight=None, batch_size=64, c=1.0
         rows = torch.as_tensor(classes, dtype=torch.long, device=w.device)
         w[rows] = torch.as_tensor(coef, dtype=w.dtype, device=w.device)
         b[rows] = torch.as_tensor(bias, dtype=b.dtype, device=b.device)
-        missing = [i for i in range(w.shape[0]) if i not in set(classes.tolist())]
-        if missing:  # a class without training samples: never the probe's choice
-            b[missing] = float(bias.min()) - 10.0
+        missing = np.setdiff1d(np.arange(w.shape[0]), classes)
+        if len(missing):  # a class without training samples: never the probe's choice
+            b[torch.as_tensor(missing, device=b.device)] = float(bias.min()) - 10.0
     return {"probe_train_accuracy": float(probe.score((x - mean) / std, y)), "features": int(x.shape[1])}
 
 
@@ -179,6 +173,12 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         trainer_metrics,
     )
 
+    if head_init == "auto":  # LP-FT where it measured better: few-shot from a pretrained checkpoint (README)
+        head_init = "probe" if shots is not None and init_from else "random"
+    if head_init not in ("random", "probe"):
+        raise SystemExit(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
+    if head_init == "probe" and not init_from:
+        raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
@@ -213,15 +213,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         model.config.output_router_logits = True  # router losses join the loss computed below
     tokenizer = data_tokenizer(data, init_from)
     weights = class_weights(train, len(names)) if use_class_weights else None
-    probe = None
-    if head_init == "auto":  # LP-FT where it measured better: few-shot from a pretrained checkpoint (README)
-        head_init = "probe" if shots is not None and init_from else "random"
-    if head_init == "probe":
-        if not init_from:
-            raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
-        probe = probe_head(model, train, TrafficCollator(tokenizer), None if weights is None else weights.numpy())
-    elif head_init != "random":
-        raise SystemExit(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
+    probe = probe_head(model, train, None if weights is None else weights.numpy()) if head_init == "probe" else None
 
     out = Path(out)
     steps_per_epoch = max(1, -(-len(train) // batch_size))
