@@ -98,3 +98,55 @@ def test_flow_counts_demo_slice():
         cfg.root_label = {str(path): path.stem}
         r = process_file(str(path), cfg)
         assert r["flows"] == _reference_flow_count(path) == 40, path.name
+
+
+def test_tcp_normalisation_leaves_out_retransmissions_and_out_of_window_segments(tmp_path):
+    """A retransmission and a segment 2^31 away are left out and counted; a reordered segment that
+    fills a gap, pure ACKs and the server's data (its own sequence space) are kept."""
+    P = dpkt.tcp.TH_PUSH | A
+    pk = [
+        tcp_packet(C, SV, 40000, 80, S, seq=100),
+        tcp_packet(SV, C, 80, 40000, SA, seq=7000, ack=101),
+        tcp_packet(C, SV, 40000, 80, A, seq=101, ack=7001),
+        tcp_packet(C, SV, 40000, 80, P, seq=111, ack=7001, payload=b"B" * 10),  # arrives before the gap fills
+        tcp_packet(C, SV, 40000, 80, P, seq=101, ack=7001, payload=b"A" * 10),  # fills the gap: kept
+        tcp_packet(C, SV, 40000, 80, P, seq=101, ack=7001, payload=b"A" * 10),  # retransmission
+        tcp_packet(C, SV, 40000, 80, P, seq=101 + (1 << 31), ack=7001, payload=b"X" * 30),  # out of window
+        tcp_packet(SV, C, 80, 40000, P, seq=7001, ack=121, payload=b"R" * 50),  # other direction: kept
+        tcp_packet(C, SV, 40000, 80, A, seq=121, ack=7051),  # pure ACK: kept
+        tcp_packet(C, SV, 40000, 80, A, seq=121, ack=7051),  # duplicate pure ACK: kept (no payload)
+    ]
+    p = write_pcap(tmp_path / "t.pcap", [(i * 0.01, ether(x)) for i, x in enumerate(pk)])
+    for normalize, kept in ((True, [0, 1, 2, 3, 4, 7, 8, 9]), (False, list(range(10)))):
+        cfg = _cfg(normalize_tcp=normalize, max_packets=16)
+        cfg.root_label = {str(p): "t"}
+        r = process_file(str(p), cfg)
+        assert r["columns"]["ip_lengths"] == [[len(pk[i]) for i in kept]]
+        assert r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values()) == 10
+        if normalize:
+            assert r["packets_skipped"] == {"tcp_retransmission": 1, "tcp_out_of_window": 1}
+            assert r["columns"]["tcp_seq"] == [[0, 0, 1, 11, 1, 1, 21, 21]]
+
+
+def test_tcp_coalescing_merges_one_write_and_keeps_the_accounting(tmp_path):
+    """Segments without PSH are merged with the next contiguous one of the same direction: IP lengths
+    add up, payloads are concatenated, PSH of the last is kept; a PSH segment ends the write."""
+    P = dpkt.tcp.TH_PUSH | A
+    pk = [
+        tcp_packet(C, SV, 40000, 80, S, seq=100),
+        tcp_packet(SV, C, 80, 40000, SA, seq=7000, ack=101),
+        tcp_packet(C, SV, 40000, 80, A, seq=101, ack=7001, payload=b"GET / HT"),
+        tcp_packet(C, SV, 40000, 80, A, seq=109, ack=7001, payload=b"TP/1.1\r\n"),
+        tcp_packet(C, SV, 40000, 80, P, seq=117, ack=7001, payload=b"\r\n"),
+        tcp_packet(C, SV, 40000, 80, P, seq=119, ack=7001, payload=b"next"),  # after PSH: a new write
+        tcp_packet(SV, C, 80, 40000, P, seq=7001, ack=123, payload=b"HTTP/1.1 200"),
+    ]
+    p = write_pcap(tmp_path / "t.pcap", [(i * 0.01, ether(x)) for i, x in enumerate(pk)])
+    cfg = _cfg(coalesce_tcp=True, max_packets=16, anonymize=False)
+    cfg.root_label = {str(p): "t"}
+    r = process_file(str(p), cfg)
+    cols = r["columns"]
+    assert cols["ip_lengths"] == [[40, 40, 40 + 18, 44, 52]]
+    assert cols["packets"][0][2][40:] == b"GET / HTTP/1.1\r\n\r\n" and cols["packets"][0][2][33] & dpkt.tcp.TH_PUSH
+    assert cols["tcp_seq"] == [[0, 0, 1, 19, 1]]
+    assert r["packets_used"] == 7 and r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values())

@@ -107,12 +107,13 @@ def test_write_pcap_round_trip(tmp_path):
     row = r["_dataset"]["test"][3]
     p = tmp_path / "ssh" / "flow.pcap"
     p.parent.mkdir()
-    write_pcap(p, row["packets"], row["timestamps"], row["start_time"])
+    write_pcap(p, row["packets"], row["timestamps"], row["start_time"], seqs=row["tcp_seq"], directions=row["directions"])
     for pk in row["packets"]:
         assert isinstance(parse_ip(pk), Decoded)
     back = prepare([p], None, labels="dir", split="none", max_bytes=1500, progress=False, save=False)["_dataset"]["test"][0]
     assert back["packets"] == row["packets"] and back["input_ids"] == row["input_ids"]
-    assert back["ip_lengths"] == row["ip_lengths"]
+    assert back["ip_lengths"] == row["ip_lengths"] and back["tcp_seq"] == row["tcp_seq"]
+    assert back["directions"] == row["directions"] and back["direction_ids"] == row["direction_ids"]
 
 
 def test_failures_named_and_exit_status(tmp_path):

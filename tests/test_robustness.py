@@ -119,10 +119,19 @@ def test_transform_keeps_capture_valid(full_flows, name, budget, tmp_path):
             assert _checksum_ok(p, info), (label, name, budget)
         path = tmp_path / f"{label}.pcap"
         write_pcap(path, out.packets, out.timestamps)
+        raw = process_file(str(path), PrepareConfig(max_packets=10_000, max_bytes=2000, root_label={str(path): label},
+                                                    normalize_tcp=False))
+        assert raw["error"] is None and raw["flows_used"] == 1, (label, raw["flows"], raw["packets_skipped"])
+        assert raw["packets_used"] == len(out.packets)
+        assert raw["columns"]["ip_lengths"][0] == out.ip_lengths
+        # TCP normalisation (prepare's default) leaves out exactly the chaff segments, nothing else
         res = process_file(str(path), PrepareConfig(max_packets=10_000, max_bytes=2000, root_label={str(path): label}))
-        assert res["error"] is None and res["flows_used"] == 1, (label, res["flows"], res["packets_skipped"])
-        assert res["packets_used"] == len(out.packets)
-        assert res["columns"]["ip_lengths"][0] == out.ip_lengths
+        left_out = res["packets_skipped"]["tcp_retransmission"] + res["packets_skipped"]["tcp_out_of_window"]
+        if name == "chaff" and packet_info(flow.packets[0])["proto"] == 6:
+            assert left_out == len(out.packets) - len(flow.packets) > 0, (label, budget, res["packets_skipped"])
+            assert res["columns"]["ip_lengths"][0] == flow.ip_lengths
+        else:
+            assert left_out == 0 and res["packets_used"] == len(out.packets), (label, name, res["packets_skipped"])
         if name != "chaff" and label != "dns":
             for d in (0, 1):
                 assert _contiguous(_stream(flow, d)) <= _contiguous(_stream(out, d)), (label, name, d)
@@ -280,7 +289,11 @@ def test_cli_writes_json(prepared, tiny_model, tmp_path):
     result = json.loads(out.read_text())
     assert set(result["clean"]) == {"accuracy", "macro_f1"}
     assert set(result["attacks"]) == {"padding", "chaff"} and set(result["attacks"]["padding"]) == {"1500"}
-    assert set(result["attacks"]["chaff"]["1.0"]) == {"accuracy", "macro_f1"}
+    assert set(result["attacks"]["padding"]["1500"]) == {"accuracy", "macro_f1"}
+    # the data was prepared with TCP normalisation (the default): the shaped flows are normalised too,
+    # and the chaff segments it left out are reported
+    chaff = result["attacks"]["chaff"]["1.0"]
+    assert result["options"]["normalize_tcp"] and sum(chaff["normalized_out"].values()) > 0
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
@@ -335,3 +348,52 @@ def test_augment_split_draws_budgets_from_ranges_and_is_seeded(prepared):
     assert a["label"][len(train):] == train["label"]
     changed = sum(x != y for x, y in zip(a["input_ids"][len(train):], train["input_ids"]))
     assert changed >= len(train) // 2, changed
+
+
+@pytest.mark.parametrize("strength", [2, 4])
+def test_tcp_coalescing_undoes_segment_splitting(full_flows, strength, tmp_path):
+    """A real flow and the same flow with every data segment split into `strength` reach the model
+    as the same input once `prepare --tcp-coalesce` merges the segments of each write; without
+    coalescing they differ."""
+    from traffic_moe_hf.data.samples import PrepareConfig, process_file, write_pcap
+
+    checked = 0
+    for label in ("http", "ssh", "https", "redis"):
+        flow = full_flows[label]
+        split = make_attack("split", strength)(flow, seed=5)
+        assert len(split.packets) > len(flow.packets)
+        inputs = {}
+        for name, f in (("clean", flow), ("split", split)):
+            path = tmp_path / f"{label}-{name}.pcap"
+            write_pcap(path, f.packets, f.timestamps)
+            for coalesce in (False, True):
+                cfg = PrepareConfig(max_packets=8, store_packets=24, root_label={str(path): label}, coalesce_tcp=coalesce)
+                res = process_file(str(path), cfg)
+                assert res["packets_total"] == res["packets_used"] + sum(res["packets_skipped"].values())
+                inputs[name, coalesce] = (res["columns"]["input_ids"][0], res["columns"]["direction_ids"][0])
+        assert inputs["clean", True] == inputs["split", True], label
+        assert inputs["clean", False] != inputs["split", False], label
+        checked += 1
+    assert checked == 4
+
+
+def test_tcp_coalescing_of_shaped_rows(prepared, tmp_path):
+    """On stored (anonymised, cut) rows prepared with --tcp-coalesce: `attack_columns` with the
+    dataset's options gives split flows the clean flows' model input."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf.cli import main
+
+    out = tmp_path / "co"
+    assert main(["prepare", str(DEMO), "--out", str(out), "--labels", "file", "--no-progress", "--tcp-coalesce",
+                 "--store-packets", "16"]) == 0
+    ds = load_from_disk(str(out))["test"]
+    opts = dataset_options(out)
+    assert opts["coalesce_tcp"] and opts["normalize_tcp"]
+    clean = attack_columns(ds, None, seed=1, **opts)
+    assert clean["input_ids"] == list(ds["input_ids"])  # the stored input is reproduced
+    split = attack_columns(ds, make_attack("split", 4), seed=1, **opts)
+    same = sum(a == b for a, b in zip(split["input_ids"], clean["input_ids"]))
+    uncoalesced = attack_columns(ds, make_attack("split", 4), seed=1, **{**opts, "coalesce_tcp": False})
+    same_without = sum(a == b for a, b in zip(uncoalesced["input_ids"], clean["input_ids"]))
+    assert same == len(ds) and same_without < len(ds) // 2, (same, same_without, len(ds))

@@ -12,7 +12,29 @@ with):
   first packet is a SYN/ACK (the capture started mid-handshake); direction 1 is server → client.
 
 Each flow keeps its first ``max_packets`` packets (anonymised, cut to ``max_bytes``) with their
-direction, IP length and timestamp, and counts all the others.
+direction, IP length, timestamp and TCP sequence number relative to the first one seen in that
+direction (``seqs``; empty for UDP flows), and counts all the others.
+
+**TCP normalisation** (``normalize_tcp=True``, the default), as stream normalisers in IDSs do before
+inspection: while a flow still has room in its sample, a TCP segment is left out of it — counted
+under its reason — when it carries
+
+* ``tcp_retransmission``: only payload bytes the flow has already carried in that direction
+  (a retransmitted or duplicated segment; keep-alive probes too);
+* ``tcp_out_of_window``: payload whose sequence number lies more than ``TCP_WINDOW_LIMIT`` bytes
+  (16 MiB) away from the stream seen so far — the receiver would drop it.
+
+Segments without payload (handshake, pure ACKs, FIN/RST) are never left out. Chaff made of such
+segments (an evasion trick; ``robustness.attacks.Chaff``) therefore never takes a place among the
+packets the model reads.
+
+**TCP write coalescing** (``coalesce_tcp=True``; off by default): a data segment that directly
+follows a data segment of the same direction in the sample, continues its byte stream, and whose
+predecessor does not carry PSH/FIN (the sender had not finished that write), is merged into it: one
+"packet" with the first segment's header, the IP length of both, their payloads concatenated and the
+later one's PSH/FIN. Splitting a write into several segments — a smaller MSS or MTU, or an evasion
+tool (``robustness.attacks.Split``) — then reaches the model as the write it was. Merged segments
+count as used packets (``Flow.merged``).
 """
 
 from __future__ import annotations
@@ -20,13 +42,85 @@ from __future__ import annotations
 from .anonymize import anonymize
 from .decode import Decoded
 
-__all__ = ["Flow", "FlowTable", "bursts"]
+__all__ = ["Flow", "FlowTable", "TcpNormalizer", "tcp_normalize", "coalesce", "tcp_coalesce", "bursts",
+           "TCP_WINDOW_LIMIT"]
+
+TCP_WINDOW_LIMIT = 1 << 24
+
+
+class TcpNormalizer:
+    """Per-direction TCP stream state of one flow: which payload sequence ranges were seen.
+    ``check(direction, seq, payload_len, flags)`` returns ``None`` (keep) or the reason to leave the
+    segment out (``"tcp_retransmission"`` / ``"tcp_out_of_window"``) and records kept data. It also
+    returns the segment's sequence number relative to the first one seen in that direction
+    (``relative(direction, seq)``), which is what the dataset stores."""
+
+    __slots__ = ("base", "seen")
+
+    def __init__(self):
+        self.base = [None, None]  # first sequence number seen per direction
+        self.seen = [[], []]  # merged [start, end) payload ranges, relative to base
+
+    def relative(self, direction: int, seq: int) -> int:
+        base = self.base[direction]
+        if base is None:
+            self.base[direction] = base = seq
+        rel = (seq - base) & 0xFFFFFFFF
+        return rel - (1 << 32) if rel >= 1 << 31 else rel  # signed: segments before the first one seen
+
+    def check(self, direction: int, seq: int, payload_len: int, flags: int = 0):
+        rel = self.relative(direction, seq)
+        if flags & 0x02:  # SYN occupies one sequence number; its data (TCP Fast Open) follows it
+            rel += 1
+        if payload_len <= 0:
+            return None
+        seen = self.seen[direction]
+        end = rel + payload_len
+        if seen:
+            lo, hi = seen[0][0], seen[-1][1]
+            if rel > hi + TCP_WINDOW_LIMIT or end < lo - TCP_WINDOW_LIMIT:
+                return "tcp_out_of_window"
+            if any(s <= rel and end <= e for s, e in seen):
+                return "tcp_retransmission"
+        elif abs(rel) > TCP_WINDOW_LIMIT:
+            return "tcp_out_of_window"
+        if not seen or rel >= seen[-1][1]:  # in order (the common case): extend or append
+            if seen and rel == seen[-1][1]:
+                seen[-1] = (seen[-1][0], end)
+            else:
+                seen.append((rel, end))
+            return None
+        merged = []
+        for s, e in sorted(seen + [(rel, end)]):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        self.seen[direction] = merged
+        return None
+
+
+def _headers_length(packet: bytes) -> int:
+    """IP + TCP header bytes of a stored TCP packet (0 when it does not parse)."""
+    from .decode import parse_ip
+
+    d = parse_ip(bytes(packet))
+    if type(d) is not Decoded or len(packet) <= d.l4 + 12:
+        return 0
+    return d.l4 + (packet[d.l4 + 12] >> 4) * 4
+
+
+def tcp_payload_length(d: Decoded) -> int:
+    """Payload bytes of a decoded TCP segment as on the wire (IP length minus all headers)."""
+    ip = d.ip
+    doff = (ip[d.l4 + 12] >> 4) * 4 if len(ip) > d.l4 + 12 else 20
+    return max(0, d.ip_len - d.l4 - doff)
 
 
 class Flow:
     __slots__ = (
         "index", "proto", "version", "client", "server", "isn", "start", "last", "count", "nbytes",
-        "packets", "directions", "lengths", "times", "header_fields",
+        "packets", "directions", "lengths", "times", "seqs", "header_fields", "tcp", "merged",
     )
 
     def __init__(self, index, proto, version, client, server, isn, ts):
@@ -44,11 +138,82 @@ class Flow:
         self.directions = []
         self.lengths = []
         self.times = []
+        self.seqs = []
+        self.merged = 0  # segments coalesced into an earlier stored packet (see coalesce_tcp)
         self.header_fields = ()
+        self.tcp = TcpNormalizer() if proto == 6 else None
 
     def five_tuple(self) -> str:
         """``"tcp 10.0.0.1:51000-10.0.0.2:443"`` (client first)."""
         return f"{'tcp' if self.proto == 6 else 'udp'} {_ep(self.client)}-{_ep(self.server)}"
+
+
+def coalesce(prev: bytes, cur: bytes, max_bytes: int) -> bytes | None:
+    """``cur`` (a TCP segment from the IP header, possibly cut) appended to ``prev`` as one packet cut
+    to ``max_bytes``, or None when the two may not be merged: not both TCP of the same IP version,
+    ``prev`` carries SYN/RST/PSH/FIN or ``cur`` SYN/RST, either has no payload, or the merged IP
+    length would exceed 65535. Sequence contiguity is the caller's check. The IP length field and the
+    TCP flags (PSH/FIN of ``cur``) are updated; checksums are not (anonymisation zeroes them)."""
+    from .decode import parse_ip
+
+    a, b = parse_ip(bytes(prev)), parse_ip(bytes(cur))
+    if type(a) is not Decoded or type(b) is not Decoded or a.proto != 6 or b.proto != 6 or a.version != b.version:
+        return None
+    if a.flags & 0x0F or b.flags & 0x06:  # prev: FIN/SYN/RST/PSH; cur: SYN/RST
+        return None
+    add = tcp_payload_length(b)
+    if tcp_payload_length(a) <= 0 or add <= 0 or a.ip_len + add > 65535:
+        return None
+    out = bytearray(prev[:max_bytes])
+    if len(prev) >= a.ip_len:  # prev is complete: the merged prefix continues with cur's payload
+        start = b.l4 + (cur[b.l4 + 12] >> 4) * 4
+        out += cur[start : start + max(0, max_bytes - len(out))]
+    total = a.ip_len + add
+    if a.version == 4:
+        out[2:4] = total.to_bytes(2, "big")
+    else:
+        out[4:6] = (total - 40).to_bytes(2, "big")
+    if len(out) > a.l4 + 13:
+        out[a.l4 + 13] |= b.flags & 0x09
+    return bytes(out)
+
+
+def tcp_coalesce(packets, directions, max_bytes: int) -> tuple[list, list]:
+    """:class:`FlowTable`'s write coalescing applied to one flow's packets (sequence numbers as on the
+    wire or written back by :func:`.samples.restore_headers`): returns the merged packets and, for
+    each, the index of the first original packet it holds."""
+    from .decode import parse_ip
+
+    out, first, info = [], [], []  # info: (direction, next relative sequence number) of out[-1]
+    for i, (p, direction) in enumerate(zip(packets, directions)):
+        d = parse_ip(bytes(p))
+        if type(d) is Decoded and d.proto == 6 and out and info[-1] == (direction, d.seq):
+            merged = coalesce(out[-1], p, max_bytes)
+            if merged is not None:
+                out[-1] = merged
+                info[-1] = (direction, (d.seq + tcp_payload_length(d)) & 0xFFFFFFFF)
+                continue
+        out.append(bytes(p))
+        first.append(i)
+        info.append((direction, (d.seq + tcp_payload_length(d)) & 0xFFFFFFFF) if type(d) is Decoded and d.proto == 6 else None)
+    return out, first
+
+
+def tcp_normalize(packets, directions) -> list:
+    """The TCP normalisation of :class:`FlowTable` applied to one flow's packets (from the IP header;
+    sequence numbers as on the wire or as :func:`.samples.restore_headers` writes them back): per
+    packet ``None`` (kept) or the reason it is left out. Non-TCP packets are always kept."""
+    from .decode import parse_ip
+
+    state = TcpNormalizer()
+    out = []
+    for p, direction in zip(packets, directions):
+        d = parse_ip(bytes(p))
+        if type(d) is not Decoded or d.proto != 6:
+            out.append(None)
+            continue
+        out.append(state.check(int(direction), d.seq, tcp_payload_length(d), d.flags))
+    return out
 
 
 def hidden_header_fields(d: Decoded) -> tuple[int, int, int, int]:
@@ -80,11 +245,14 @@ def _pair_key(proto: int, a: tuple, b: tuple) -> tuple:
 
 class FlowTable:
     """Assigns packets to flows. ``add`` returns ``True`` when the packet is kept in its flow's
-    sample (one of the first ``max_packets``), ``False`` when it was only counted."""
+    sample (one of the first ``max_packets``), ``False`` when it was only counted (the sample is
+    full), or a reason string when TCP normalisation left it out of the sample."""
 
     def __init__(self, max_packets=8, max_bytes=64, ttl="mask", anonymize_packets=True,
-                 udp_timeout=60.0, tcp_timeout=3600.0):
+                 udp_timeout=60.0, tcp_timeout=3600.0, normalize_tcp=True, coalesce_tcp=False):
         self.max_packets = max_packets
+        self.normalize_tcp = normalize_tcp
+        self.coalesce_tcp = coalesce_tcp
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.anon = anonymize_packets
@@ -125,6 +293,25 @@ class FlowTable:
         if ts > f.last:
             f.last = ts
         if len(f.packets) < self.max_packets:
+            if f.tcp is not None:
+                direction = 0 if a == f.client else 1
+                if self.normalize_tcp:
+                    reason = f.tcp.check(direction, d.seq, tcp_payload_length(d), d.flags)
+                    if reason is not None:
+                        return reason
+                rel = f.tcp.relative(direction, d.seq)
+                if self.coalesce_tcp and f.packets and f.directions[-1] == direction:
+                    prev = f.packets[-1]
+                    prev_payload = f.lengths[-1] - _headers_length(prev)
+                    if f.seqs[-1] + prev_payload == rel:
+                        stored = anonymize(d, self.max_bytes, self.ttl) if self.anon else bytes(d.ip[: self.max_bytes])
+                        merged = coalesce(prev, stored, self.max_bytes)
+                        if merged is not None:
+                            f.packets[-1] = merged
+                            f.lengths[-1] += tcp_payload_length(d)
+                            f.merged += 1
+                            return True
+                f.seqs.append(rel)
             f.packets.append(anonymize(d, self.max_bytes, self.ttl) if self.anon else bytes(d.ip[: self.max_bytes]))
             f.directions.append(0 if a == f.client else 1)
             f.lengths.append(d.ip_len)

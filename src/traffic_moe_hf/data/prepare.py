@@ -40,7 +40,16 @@ def add_parser(subparsers):
     p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
                    help="identical model inputs: group (split flows sharing an input together; default, "
                         "--split flow only, else remove), remove (from the later split) or report")
-    p.add_argument("--max-packets", type=_at_least_one, default=8, help="packets kept per flow (first N; default 8)")
+    p.add_argument("--max-packets", type=_at_least_one, default=8, help="packets per flow the model reads (first N; default 8)")
+    p.add_argument("--store-packets", type=_at_least_one, default=None,
+                   help="packets stored per flow (default: --max-packets); more than the model reads lets "
+                        "`traffic-moe robustness` shape flows and still fill the model's window with real packets")
+    p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
+                   help="keep retransmitted and out-of-window TCP segments in the samples (default: left out and "
+                        "counted, as an IDS stream normaliser does; see docs/data.md)")
+    p.add_argument("--tcp-coalesce", dest="coalesce_tcp", action="store_true",
+                   help="merge the segments of one TCP write (no PSH/FIN before the last) into one packet, so a "
+                        "write split by a smaller MSS or an evasion tool reads as the write it was (default off)")
     p.add_argument("--max-bytes", type=_at_least_one, default=128,
                    help="bytes stored per packet from the IP header (first M; default 128)")
     p.add_argument("--packet-bytes", type=_at_least_one, default=64,
@@ -96,6 +105,7 @@ def run(args) -> int:
         ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup,
         max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
         header_layout=args.header_layout, min_packets=args.min_packets,
+        store_packets=args.store_packets, normalize_tcp=args.normalize_tcp, coalesce_tcp=args.coalesce_tcp,
         anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
         tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress,
     )
@@ -170,6 +180,7 @@ def _arrow_types():
             "packets": pa.list_(pa.binary()), "directions": pa.list_(pa.int8()),
             "ip_lengths": pa.list_(pa.int32()), "timestamps": pa.list_(pa.float64()),
             "burst_packets": pa.list_(pa.int32()), "burst_bytes": pa.list_(pa.int64()),
+            "tcp_seq": pa.list_(pa.int64()),
         }
     return ARROW_TYPES
 
@@ -197,7 +208,8 @@ def _to_arrow(cols):
 def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
             anonymize=True, ttl="mask",
-            udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True):
+            udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
+            store_packets=None, normalize_tcp=True, coalesce_tcp=False):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
@@ -219,14 +231,17 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         max_bytes = getattr(tok, "capture_bytes", packet_bytes)
     if min(max_packets, max_bytes, packet_bytes) < 1:
         raise ValueError("max_packets, max_bytes and packet_bytes must be at least 1")
+    store_packets = max(store_packets or max_packets, max_packets)
     cfg = PrepareConfig(level=level, max_packets=max_packets, max_bytes=max_bytes, ttl=ttl,
+                        store_packets=store_packets, normalize_tcp=normalize_tcp, coalesce_tcp=coalesce_tcp,
                         packet_bytes=packet_bytes, header_layout=header_layout,
                         anonymize=anonymize, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
                         min_packets=min_packets, label_mode=mode, tokenizer=tokenizer)
     report = {
         "inputs": inputs, "out": os.fspath(out) if out else None,
         "options": {"labels": labels, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
-                    "dedup": dedup, "max_packets": max_packets, "max_bytes": max_bytes,
+                    "dedup": dedup, "max_packets": max_packets, "store_packets": store_packets,
+                    "normalize_tcp": normalize_tcp, "coalesce_tcp": coalesce_tcp, "max_bytes": max_bytes,
                     "packet_bytes": packet_bytes, "header_layout": header_layout,
                     "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl,
                     "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
@@ -452,6 +467,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
             "flow_id": Value("string"), "packet_index": Value("int32"), "packet_count": Value("int64"),
             "byte_count": Value("int64"), "start_time": Value("float64"), "end_time": Value("float64"),
             "five_tuple": Value("string"), "header_fields": Sequence(Value("int32")),
+            "tcp_seq": Sequence(Value("int64")),
         }
         feats = Features({k: v for k, v in feats.items() if k in cols})
         cols.pop("_key", None)

@@ -5,7 +5,8 @@
 ``flows == flows_used + sum(flows_skipped)`` for every file.
 
 Packet skip reasons (besides the decode reasons in :mod:`.decode`):
-``beyond_max_packets`` (the flow's packets after its first ``max_packets``; flow level only),
+``beyond_max_packets`` (the flow's packets after its first ``store_packets``; flow level only),
+``tcp_retransmission`` / ``tcp_out_of_window`` (left out by TCP normalisation, see :mod:`.flows`),
 ``flow_unlabeled`` / ``flow_too_short`` (all packets of flows skipped for that reason).
 
 Round trip for later pipeline stages (traffic-shaping attacks edit ``packets`` then re-encode):
@@ -24,20 +25,24 @@ from .decode import Decoded, decode, parse_ip
 from .flows import FlowTable, bursts
 from .reader import CaptureError, linktype_name, open_capture
 
-__all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "COLUMNS", "get_tokenizer",
+__all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "restore_headers", "COLUMNS", "get_tokenizer",
            "tokenizer_settings"]
 
 COLUMNS = (
     "input_ids", "attention_mask", "packet_ids", "direction_ids", "label", "packets", "directions",
     "ip_lengths", "timestamps", "burst_packets", "burst_bytes", "source_file", "flow_id",
     "packet_index", "packet_count", "byte_count", "start_time", "end_time", "five_tuple", "header_fields",
+    "tcp_seq",
 )
 
 
 @dataclass
 class PrepareConfig:
     level: str = "flow"  # flow | packet
-    max_packets: int = 8
+    max_packets: int = 8  # packets per flow the model reads
+    store_packets: int | None = None  # packets per flow stored (>= max_packets; None: max_packets)
+    normalize_tcp: bool = True  # leave retransmitted / out-of-window TCP segments out (see .flows)
+    coalesce_tcp: bool = False  # merge the segments of one TCP write into one packet (see .flows)
     max_bytes: int = 128  # bytes stored per packet, from the IP header
     packet_bytes: int = 64  # byte tokens per packet, after the header layout
     header_layout: str = "compact"  # compact | full (see tokenization_traffic_moe)
@@ -94,11 +99,48 @@ def encode_packets(packets, directions, tokenizer=None):
     return tok(flows, directions=dirs, padding=False)
 
 
-def write_pcap(path, packets, timestamps=None, start_time: float = 0.0):
+_ENDPOINTS = {4: (bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])),  # documentation prefixes (RFC 5737 / 3849)
+              6: (bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002"))}
+_PORTS = (49152, 9)
+
+
+def restore_headers(packets, seqs=None, directions=None):
+    """Anonymised ``packets`` made re-readable as one flow: with ``directions`` each gets placeholder
+    addresses and ports (documentation prefixes; client ``:49152``, server ``:9``) so the two sides
+    are told apart again; with ``seqs`` (a dataset's ``tcp_seq`` column, relative to the first segment
+    of each direction) TCP sequence numbers are written back, so TCP normalisation reads the stream
+    as it was. Checksums stay zero, as anonymisation left them. Re-anonymising gives the input back."""
+    out = []
+    for i, p in enumerate(packets):
+        p = bytes(p)
+        d = parse_ip(p)
+        if type(d) is not Decoded:
+            out.append(p)
+            continue
+        b = bytearray(p)
+        if directions is not None and i < len(directions):
+            a, z = _ENDPOINTS[d.version]
+            src, dst = (a, z) if directions[i] == 0 else (z, a)
+            at = 12 if d.version == 4 else 8
+            b[at : at + 2 * len(a)] = src + dst
+            sport, dport = _PORTS if directions[i] == 0 else _PORTS[::-1]
+            if len(b) >= d.l4 + 4:
+                b[d.l4 : d.l4 + 4] = sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+        if seqs and i < len(seqs) and d.proto == 6 and len(b) >= d.l4 + 8:
+            b[d.l4 + 4 : d.l4 + 8] = (int(seqs[i]) & 0xFFFFFFFF).to_bytes(4, "big")
+        out.append(bytes(b))
+    return out
+
+
+def write_pcap(path, packets, timestamps=None, start_time: float = 0.0, seqs=None, directions=None):
     """Write packets that start at the IP header to a pcap with link type RAW (101).
-    ``timestamps`` are relative seconds (as in the dataset) added to ``start_time``."""
+    ``timestamps`` are relative seconds (as in the dataset) added to ``start_time``. For anonymised
+    packets pass ``directions`` and ``seqs`` (the dataset's columns): :func:`restore_headers` then
+    makes the capture re-read as the same flow, directions and TCP stream included."""
     import dpkt
 
+    if seqs is not None or directions is not None:
+        packets = restore_headers(packets, seqs, directions)
     with open(path, "wb") as f:
         w = dpkt.pcap.Writer(f, snaplen=65535, linktype=101)
         for i, p in enumerate(packets):
@@ -126,8 +168,9 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None)
         res["error"] = str(e)
         return res
     res["format"] = rs.format
-    table = FlowTable(cfg.max_packets if cfg.level == "flow" else max(cfg.max_packets, 1), cfg.max_bytes,
-                      cfg.ttl, cfg.anonymize, cfg.udp_timeout, cfg.tcp_timeout)
+    keep = max(cfg.max_packets, cfg.store_packets or 0) if cfg.level == "flow" else max(cfg.max_packets, 1)
+    table = FlowTable(keep, cfg.max_bytes, cfg.ttl, cfg.anonymize, cfg.udp_timeout, cfg.tcp_timeout,
+                      normalize_tcp=cfg.normalize_tcp, coalesce_tcp=cfg.coalesce_tcp)
     add = table.add
     skipped = res["packets_skipped"]
     protos = res["ip_protocols_skipped"]
@@ -144,8 +187,12 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None)
             else:
                 d = decode(lt, frame)
             if type(d) is Decoded:
-                if not add(ts, d):
-                    beyond += 1
+                kept = add(ts, d)
+                if kept is not True:
+                    if kept is False:
+                        beyond += 1
+                    else:
+                        skipped[kept] += 1
             elif type(d) is tuple:
                 skipped["not_tcp_udp"] += 1
                 protos[d[1]] += 1
@@ -180,7 +227,7 @@ def _build_rows(res, flows, cfg, name, path):
     for f in flows:
         if f.count < cfg.min_packets:
             fskip["too_short"] += 1
-            skipped["flow_too_short"] += len(f.packets)
+            skipped["flow_too_short"] += len(f.packets) + f.merged
             continue
         if cfg.csv_labels is not None:
             label = cfg.csv_labels.lookup(f.proto, f.client, f.server, f.start, f.last)
@@ -188,11 +235,11 @@ def _build_rows(res, flows, cfg, name, path):
             label = file_label
         if label is None:
             fskip["unlabeled"] += 1
-            skipped["flow_unlabeled"] += len(f.packets)
+            skipped["flow_unlabeled"] += len(f.packets) + f.merged
             continue
         kept.append(f)
         labels.append(label)
-        used += len(f.packets)
+        used += len(f.packets) + f.merged
     res["flows_used"] = len(kept)
     res["packets_used"] = used
     stem = name
@@ -203,11 +250,12 @@ def _build_rows(res, flows, cfg, name, path):
         bs = bursts(f.directions, f.lengths)
         meta = (name, fid, f.count, f.nbytes, f.start, f.last, f.five_tuple())
         if cfg.level == "flow":
-            units = [(f.packets, f.directions, f.lengths, rel, bs, -1)]
+            units = [(f.packets, f.directions, f.lengths, rel, bs, -1, f.seqs)]
         else:
-            units = [([p], [d], [ln], [t], [(d, 1, ln)], i)
-                     for i, (p, d, ln, t) in enumerate(zip(f.packets, f.directions, f.lengths, rel))]
-        for pk, dr, ln, tm, b, pidx in units:
+            seqs = f.seqs or [None] * len(f.packets)
+            units = [([p], [d], [ln], [t], [(d, 1, ln)], i, [] if q is None else [q])
+                     for i, (p, d, ln, t, q) in enumerate(zip(f.packets, f.directions, f.lengths, rel, seqs))]
+        for pk, dr, ln, tm, b, pidx, sq in units:
             cols["label"].append(label)
             cols["packets"].append(pk)
             cols["directions"].append(dr)
@@ -224,6 +272,7 @@ def _build_rows(res, flows, cfg, name, path):
             cols["end_time"].append(meta[5])
             cols["five_tuple"].append(meta[6])
             cols["header_fields"].append(list(f.header_fields))
+            cols["tcp_seq"].append(sq)
     if cfg.tokenize and cols["packets"]:
         enc = encode_packets(cols["packets"], cols["directions"], get_tokenizer(cfg.tokenizer, tokenizer_settings(cfg)))
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):

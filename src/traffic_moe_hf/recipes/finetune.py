@@ -277,6 +277,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         + (f"; initialised from {init_from}" if init_from else "; trained from scratch"),
         "evaluation": f"best validation macro-F1 {best:.4f}" if best is not None else "no validation split used",
     }
+    # how flows were assembled for training; `traffic-moe predict` assembles new captures' flows the same way
+    from ..robustness.attacks import dataset_options
+
+    options = dataset_options(data)
+    trainer.model.config.traffic_flow_options = {k: options[k] for k in ("normalize_tcp", "coalesce_tcp")}
     trainer.model.save_pretrained(out, **({} if dense else {"card_data": card}))
     tokenizer.save_pretrained(out)
     summary = {

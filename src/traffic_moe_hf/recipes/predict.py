@@ -76,6 +76,13 @@ class Classifier:
         return self.tokenizer.max_packets
 
     @property
+    def flow_options(self) -> dict:
+        """TCP normalisation / coalescing as in the checkpoint's training data (finetune records it in
+        the config as ``traffic_flow_options``; older checkpoints: prepare's defaults)."""
+        saved = getattr(self.model.config, "traffic_flow_options", None) or {}
+        return {"normalize_tcp": bool(saved.get("normalize_tcp", True)), "coalesce_tcp": bool(saved.get("coalesce_tcp", False))}
+
+    @property
     def max_packet_bytes(self) -> int:
         return self.tokenizer.max_packet_bytes
 
@@ -139,7 +146,8 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     started = time.perf_counter()
     for path, name, _root in tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr):
         cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
-                            tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout)
+                            tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
+                            **classifier.flow_options)
         result = process_file(path, cfg, name)
         if result["error"]:
             summary["files_failed"][name] = result["error"]
@@ -183,7 +191,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     writer = _Writer(out)
     n = classifier.max_packets
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
-                      tcp_timeout=tcp_timeout)
+                      tcp_timeout=tcp_timeout, **classifier.flow_options)
     emitted: set[int] = set()
     summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_skipped": 0,
                "flows_evicted": 0, "max_open_flows": 0}

@@ -527,23 +527,50 @@ def make_attack(name: str, strength) -> Attack:
 # ------------------------------------------------------------------------------- datasets of flows
 def attack_columns(dataset, attack: Attack | None, seed: int = 0, max_packets: int = 8, max_bytes: int = 64,
                    ttl: str = "mask", anonymized: bool = True, tokenizer=None, packet_bytes: int | None = None,
-                   header_layout: str = "full") -> dict:
+                   header_layout: str = "full", normalize_tcp: bool = False, coalesce_tcp: bool = False) -> dict:
     """Apply ``attack`` to every flow of a prepared split (rows with ``packets``/``directions``/
     ``timestamps``) and return the columns `prepare` would have written for the shaped traffic:
-    re-anonymised, first ``max_packets`` packets, first ``max_bytes`` bytes, re-tokenized.
-    ``editable`` (per flow, per packet, byte ranges) marks the bytes the attack inserted.
+    TCP-normalised when ``normalize_tcp`` (as ``prepare`` does by default: retransmitted and
+    out-of-window segments left out; needs the ``tcp_seq`` column), re-anonymised, first
+    ``max_packets`` packets, first ``max_bytes`` bytes, re-tokenized. The attack shapes *every
+    stored* packet (``prepare --store-packets`` can store more than the model reads), so after
+    normalisation the model's window is filled with real packets as it would be on the wire.
+    With ``coalesce_tcp`` (as ``prepare --tcp-coalesce``) the segments of one TCP write are then merged.
+    ``editable`` (per flow, per packet, byte ranges) marks the bytes the attack inserted (of a merged
+    packet, those of its first segment);
+    ``normalized_out`` counts the packets normalisation left out, by reason.
     ``tokenizer`` defaults to the one the dataset was prepared with (``packet_bytes``, ``header_layout``)."""
-    from ..data.samples import encode_packets, get_tokenizer, tokenizer_settings
+    from collections import Counter
+
+    from ..data.flows import tcp_coalesce, tcp_normalize
+    from ..data.samples import encode_packets, get_tokenizer, restore_headers, tokenizer_settings
 
     if tokenizer is None:
         tokenizer = get_tokenizer(None, tokenizer_settings({"max_packets": max_packets, "max_bytes": max_bytes,
                                                             "packet_bytes": packet_bytes, "header_layout": header_layout}))
+    if (normalize_tcp or coalesce_tcp) and "tcp_seq" not in dataset.column_names:
+        raise ValueError("TCP normalisation / coalescing of shaped flows needs the `tcp_seq` column (datasets prepared before it "
+                         "existed: prepare them again, or pass normalize_tcp=False)")
     cols = {k: [] for k in ("packets", "directions", "timestamps", "ip_lengths", "editable")}
+    dropped = Counter()
     times = dataset["timestamps"] if "timestamps" in dataset.column_names else [None] * len(dataset)
-    for i, (packets, dirs, ts) in enumerate(zip(dataset["packets"], dataset["directions"], times)):
-        flow = Flow(packets, dirs, ts)
+    seqs = dataset["tcp_seq"] if "tcp_seq" in dataset.column_names else [None] * len(dataset)
+    for i, (packets, dirs, ts, sq) in enumerate(zip(dataset["packets"], dataset["directions"], times, seqs)):
+        flow = Flow(restore_headers(packets, sq) if sq else packets, dirs, ts)
         if attack is not None:
             flow = attack(flow, seed=row_seed(seed, i), snap=max_bytes)
+        if normalize_tcp:
+            reasons = tcp_normalize(flow.packets, flow.directions)
+            if any(reasons):
+                dropped.update(r for r in reasons if r)
+                keep = [j for j, r in enumerate(reasons) if r is None]
+                flow = Flow([flow.packets[j] for j in keep], [flow.directions[j] for j in keep],
+                            [flow.timestamps[j] for j in keep], [flow.editable[j] for j in keep])
+        if coalesce_tcp:
+            merged, first = tcp_coalesce(flow.packets, flow.directions, max_bytes)
+            if len(merged) < len(flow.packets):
+                flow = Flow(merged, [flow.directions[j] for j in first], [flow.timestamps[j] for j in first],
+                            [flow.editable[j] for j in first])
         n = max_packets
         cols["packets"].append([reanonymize(p, max_bytes, ttl, anonymized) for p in flow.packets[:n]])
         cols["directions"].append(flow.directions[:n])
@@ -553,6 +580,7 @@ def attack_columns(dataset, attack: Attack | None, seed: int = 0, max_packets: i
     enc = encode_packets(cols["packets"], cols["directions"], tokenizer)
     for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
         cols[k] = list(enc[k])
+    cols["normalized_out"] = dict(dropped)
     return cols
 
 
@@ -562,6 +590,7 @@ def attacked_dataset(dataset, attack: Attack | None, seed: int = 0, **options):
 
     cols = attack_columns(dataset, attack, seed=seed, **options)
     cols.pop("editable")
+    cols.pop("normalized_out")
     data = {k: cols[k] for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids", "packets",
                                  "directions", "timestamps", "ip_lengths")}
     data["label"] = list(dataset["label"])
@@ -569,8 +598,9 @@ def attacked_dataset(dataset, attack: Attack | None, seed: int = 0, **options):
 
 
 def dataset_options(path) -> dict:
-    """max_packets / max_bytes / ttl / anonymize / packet_bytes / header_layout a prepared dataset was
-    written with (report.json; datasets from before header layouts: full layout, max_bytes tokens)."""
+    """max_packets / max_bytes / ttl / anonymize / packet_bytes / header_layout / normalize_tcp a prepared
+    dataset was written with (report.json; datasets from before header layouts: full layout, max_bytes
+    tokens; from before TCP normalisation: none)."""
     import json
     from pathlib import Path
 
@@ -579,4 +609,6 @@ def dataset_options(path) -> dict:
     return {"max_packets": int(opts.get("max_packets", 8)), "max_bytes": int(opts.get("max_bytes", 64)),
             "ttl": opts.get("ttl", "mask"), "anonymized": bool(opts.get("anonymize", True)),
             "packet_bytes": int(opts.get("packet_bytes", opts.get("max_bytes", 64))),
-            "header_layout": opts.get("header_layout", "full")}
+            "header_layout": opts.get("header_layout", "full"),
+            "normalize_tcp": bool(opts.get("normalize_tcp", False)),
+            "coalesce_tcp": bool(opts.get("coalesce_tcp", False))}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def add_parser(subparsers):
     p.add_argument("--pgd-eps", default="", help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N flows only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tcp-normalize", dest="normalize_tcp", action="store_true", default=None,
+                   help="TCP-normalise shaped flows as prepare did (default: what the dataset's report.json says)")
+    p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
+                   help="do not TCP-normalise shaped flows (to measure what normalisation buys)")
     p.set_defaults(func=run)
     return p
 
@@ -55,7 +60,7 @@ def run(args) -> int:
     pgd = [float(x) for x in args.pgd_eps.split(",") if x.strip()]
     result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
                         whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=pgd,
-                        max_samples=args.max_samples, seed=args.seed)
+                        max_samples=args.max_samples, seed=args.seed, normalize_tcp=args.normalize_tcp)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=2))
     table = markdown_table(result)
@@ -89,6 +94,8 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
         for budget in budgets[name]:
             cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
             out["attacks"][name][str(budget)] = _metrics(labels, predict(model, cols, dense))
+            if cols["normalized_out"]:  # packets TCP normalisation left out of the shaped flows, by reason
+                out["attacks"][name][str(budget)]["normalized_out"] = cols["normalized_out"]
     if whitebox:
         for name in ("padding", "chaff"):
             key = f"whitebox_{name}"
@@ -103,7 +110,7 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
 
 
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
-               whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0) -> dict:
+               whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0, normalize_tcp=None) -> dict:
     from ..recipes.common import data_tokenizer, device_summary, label_names, load_prepared
     from ..recipes.evaluate import align_labels, load_classifier
     from .attacks import DEFAULT_BUDGETS, dataset_options
@@ -117,6 +124,15 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     if max_samples:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     options = dataset_options(data)
+    if normalize_tcp is not None:
+        options["normalize_tcp"] = bool(normalize_tcp)
+    if options["normalize_tcp"]:
+        stored = max((len(p) for p in dataset["packets"]), default=0)
+        if stored <= options["max_packets"]:
+            print(f"traffic-moe robustness: {data} stores at most {stored} packets per flow and the model reads "
+                  f"{options['max_packets']}: after TCP normalisation leaves chaff out, shaped flows have fewer real "
+                  f"packets than the model's window (prepare with --store-packets {2 * options['max_packets']} to "
+                  f"measure what the model would see on the wire)", file=sys.stderr)
     all_budgets = {**DEFAULT_BUDGETS, **(budgets or {})}
     attacks = attacks or list(DEFAULT_BUDGETS)
     result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
