@@ -150,3 +150,32 @@ def test_tcp_coalescing_merges_one_write_and_keeps_the_accounting(tmp_path):
     assert cols["packets"][0][2][40:] == b"GET / HTTP/1.1\r\n\r\n" and cols["packets"][0][2][33] & dpkt.tcp.TH_PUSH
     assert cols["tcp_seq"] == [[0, 0, 1, 19, 1]]
     assert r["packets_used"] == 7 and r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values())
+
+
+def test_tcp_coalescing_across_the_peers_acks_matches_one_segment_write(tmp_path):
+    """A server write sent as two segments with the client's ACK in between (a small MTU) reaches the
+    model as the same write sent in one segment followed by one ACK."""
+    P = dpkt.tcp.TH_PUSH | A
+    head = [
+        tcp_packet(C, SV, 40000, 443, S, seq=100),
+        tcp_packet(SV, C, 443, 40000, SA, seq=7000, ack=101),
+        tcp_packet(C, SV, 40000, 443, P, seq=101, ack=7001, payload=b"hello"),
+    ]
+    body = bytes(range(256)) * 4
+    one = head + [tcp_packet(SV, C, 443, 40000, P, seq=7001, ack=106, payload=body),
+                  tcp_packet(C, SV, 40000, 443, A, seq=106, ack=7001 + len(body))]
+    two = head + [tcp_packet(SV, C, 443, 40000, A, seq=7001, ack=106, payload=body[:600]),
+                  tcp_packet(C, SV, 40000, 443, A, seq=106, ack=7601),
+                  tcp_packet(SV, C, 443, 40000, P, seq=7601, ack=106, payload=body[600:]),
+                  tcp_packet(C, SV, 40000, 443, A, seq=106, ack=7001 + len(body))]
+    out = {}
+    for name, pk in (("one", one), ("two", two)):
+        p = write_pcap(tmp_path / f"{name}.pcap", [(i * 0.01, ether(x)) for i, x in enumerate(pk)])
+        for coalesce in (False, True):
+            cfg = PrepareConfig(label_mode="file", coalesce_tcp=coalesce, max_packets=8)
+            cfg.root_label = {str(p): "t"}
+            r = process_file(str(p), cfg)
+            assert r["packets_total"] == r["packets_used"] + sum(r["packets_skipped"].values()) == len(pk)
+            out[name, coalesce] = (r["columns"]["input_ids"][0], r["columns"]["direction_ids"][0], r["columns"]["ip_lengths"][0])
+    assert out["one", True] == out["two", True] == out["one", False]
+    assert out["two", False] != out["one", False]

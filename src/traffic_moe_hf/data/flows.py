@@ -28,13 +28,15 @@ Segments without payload (handshake, pure ACKs, FIN/RST) are never left out. Cha
 segments (an evasion trick; ``robustness.attacks.Chaff``) therefore never takes a place among the
 packets the model reads.
 
-**TCP write coalescing** (``coalesce_tcp=True``; off by default): a data segment that directly
-follows a data segment of the same direction in the sample, continues its byte stream, and whose
-predecessor does not carry PSH/FIN (the sender had not finished that write), is merged into it: one
-"packet" with the first segment's header, the IP length of both, their payloads concatenated and the
-later one's PSH/FIN. Splitting a write into several segments — a smaller MSS or MTU, or an evasion
-tool (``robustness.attacks.Split``) — then reaches the model as the write it was. Merged segments
-count as used packets (``Flow.merged``).
+**TCP write coalescing** (``coalesce_tcp=True``; off by default): a data segment that continues the
+byte stream of the last data segment its direction has in the sample, when that one does not carry
+PSH/FIN (the sender had not finished that write) and only the peer's pure ACKs came in between, is
+merged into it: one "packet" with the first segment's header, the IP length of both, their payloads
+concatenated and the later one's PSH/FIN. A pure ACK that directly follows a pure ACK of the same
+direction is merged into it too (the receiver acknowledging a write piece by piece). Splitting a
+write into several segments — a smaller MSS or MTU, or an evasion tool
+(``robustness.attacks.Split``) — then reaches the model as the write it was, followed by one ACK.
+Merged segments count as used packets (``Flow.merged``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from __future__ import annotations
 from .anonymize import anonymize
 from .decode import Decoded
 
-__all__ = ["Flow", "FlowTable", "TcpNormalizer", "tcp_normalize", "coalesce", "tcp_coalesce", "bursts",
+__all__ = ["Flow", "FlowTable", "TcpNormalizer", "tcp_normalize", "coalesce", "merge_segment", "tcp_coalesce", "bursts",
            "TCP_WINDOW_LIMIT"]
 
 TCP_WINDOW_LIMIT = 1 << 24
@@ -178,25 +180,70 @@ def coalesce(prev: bytes, cur: bytes, max_bytes: int) -> bytes | None:
     return bytes(out)
 
 
+def _is_pure_ack(flags: int, payload_len: int) -> bool:
+    return payload_len == 0 and not flags & 0x07  # no payload, no SYN/FIN/RST
+
+
+def merge_segment(sample, cur: bytes, direction: int, seq: int, payload_len: int, flags: int, max_bytes: int) -> bool:
+    """Coalesce TCP segment ``cur`` (stored bytes from the IP header) into ``sample`` — a dict of the
+    flow's lists ``packets``, ``directions``, ``seqs`` (sequence numbers, relative or absolute) and
+    ``lengths`` (IP lengths) — when the rules of the module docstring allow; returns whether it did."""
+    packets, dirs, seqs, lengths = sample["packets"], sample["directions"], sample["seqs"], sample["lengths"]
+    if not packets:
+        return False
+    if _is_pure_ack(flags, payload_len):
+        if dirs[-1] == direction and _is_pure_ack(_flags_of(packets[-1]), lengths[-1] - _headers_length(packets[-1])):
+            return True
+        return False
+    if payload_len <= 0:
+        return False
+    j = len(packets) - 1
+    while j >= 0 and dirs[j] != direction:  # only the peer's pure ACKs may lie between
+        if not _is_pure_ack(_flags_of(packets[j]), lengths[j] - _headers_length(packets[j])):
+            return False
+        j -= 1
+    if j < 0:
+        return False
+    prev_payload = lengths[j] - _headers_length(packets[j])
+    if prev_payload <= 0 or (seqs[j] + prev_payload - seq) & 0xFFFFFFFF:
+        return False
+    merged = coalesce(packets[j], cur, max_bytes)
+    if merged is None:
+        return False
+    packets[j] = merged
+    lengths[j] += payload_len
+    return True
+
+
+def _flags_of(packet: bytes) -> int:
+    from .decode import parse_ip
+
+    d = parse_ip(bytes(packet))
+    return d.flags if type(d) is Decoded and d.proto == 6 else 0x04  # not TCP: never merged
+
+
 def tcp_coalesce(packets, directions, max_bytes: int) -> tuple[list, list]:
     """:class:`FlowTable`'s write coalescing applied to one flow's packets (sequence numbers as on the
     wire or written back by :func:`.samples.restore_headers`): returns the merged packets and, for
     each, the index of the first original packet it holds."""
     from .decode import parse_ip
 
-    out, first, info = [], [], []  # info: (direction, next relative sequence number) of out[-1]
+    sample = {"packets": [], "directions": [], "seqs": [], "lengths": []}
+    first = []
     for i, (p, direction) in enumerate(zip(packets, directions)):
         d = parse_ip(bytes(p))
-        if type(d) is Decoded and d.proto == 6 and out and info[-1] == (direction, d.seq):
-            merged = coalesce(out[-1], p, max_bytes)
-            if merged is not None:
-                out[-1] = merged
-                info[-1] = (direction, (d.seq + tcp_payload_length(d)) & 0xFFFFFFFF)
+        if type(d) is Decoded and d.proto == 6:
+            if merge_segment(sample, bytes(p), direction, d.seq, tcp_payload_length(d), d.flags, max_bytes):
                 continue
-        out.append(bytes(p))
+            seq, length = d.seq, d.ip_len
+        else:
+            seq, length = 0, len(p)
+        sample["packets"].append(bytes(p))
+        sample["directions"].append(direction)
+        sample["seqs"].append(seq)
+        sample["lengths"].append(length)
         first.append(i)
-        info.append((direction, (d.seq + tcp_payload_length(d)) & 0xFFFFFFFF) if type(d) is Decoded and d.proto == 6 else None)
-    return out, first
+    return sample["packets"], first
 
 
 def tcp_normalize(packets, directions) -> list:
@@ -300,17 +347,12 @@ class FlowTable:
                     if reason is not None:
                         return reason
                 rel = f.tcp.relative(direction, d.seq)
-                if self.coalesce_tcp and f.packets and f.directions[-1] == direction:
-                    prev = f.packets[-1]
-                    prev_payload = f.lengths[-1] - _headers_length(prev)
-                    if f.seqs[-1] + prev_payload == rel:
-                        stored = anonymize(d, self.max_bytes, self.ttl) if self.anon else bytes(d.ip[: self.max_bytes])
-                        merged = coalesce(prev, stored, self.max_bytes)
-                        if merged is not None:
-                            f.packets[-1] = merged
-                            f.lengths[-1] += tcp_payload_length(d)
-                            f.merged += 1
-                            return True
+                if self.coalesce_tcp and f.packets:
+                    stored = anonymize(d, self.max_bytes, self.ttl) if self.anon else bytes(d.ip[: self.max_bytes])
+                    sample = {"packets": f.packets, "directions": f.directions, "seqs": f.seqs, "lengths": f.lengths}
+                    if merge_segment(sample, stored, direction, rel, tcp_payload_length(d), d.flags, self.max_bytes):
+                        f.merged += 1
+                        return True
                 f.seqs.append(rel)
             f.packets.append(anonymize(d, self.max_bytes, self.ttl) if self.anon else bytes(d.ip[: self.max_bytes]))
             f.directions.append(0 if a == f.client else 1)
