@@ -18,7 +18,13 @@ A drop that stays large for ``forest matched`` means the attack removes the info
 classifier reads (e.g. padding to the MTU in front of the payload leaves only packet count,
 direction and flags in the first 64 bytes), not that the model is weak.
 
-usage: python benchmarks/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--json OUT] [--md OUT.md]
+``--packets K`` reads the first K packets of each (shaped, normalised, coalesced) flow instead of the
+dataset's ``max_packets`` (prepare the data with ``--store-packets`` >= K); ``--payload-bytes`` sets how
+many payload bytes per packet the forest sees (0: direction, IP length and flags only). ``--attacks``
+and ``--budgets`` restrict the cells (e.g. ``--attacks padding``).
+
+usage: python benchmarks/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--packets K] [--payload-bytes B]
+       [--attacks NAME ...] [--no-mixed] [--json OUT] [--md OUT.md]
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from traffic_moe_hf.recipes.baselines import dataset_features as features
+from traffic_moe_hf.recipes.baselines import PAYLOAD_BYTES, flow_features
+
+READ = {"packets": None, "payload_bytes": PAYLOAD_BYTES}  # set from the command line
+
+
+def features(cols) -> np.ndarray:
+    return np.stack([flow_features(p, d, n, num_packets=READ["packets"], payload_bytes=READ["payload_bytes"])
+                     for p, d, n in zip(cols["packets"], cols["directions"], cols["ip_lengths"])])
 
 
 def shaped(dataset, name, budget, seed, options):
@@ -67,24 +80,31 @@ def mixed_copies(train, options, copies=3, seed=1):
     return np.concatenate(out)
 
 
-def run_task(data: str, budgets: dict, log) -> dict:
+def run_task(data: str, budgets: dict, log, mixed: bool = True) -> dict:
     from traffic_moe_hf.recipes.common import load_prepared
     from traffic_moe_hf.robustness.attacks import dataset_options
 
     prepared = load_prepared(data)
     train, test = prepared["train"], prepared["test"]
     options = dataset_options(data)
+    if READ["packets"] is None:
+        READ["packets"] = options["max_packets"]
+    options["max_packets"] = READ["packets"]
     y_train, y_test = np.asarray(train["label"]), np.asarray(test["label"])
     x_train = features(shaped(train, None, None, 0, options))
     x_test = features(shaped(test, None, None, 0, options))
     clean_forest = forest(x_train, y_train)
-    log(data, "mixed copies")
-    x_mixed = np.concatenate([x_train, mixed_copies(train, options)])
-    mixed_forest = forest(x_mixed, np.tile(y_train, len(x_mixed) // len(y_train)))
-    result = {"data": data, "train": len(train), "test": len(test),
-              "clean": {"forest clean": macro_f1(y_test, clean_forest.predict(x_test)),
-                        "forest mixed": macro_f1(y_test, mixed_forest.predict(x_test))},
+    mixed_forest = None
+    if mixed:
+        log(data, "mixed copies")
+        x_mixed = np.concatenate([x_train, mixed_copies(train, options)])
+        mixed_forest = forest(x_mixed, np.tile(y_train, len(x_mixed) // len(y_train)))
+    result = {"data": data, "train": len(train), "test": len(test), "packets": READ["packets"],
+              "payload_bytes": READ["payload_bytes"], "options": options,
+              "clean": {"forest clean": macro_f1(y_test, clean_forest.predict(x_test))},
               "attacks": {}}
+    if mixed_forest is not None:
+        result["clean"]["forest mixed"] = macro_f1(y_test, mixed_forest.predict(x_test))
     result["clean"]["forest matched"] = result["clean"]["forest clean"]
     for name, values in budgets.items():
         for budget in values:
@@ -92,19 +112,21 @@ def run_task(data: str, budgets: dict, log) -> dict:
             x_att = features(shaped(test, name, budget, 0, options))  # seed 0: what `traffic-moe robustness` uses
             x_copy = features(shaped(train, name, budget, 1, options))
             matched = forest(np.concatenate([x_train, x_copy]), np.concatenate([y_train, y_train]))
-            result["attacks"].setdefault(name, {})[str(budget)] = {
+            cell = result["attacks"].setdefault(name, {})[str(budget)] = {
                 "forest clean": macro_f1(y_test, clean_forest.predict(x_att)),
                 "forest matched": macro_f1(y_test, matched.predict(x_att)),
-                "forest mixed": macro_f1(y_test, mixed_forest.predict(x_att)),
             }
+            if mixed_forest is not None:
+                cell["forest mixed"] = macro_f1(y_test, mixed_forest.predict(x_att))
     return result
 
 
 def markdown(results: list[dict]) -> str:
-    kinds = ("forest clean", "forest matched", "forest mixed")
     lines = []
     for r in results:
-        lines += [f"**{Path(r['data']).name}** (train {r['train']} flows, test {r['test']}; macro-F1, drop in points)", "",
+        kinds = [k for k in ("forest clean", "forest matched", "forest mixed") if k in r["clean"]]
+        read = f"first {r['packets']} packets, {r['payload_bytes']} payload bytes each" if "packets" in r else "first 8 packets"
+        lines += [f"**{Path(r['data']).name}** (train {r['train']} flows, test {r['test']}; {read}; macro-F1, drop in points)", "",
                   "| attack | budget | " + " | ".join(kinds) + " |", "|---|---|" + "---:|" * len(kinds)]
         lines.append("| clean | – | " + " | ".join(f"{r['clean'][k]:.3f}" for k in kinds) + " |")
         for name, by in r["attacks"].items():
@@ -122,13 +144,22 @@ def main(argv=None) -> int:
     parser.add_argument("data", nargs="+")
     parser.add_argument("--json", default="benchmarks/results/robustness_ceiling.json")
     parser.add_argument("--md", default="benchmarks/results/robustness_ceiling.md")
+    parser.add_argument("--packets", type=int, default=None, help="packets per flow the forest reads (default: the dataset's)")
+    parser.add_argument("--payload-bytes", type=int, default=PAYLOAD_BYTES)
+    parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the forest trained like --adversarial")
     args = parser.parse_args(argv)
+    READ["payload_bytes"] = args.payload_bytes
+    budgets = {k: v for k, v in DEFAULT_BUDGETS.items() if args.attacks is None or k in args.attacks}
     started = time.perf_counter()
 
     def log(*a):
         print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
 
-    results = [run_task(d, DEFAULT_BUDGETS, log) for d in args.data]
+    results = []
+    for d in args.data:
+        READ["packets"] = args.packets
+        results.append(run_task(d, budgets, log, mixed=not args.no_mixed))
     Path(args.json).write_text(json.dumps({"results": results, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
     Path(args.md).write_text(markdown(results) + "\n")
     print(markdown(results))

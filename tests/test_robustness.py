@@ -397,3 +397,29 @@ def test_tcp_coalescing_of_shaped_rows(prepared, tmp_path):
     uncoalesced = attack_columns(ds, make_attack("split", 4), seed=1, **{**opts, "coalesce_tcp": False})
     same_without = sum(a == b for a, b in zip(uncoalesced["input_ids"], clean["input_ids"]))
     assert same == len(ds) and same_without < len(ds) // 2, (same, same_without, len(ds))
+
+
+def test_longer_window_keeps_flow_shape_under_padding(tmp_path):
+    """`prepare --max-packets 16 --packet-bytes 30` (the window that defends padding on tls9, README):
+    shaped rows are cut to 16 packets of 30 tokens, and padding to the MTU changes the sizes of the
+    packets the model reads but not their number or directions once flows are coalesced — the signal
+    a padded flow keeps."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf.cli import main
+
+    out = tmp_path / "p16"
+    assert main(["prepare", str(DEMO), "--out", str(out), "--labels", "file", "--no-progress", "--tcp-coalesce",
+                 "--max-packets", "16", "--packet-bytes", "30", "--store-packets", "32"]) == 0
+    ds = load_from_disk(str(out))["test"]
+    opts = dataset_options(out)
+    assert opts["max_packets"] == 16 and opts["packet_bytes"] == 30
+    clean = attack_columns(ds, None, seed=0, **opts)
+    assert clean["input_ids"] == list(ds["input_ids"])
+    assert max(len(d) for d in clean["directions"]) == 16
+    padded = attack_columns(ds, make_attack("padding", 1500), seed=0, **opts)
+    tcp = [i for i, p in enumerate(ds["packets"]) if p and parse_ip(bytes(p[0])).proto == 6]
+    assert len(tcp) > 10
+    assert all(padded["directions"][i] == clean["directions"][i] for i in tcp)
+    assert sum(padded["ip_lengths"][i] != clean["ip_lengths"][i] for i in tcp) > len(tcp) // 2
+    assert max(len(d) for d in padded["directions"]) == 16
