@@ -350,6 +350,19 @@ def test_augment_split_draws_budgets_from_ranges_and_is_seeded(prepared):
     assert changed >= len(train) // 2, changed
 
 
+def test_adv_attacks_restricts_the_drawn_attacks():
+    """`finetune --adv-attacks padding,headers`: the copies draw only those attacks; unknown names fail."""
+    from traffic_moe_hf.robustness.adversarial import copy_choices, training_ranges
+
+    budgets = training_ranges(["padding", "headers"])
+    drawn = {name for name, _ in copy_choices(500, 0, 0, budgets)}
+    assert drawn == {"padding", "headers"}
+    assert {name for name, _ in copy_choices(500, 0, 0, training_ranges(None))} == {
+        "padding", "split", "chaff", "normalize", "headers"}
+    with pytest.raises(ValueError, match="paddding"):
+        training_ranges(["paddding"])
+
+
 @pytest.mark.parametrize("strength", [2, 4])
 def test_tcp_coalescing_undoes_segment_splitting(full_flows, strength, tmp_path):
     """A real flow and the same flow with every data segment split into `strength` reach the model

@@ -55,6 +55,10 @@ def add_parser(subparsers):
     adv.add_argument("--adversarial", action="store_true",
                      help="shaping augmentation + embedding-space PGD adversarial training")
     adv.add_argument("--adv-copies", type=int, default=1, help="shaped copies per training flow (0: no augmentation)")
+    adv.add_argument("--adv-attacks", default=None,
+                     help="comma list of the shaping attacks the copies draw from (default: all of "
+                          "padding,split,chaff,normalize,headers); e.g. padding,headers,chaff when flow "
+                          "assembly (--tcp-coalesce) already undoes splitting and re-segmentation")
     adv.add_argument("--adv-eps", type=float, default=0.3,
                      help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD)")
     adv.add_argument("--adv-steps", type=int, default=1, help="PGD ascent steps per batch")
@@ -65,12 +69,20 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    if args.adv_attacks:
+        from ..robustness.adversarial import training_ranges
+
+        try:
+            training_ranges([a.strip() for a in args.adv_attacks.split(",") if a.strip()])
+        except ValueError as e:
+            raise SystemExit(f"--adv-attacks: {e}")
     result = finetune(
         data=args.data, out=args.out, init_from=args.init_from, config=args.config, dense=args.dense,
         match=args.match, shots=args.shots, epochs=args.epochs, min_steps=args.min_steps,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
         seed=args.seed, progress=args.progress,
-        adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight)
+        adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight,
+                         attacks=[a.strip() for a in args.adv_attacks.split(",") if a.strip()] if args.adv_attacks else None)
         if args.adversarial else None, head_init=args.head_init,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
@@ -187,13 +199,15 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
         prepared["train"] = few_shot(prepared["train"], shots, seed)
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
-        from ..robustness.adversarial import augment_split
+        from ..robustness.adversarial import augment_split, training_ranges
 
-        prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 1))
+        budgets = training_ranges(adversarial.get("attacks"))
+        prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 1),
+                                          budgets=budgets)
         if use_validation:
             # selected on what it is trained for: clean validation flows + shaped copies of them (other seed)
             prepared[eval_split] = augment_split(prepared[eval_split], data, seed=seed + 10_000,
-                                                 copies=adversarial.get("copies", 1))
+                                                 copies=adversarial.get("copies", 1), budgets=budgets)
     train = model_view(prepared["train"], dense=dense)
     if len(train) == 0:
         raise SystemExit(f"{data}: the train split is empty")

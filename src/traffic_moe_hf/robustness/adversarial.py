@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import ATTACKS, attack_columns, dataset_options, make_attack, row_seed
 
-__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "draw_budget", "draw_choices", "copy_choices", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
+__all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "training_ranges", "draw_budget", "draw_choices", "copy_choices", "shape_rows", "augment_split", "adversarial_trainer", "embedding_pgd", "byte_token_mask"]
 
 TRAIN_BUDGETS = {
     "padding": [8, 32, 64, 256, 1500],
@@ -42,6 +42,16 @@ TRAIN_RANGES = {
     "normalize": ("int", 200, 1500),
     "headers": ("float", 0.05, 1.0),
 }
+
+
+def training_ranges(attacks=None) -> dict:
+    """:data:`TRAIN_RANGES` restricted to ``attacks`` (names; None: all). Unknown names raise ValueError."""
+    if not attacks:
+        return dict(TRAIN_RANGES)
+    unknown = sorted(set(attacks) - set(TRAIN_RANGES))
+    if unknown:
+        raise ValueError(f"unknown shaping attack(s) {unknown}; choose from {sorted(TRAIN_RANGES)}")
+    return {name: TRAIN_RANGES[name] for name in attacks}
 
 
 def draw_budget(rng: np.random.Generator, spec):
