@@ -40,12 +40,14 @@ d = load_from_disk('$E/attack10-p16b64')
 DatasetDict({'train': few_shot(d['train'], 100, 0), 'validation': d['validation'], 'test': d['test']}).save_to_disk('$E/a10cap-p16b64')
 shutil.copyfile('$E/attack10-p16b64/report.json', '$E/a10cap-p16b64/report.json')"
 ft $E/a10cap-p16b64 $E/a10-moe-adv-p16 --epochs 4 $A
+ft $E/a10cap-p16b64 $E/a10-moe-adv-p16-pad --epochs 4 $A --adv-attacks padding,headers,chaff
 
 $T robustness --data $E/tls9-p16b30 --model $E/moe-adv-p16 --name moe_adv_p16 --model $E/moe-adv-p16-s1 --name moe_adv_p16_s1 \
   --model $E/dense-adv-p16 --name dense_adv_p16 --model $E/moe-clean-p16 --name moe_clean_p16 \
   --json $E/rob/p16.json --md $E/rob/p16.md --plot $E/rob/p16.png &
 $T robustness --data $E/tls9-p8b64 --model $E/moe-adv-p8 --name moe_adv_p8 --json $E/rob/p8.json --md $E/rob/p8.md
 $T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-adv-p16 --name a10_moe_adv_p16 --json $E/rob/a10-p16.json --md $E/rob/a10-p16.md
+$T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-adv-p16-pad --name a10_moe_adv_p16_pad --json $E/rob/a10-p16-pad.json --md $E/rob/a10-p16-pad.md
 wait
 for m in moe-adv-p16 moe-adv-p16-s1; do
   $T evaluate --data $E/shifted-p16b30 --model $E/$m --split test --json $E/gen-$m.json --no-audit
