@@ -21,7 +21,7 @@ direction and flags in the first 64 bytes), not that the model is weak.
 ``--packets K`` reads the first K packets of each (shaped, normalised, coalesced) flow instead of the
 dataset's ``max_packets`` (prepare the data with ``--store-packets`` >= K); ``--payload-bytes`` sets how
 many payload bytes per packet the forest sees (0: direction, IP length and flags only). ``--attacks``
-and ``--budgets`` restrict the cells (e.g. ``--attacks padding``).
+restricts the cells (e.g. ``--attacks padding``).
 
 usage: python benchmarks/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--packets K] [--payload-bytes B]
        [--attacks NAME ...] [--no-mixed] [--json OUT] [--md OUT.md]
@@ -37,14 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traffic_moe_hf.recipes.baselines import PAYLOAD_BYTES, flow_features
-
-READ = {"packets": None, "payload_bytes": PAYLOAD_BYTES}  # set from the command line
-
-
-def features(cols) -> np.ndarray:
-    return np.stack([flow_features(p, d, n, num_packets=READ["packets"], payload_bytes=READ["payload_bytes"])
-                     for p, d, n in zip(cols["packets"], cols["directions"], cols["ip_lengths"])])
+from traffic_moe_hf.recipes.baselines import PAYLOAD_BYTES, dataset_features
 
 
 def shaped(dataset, name, budget, seed, options):
@@ -66,7 +59,7 @@ def macro_f1(y, p):
     return round(float(f1_score(y, p, average="macro")), 4)
 
 
-def mixed_copies(train, options, copies=3, seed=1):
+def mixed_copies(train, options, features, copies=3, seed=1):
     """Feature rows of ``copies`` shaped copies, attack and budget per row drawn as finetune --adversarial does."""
     from traffic_moe_hf.robustness.adversarial import copy_choices, shape_rows
     from traffic_moe_hf.robustness.attacks import row_seed
@@ -80,16 +73,20 @@ def mixed_copies(train, options, copies=3, seed=1):
     return np.concatenate(out)
 
 
-def run_task(data: str, budgets: dict, log, mixed: bool = True) -> dict:
+def run_task(data: str, budgets: dict, log, mixed: bool = True, packets: int | None = None,
+             payload_bytes: int = PAYLOAD_BYTES) -> dict:
     from traffic_moe_hf.recipes.common import load_prepared
     from traffic_moe_hf.robustness.attacks import dataset_options
 
     prepared = load_prepared(data)
     train, test = prepared["train"], prepared["test"]
     options = dataset_options(data)
-    if READ["packets"] is None:
-        READ["packets"] = options["max_packets"]
-    options["max_packets"] = READ["packets"]
+    packets = packets or options["max_packets"]
+    options["max_packets"] = packets
+
+    def features(cols):
+        return dataset_features(cols, payload_bytes=payload_bytes, num_packets=packets)
+
     y_train, y_test = np.asarray(train["label"]), np.asarray(test["label"])
     x_train = features(shaped(train, None, None, 0, options))
     x_test = features(shaped(test, None, None, 0, options))
@@ -97,10 +94,10 @@ def run_task(data: str, budgets: dict, log, mixed: bool = True) -> dict:
     mixed_forest = None
     if mixed:
         log(data, "mixed copies")
-        x_mixed = np.concatenate([x_train, mixed_copies(train, options)])
+        x_mixed = np.concatenate([x_train, mixed_copies(train, options, features)])
         mixed_forest = forest(x_mixed, np.tile(y_train, len(x_mixed) // len(y_train)))
-    result = {"data": data, "train": len(train), "test": len(test), "packets": READ["packets"],
-              "payload_bytes": READ["payload_bytes"], "options": options,
+    result = {"data": data, "train": len(train), "test": len(test), "packets": packets,
+              "payload_bytes": payload_bytes, "options": options,
               "clean": {"forest clean": macro_f1(y_test, clean_forest.predict(x_test))},
               "attacks": {}}
     if mixed_forest is not None:
@@ -149,17 +146,14 @@ def main(argv=None) -> int:
     parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks")
     parser.add_argument("--no-mixed", action="store_true", help="skip the forest trained like --adversarial")
     args = parser.parse_args(argv)
-    READ["payload_bytes"] = args.payload_bytes
     budgets = {k: v for k, v in DEFAULT_BUDGETS.items() if args.attacks is None or k in args.attacks}
     started = time.perf_counter()
 
     def log(*a):
         print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
 
-    results = []
-    for d in args.data:
-        READ["packets"] = args.packets
-        results.append(run_task(d, budgets, log, mixed=not args.no_mixed))
+    results = [run_task(d, budgets, log, mixed=not args.no_mixed, packets=args.packets, payload_bytes=args.payload_bytes)
+               for d in args.data]
     Path(args.json).write_text(json.dumps({"results": results, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
     Path(args.md).write_text(markdown(results) + "\n")
     print(markdown(results))

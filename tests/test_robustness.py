@@ -361,6 +361,8 @@ def test_adv_attacks_restricts_the_drawn_attacks():
         "padding", "split", "chaff", "normalize", "headers"}
     with pytest.raises(ValueError, match="paddding"):
         training_ranges(["paddding"])
+    with pytest.raises(ValueError, match="no shaping attack"):
+        training_ranges([])
 
 
 @pytest.mark.parametrize("strength", [2, 4])

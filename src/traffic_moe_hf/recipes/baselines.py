@@ -30,11 +30,11 @@ def flow_features(packets, directions, ip_lengths, num_packets: int = PACKETS, p
     return row
 
 
-def dataset_features(dataset, payload_bytes: int = PAYLOAD_BYTES) -> np.ndarray:
+def dataset_features(dataset, payload_bytes: int = PAYLOAD_BYTES, num_packets: int = PACKETS) -> np.ndarray:
     """Feature rows of a prepared split, or of any mapping with ``packets``/``directions``/``ip_lengths`` lists."""
-    rows = [flow_features(p, d, l, payload_bytes=payload_bytes)
+    rows = [flow_features(p, d, l, num_packets=num_packets, payload_bytes=payload_bytes)
             for p, d, l in zip(dataset["packets"], dataset["directions"], dataset["ip_lengths"])]
-    return np.stack(rows) if rows else np.zeros((0, PACKETS * (3 + payload_bytes)), dtype=np.float32)
+    return np.stack(rows) if rows else np.zeros((0, num_packets * (3 + payload_bytes)), dtype=np.float32)
 
 
 def random_forest(train, evaluated, names: list[str], labels_train=None, labels_eval=None, seed: int = 0,

@@ -69,11 +69,13 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    if args.adv_attacks:
+    attacks = None
+    if args.adv_attacks is not None:
         from ..robustness.adversarial import training_ranges
 
+        attacks = [a.strip() for a in args.adv_attacks.split(",") if a.strip()]
         try:
-            training_ranges([a.strip() for a in args.adv_attacks.split(",") if a.strip()])
+            training_ranges(attacks)  # a clear error now, not after the data is loaded
         except ValueError as e:
             raise SystemExit(f"--adv-attacks: {e}")
     result = finetune(
@@ -82,7 +84,7 @@ def run(args) -> int:
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
         seed=args.seed, progress=args.progress,
         adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight,
-                         attacks=[a.strip() for a in args.adv_attacks.split(",") if a.strip()] if args.adv_attacks else None)
+                         attacks=attacks)
         if args.adversarial else None, head_init=args.head_init,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))

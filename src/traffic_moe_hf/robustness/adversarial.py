@@ -45,9 +45,12 @@ TRAIN_RANGES = {
 
 
 def training_ranges(attacks=None) -> dict:
-    """:data:`TRAIN_RANGES` restricted to ``attacks`` (names; None: all). Unknown names raise ValueError."""
-    if not attacks:
+    """:data:`TRAIN_RANGES` restricted to ``attacks`` (names; None: all). Unknown names, or an empty
+    list, raise ValueError."""
+    if attacks is None:
         return dict(TRAIN_RANGES)
+    if not attacks:
+        raise ValueError(f"no shaping attack given; choose from {sorted(TRAIN_RANGES)}")
     unknown = sorted(set(attacks) - set(TRAIN_RANGES))
     if unknown:
         raise ValueError(f"unknown shaping attack(s) {unknown}; choose from {sorted(TRAIN_RANGES)}")
