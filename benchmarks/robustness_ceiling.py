@@ -19,7 +19,7 @@ classifier reads (e.g. padding to the MTU in front of the payload leaves only pa
 direction and flags in the first 64 bytes), not that the model is weak.
 
 ``--packets K`` reads the first K packets of each (shaped, normalised, coalesced) flow instead of the
-dataset's ``max_packets`` (prepare the data with ``--store-packets`` >= K); ``--payload-bytes`` sets how
+dataset's ``max_packets`` (prepare the data with ``--store-packets`` >= K; a larger K is refused); ``--payload-bytes`` sets how
 many payload bytes per packet the forest sees (0: direction, IP length and flags only). ``--attacks``
 restricts the cells (e.g. ``--attacks padding``).
 
@@ -73,6 +73,13 @@ def mixed_copies(train, options, features, copies=3, seed=1):
     return np.concatenate(out)
 
 
+def stored_packets(data: str, options: dict) -> int:
+    """Packets per flow the prepared dataset keeps (`prepare --store-packets`, else its window)."""
+    report = Path(data) / "report.json"
+    opts = json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
+    return int(opts.get("store_packets") or options["max_packets"])
+
+
 def run_task(data: str, budgets: dict, log, mixed: bool = True, packets: int | None = None,
              payload_bytes: int = PAYLOAD_BYTES) -> dict:
     from traffic_moe_hf.recipes.common import load_prepared
@@ -81,7 +88,11 @@ def run_task(data: str, budgets: dict, log, mixed: bool = True, packets: int | N
     prepared = load_prepared(data)
     train, test = prepared["train"], prepared["test"]
     options = dataset_options(data)
+    stored = stored_packets(data, options)
     packets = packets or options["max_packets"]
+    if packets > stored:  # the missing packets would be zero-filled: the forest would read padding, not traffic
+        raise SystemExit(f"{data}: --packets {packets} but the dataset stores at most {stored} packets per flow "
+                         f"(prepare it with --store-packets {packets} or more)")
     options["max_packets"] = packets
 
     def features(cols):

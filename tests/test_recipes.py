@@ -491,3 +491,30 @@ def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
     assert data_tokenizer(old, legacy_ckpt).header_layout == "full"
     with pytest.raises(SystemExit, match="legacy-ckpt"):
         data_tokenizer(new, legacy_ckpt)
+
+
+def test_dense_baseline_takes_a_16_packet_window(tmp_path):
+    """A long window (16 packets x 96 tokens = 1553 tokens, 1560 once padded to a multiple of 8; attack10
+    at 16 x 64 takes 1048) holds more than BERT's usual 1024 positions. The dense baseline is built with enough positions (pretraining and fine-tuning), and
+    a dense checkpoint with too few is refused with a clear error, not a tensor-size crash."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from traffic_moe_hf.recipes.common import check_dense_positions, data_tokenizer, load_prepared
+
+    data = tmp_path / "p16"
+    prepare([str(DEMO)], str(data), labels="file", split="flow", ratios=(0.6, 0.2, 0.2), progress=False,
+            max_packets=16, store_packets=16, packet_bytes=96)
+    train = load_prepared(str(data))["train"]
+    assert max(len(x) for x in train["input_ids"]) > 1024  # the window really is longer than 1024 tokens
+    tokenizer = data_tokenizer(str(data))
+    result = finetune(str(data), str(tmp_path / "dense"), config="tiny", dense=True, shots=4, min_steps=2, batch_size=36,
+                      progress=False)
+    assert result["model"] == "BertForSequenceClassification"
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "dense")
+    assert model.config.max_position_embeddings == 1560
+    pre = pretrain([str(data)], str(tmp_path / "pre"), config="tiny", dense=True, max_steps=1, batch_size=8, progress=False)
+    assert pre["steps"] == 1
+    short = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=1024))
+    with pytest.raises(SystemExit, match=r"old-ckpt: this dense BERT has 1024 position embeddings but .* 1560 tokens"):
+        check_dense_positions(short, tokenizer, "old-ckpt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -438,3 +439,21 @@ def test_longer_window_keeps_flow_shape_under_padding(tmp_path):
     assert all(padded["directions"][i] == clean["directions"][i] for i in tcp)
     assert sum(padded["ip_lengths"][i] != clean["ip_lengths"][i] for i in tcp) > len(tcp) // 2
     assert max(len(d) for d in padded["directions"]) == 16
+
+
+def test_ceiling_refuses_a_window_longer_than_the_stored_flows(tmp_path):
+    """`benchmarks/robustness_ceiling.py --packets K` with K above `prepare --store-packets`: refused with
+    the dataset named (reading on would give the forest zero-filled packets)."""
+    import importlib.util
+
+    from traffic_moe_hf.cli import main
+
+    out = tmp_path / "p8"
+    assert main(["prepare", str(DEMO), "--out", str(out), "--labels", "file", "--no-progress"]) == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_ceiling.py"
+    spec = importlib.util.spec_from_file_location("robustness_ceiling", script)
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    assert ceiling.stored_packets(str(out), dataset_options(out)) == 8
+    with pytest.raises(SystemExit, match=r"p8: --packets 16 but the dataset stores at most 8"):
+        ceiling.run_task(str(out), {}, lambda *a: None, packets=16)

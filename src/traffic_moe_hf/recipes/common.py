@@ -117,6 +117,22 @@ def moe_config(name: str, **overrides) -> TrafficMoeConfig:
     return TrafficMoeConfig.from_preset(name, **overrides)
 
 
+def dense_positions(tokenizer: TrafficTokenizer, multiple: int = 8) -> int:
+    """Position embeddings the dense BERT baseline needs for ``tokenizer``'s longest flow once the
+    collator pads it to a multiple of ``multiple`` (at least BERT's usual 1024, so the baseline of the
+    default 8 x 64 window keeps its size; 16 x 64 flows are 1041 tokens, padded 1048)."""
+    return max(1024, -(-tokenizer.model_max_length // multiple) * multiple)
+
+
+def check_dense_positions(model, tokenizer: TrafficTokenizer, where) -> None:
+    """A clear error when a dense checkpoint has fewer positions than the data's flows can take."""
+    have, need = model.config.max_position_embeddings, dense_positions(tokenizer)
+    if have < need:
+        raise SystemExit(f"{where}: this dense BERT has {have} position embeddings but the data's flows take up to "
+                         f"{need} tokens ({tokenizer.max_packets} packets x {tokenizer.max_packet_bytes} tokens, padded); "
+                         "pretrain the dense baseline on data prepared with this window, or prepare fewer packets/bytes")
+
+
 def dense_config(moe: TrafficMoeConfig, match: str = "active", max_length: int = 1024, **overrides):
     """A `BertConfig` with Traffic-MoE's width/depth/heads whose FFN width makes its parameter count
     equal the MoE's *active* (per-token) or *total* parameters. ET-BERT is a BERT of this kind."""

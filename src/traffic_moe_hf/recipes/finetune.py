@@ -174,9 +174,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     from .common import (
         TrafficCollator,
         class_weights,
+        check_dense_positions,
         data_tokenizer,
         distinct_weights,
         dense_config,
+        dense_positions,
         few_shot,
         label_names,
         load_prepared,
@@ -216,18 +218,20 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     validation = model_view(prepared[eval_split], dense=dense) if use_validation else None
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
+    tokenizer = data_tokenizer(data, init_from)
     if dense:
         if init_from:
             model = BertForSequenceClassification.from_pretrained(init_from, **labels)
+            check_dense_positions(model, tokenizer, init_from)
         else:
-            model = BertForSequenceClassification(dense_config(moe_config(config, **(config_overrides or {})), match=match, **labels))
+            model = BertForSequenceClassification(dense_config(moe_config(config, **(config_overrides or {})), match=match,
+                                                               max_length=dense_positions(tokenizer), **labels))
     elif init_from:
         model = TrafficMoeForSequenceClassification.from_pretrained(init_from, **labels)
     else:
         model = TrafficMoeForSequenceClassification(moe_config(config, **labels, **(config_overrides or {})))
     if not dense:
         model.config.output_router_logits = True  # router losses join the loss computed below
-    tokenizer = data_tokenizer(data, init_from)
     weights = class_weights(train, len(names)) if use_class_weights else None
     probe = probe_head(model, train, None if weights is None else weights.numpy()) if head_init == "probe" else None
 

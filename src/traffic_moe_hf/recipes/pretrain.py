@@ -166,7 +166,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
     from .. import TrafficMoeForMaskedLM
-    from .common import data_tokenizer, dense_config, load_prepared, model_view, moe_config, parameter_summary
+    from .common import data_tokenizer, dense_config, dense_positions, load_prepared, model_view, moe_config, parameter_summary
     from .expert_load import ExpertLoadCallback
 
     if view_copies < 1:
@@ -193,7 +193,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
 
     cfg = moe_config(config, **(config_overrides or {}))
     if dense:
-        model = BertForMaskedLM(dense_config(cfg, match=match))
+        model = BertForMaskedLM(dense_config(cfg, match=match, max_length=dense_positions(tokenizer)))
     else:
         model = TrafficMoeForMaskedLM(cfg)
     collator = MaskedPacketCollator(
