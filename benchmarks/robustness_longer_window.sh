@@ -60,3 +60,17 @@ for k in 8 16 32; do
     --attacks padding --no-mixed --json benchmarks/results/robustness_ceiling_padding_${k}packets.json \
     --md benchmarks/results/robustness_ceiling_padding_${k}packets.md
 done
+
+# attack10 16 x 64, added later the same day: the clean fine-tuning counterpart, the dense baseline trained
+# like the MoE (needs the dense position-embedding fix: 16 x 64 flows are 1048 tokens once padded), a second
+# MoE seed, and the padding ceiling of a forest trained like --adversarial (budget unknown, "forest mixed")
+ft $E/a10cap-p16b64 $E/a10-moe-clean-p16 --epochs 4 &
+ft $E/a10cap-p16b64 $E/a10-dense-adv-p16 --dense --epochs 4 $A
+wait
+ft $E/a10cap-p16b64 $E/a10-moe-adv-p16-s1 --seed 1 --epochs 4 $A
+$T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-clean-p16 --name a10_moe_clean_p16 --json $E/rob/a10-clean-p16.json --md $E/rob/a10-clean-p16.md
+$T robustness --data $E/a10cap-p16b64 --model $E/a10-dense-adv-p16 --name a10_dense_adv_p16 --json $E/rob/a10-dense-p16.json --md $E/rob/a10-dense-p16.md
+$T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-adv-p16-s1 --name a10_moe_adv_p16_s1 --json $E/rob/a10-p16-s1.json --md $E/rob/a10-p16-s1.md
+.venv/bin/python benchmarks/robustness_ceiling.py $E/attack10-p16b64 --packets 16 --attacks padding \
+  --json benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.json \
+  --md benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.md
