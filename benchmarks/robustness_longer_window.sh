@@ -74,3 +74,6 @@ $T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-adv-p16-s1 --name a10_m
 .venv/bin/python benchmarks/robustness_ceiling.py $E/attack10-p16b64 --packets 16 --attacks padding \
   --json benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.json \
   --md benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.md
+# a second seed of the dense baseline on tls9 16 x 30 (added with the attack10 rows)
+ft $E/tls9-p16b30 $E/dense-adv-p16-s1 --dense --seed 1 $A
+$T robustness --data $E/tls9-p16b30 --model $E/dense-adv-p16-s1 --name dense_adv_p16_s1 --json $E/rob/p16-dense-s1.json --md $E/rob/p16-dense-s1.md
