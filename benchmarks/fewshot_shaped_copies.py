@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
     if mode not in ("plain", "adv") or len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
+    if not (capped / "dataset_dict.json").is_file():
+        raise SystemExit(f"{capped}: no prepared data; run `python {Path(__file__).name} prep` first")
     adversarial = dict(copies=3, eps=0.0, steps=1, weight=0.5) if mode == "adv" else None
     scores = {}
     for seed in map(int, argv[1].split(",")):
