@@ -9,8 +9,8 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 T=.venv/bin/traffic-moe
 mkdir -p runs/norm/logs runs/norm/ckpt runs/norm/rob
 for t in attack10 tls9; do
-  $T prepare ../shared/data/$t --out runs/norm/data-$t --labels file --store-packets 16 --no-progress
-  $T prepare ../shared/data/$t --out runs/norm/data-$t-co --labels file --store-packets 16 --tcp-coalesce --no-progress
+  $T prepare ../shared/data/$t --out runs/norm/data-$t --labels file --large-groups any --store-packets 16 --no-progress
+  $T prepare ../shared/data/$t --out runs/norm/data-$t-co --labels file --large-groups any --store-packets 16 --tcp-coalesce --no-progress
   # training split capped at 200 flows per class, as in real_tasks.py
   .venv/bin/python -c "
 import shutil, sys

@@ -11,8 +11,8 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 T=.venv/bin/traffic-moe
 E=runs/exp
 mkdir -p $E/rob
-$T prepare ../shared/data/tls9 --out $E/tls9-p16b30 --labels file --max-packets 16 --packet-bytes 30 --store-packets 32 --tcp-coalesce --no-progress
-$T prepare ../shared/data/tls9 --out $E/tls9-p8b64 --labels file --store-packets 32 --tcp-coalesce --no-progress
+$T prepare ../shared/data/tls9 --out $E/tls9-p16b30 --labels file --large-groups any --max-packets 16 --packet-bytes 30 --store-packets 32 --tcp-coalesce --no-progress
+$T prepare ../shared/data/tls9 --out $E/tls9-p8b64 --labels file --large-groups any --store-packets 32 --tcp-coalesce --no-progress
 $T prepare data/shifted/tls9-mtu700 --out $E/shifted-p16b30 --labels file --split none --max-packets 16 --packet-bytes 30 --tcp-coalesce --no-progress
 $T prepare data/shifted/tls9-mtu700 --out $E/shifted-p8b64 --labels file --split none --tcp-coalesce --no-progress
 
@@ -31,7 +31,7 @@ ft $E/tls9-p16b30 $E/moe-clean-p16 &
 ft $E/tls9-p16b30 $E/moe-adv-p16-s1 --seed 1 $A
 wait
 # attack10 at 16 packets x 64 tokens (training split capped at 100 flows per class, 4 epochs)
-$T prepare ../shared/data/attack10 --out $E/attack10-p16b64 --labels file --max-packets 16 --store-packets 32 --tcp-coalesce --no-progress
+$T prepare ../shared/data/attack10 --out $E/attack10-p16b64 --labels file --large-groups any --max-packets 16 --store-packets 32 --tcp-coalesce --no-progress
 .venv/bin/python -c "
 import shutil
 from datasets import DatasetDict, load_from_disk

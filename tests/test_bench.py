@@ -26,6 +26,10 @@ def test_models_match_their_descriptions():
     assert abs(equal_total - moe_total) / moe_total < 0.01
     switch_total, _ = count("switch-base")
     assert 0.5 * moe_total < switch_total < 1.5 * moe_total
+    # the accuracy tables' pair: the tiny MoE and a dense BERT with its active parameters
+    tiny_total, tiny_active = count("traffic-moe-tiny")
+    dense_tiny, _ = count("dense-tiny")
+    assert tiny_total > tiny_active and abs(dense_tiny - tiny_active) / tiny_active < 0.02
 
 
 def test_quick_measurement_and_ratios():

@@ -184,3 +184,46 @@ def test_grouped_split_keeps_every_sample_and_no_input_in_two_splits():
     # file and time splits have fixed units: grouping falls back to removal there
     by_time = prepare([str(DEMO)], None, labels="file", split="time", progress=False, save=False)
     assert by_time["split_report"]["duplicates"]["policy"] == "remove"
+
+
+def test_large_groups_go_to_train_so_no_evaluation_split_is_one_repeated_input():
+    """On the demo slice at 60/20/20 one ftp input is repeated by 20 of ftp's 40 flows. Split like any
+    group (``large_groups="any"``) it can land in test and be 20 of ftp's 25 test flows; by default a
+    group larger than the smaller evaluation share of its label (20 % of 40 = 8 flows) trains."""
+    from collections import Counter
+
+    def groups_per_split(report):
+        sizes = {}
+        for split, ds in report["_dataset"].items():
+            c = Counter((tuple(i), tuple(d)) for i, d in zip(ds["input_ids"], ds["direction_ids"]))
+            labels = ds.features["label"].names
+            first = {}
+            for i, d, lab in zip(ds["input_ids"], ds["direction_ids"], ds["label"]):
+                first.setdefault((tuple(i), tuple(d)), labels[lab])
+            sizes[split] = [(first[k], n) for k, n in c.items()]
+        return sizes
+
+    kw = dict(labels="file", ratios=(0.6, 0.2, 0.2), progress=False, save=False)
+    new = prepare([str(DEMO)], None, **kw)
+    old = prepare([str(DEMO)], None, large_groups="any", **kw)
+    per_label = Counter()
+    for ds in new["_dataset"].values():
+        names = ds.features["label"].names
+        per_label.update(names[x] for x in ds["label"])
+    for split in ("validation", "test"):
+        for label, n in groups_per_split(new)[split]:
+            assert n <= 0.2 * per_label[label], (split, label, n)
+    moved = new["split_report"]["groups"]["large_groups_to_train"]
+    assert moved["ftp"] == {"groups": 1, "flows": 20}
+    from traffic_moe_hf.data.prepare import format_report
+
+    assert "ftp 20 flows in 1 group" in format_report(new) and "kept in train" not in format_report(old)
+    assert old["samples"]["test"]["ftp"] == 25 and new["samples"]["test"]["ftp"] == 4  # the case above
+    # nothing lost either way, and still no input in two splits
+    assert new["samples_total"] == old["samples_total"] == 9 * 40
+    owner = {}
+    for split, ds in new["_dataset"].items():
+        for i, d in zip(ds["input_ids"], ds["direction_ids"]):
+            assert owner.setdefault((tuple(i), tuple(d)), split) == split
+    with pytest.raises(ValueError, match="large_groups"):
+        prepare([str(DEMO)], None, large_groups="some", **kw)

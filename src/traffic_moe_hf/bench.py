@@ -13,7 +13,11 @@ GPU: `torch.cuda.max_memory_allocated`). Models:
 * ``switch-base``: transformers' own sparse encoder (`SwitchTransformersEncoderModel`: 12 layers,
   d_model 768, every other layer 16 experts of 2048, top-1 with capacity);
 * ``traffic-moe-base`` (12 x 768, 16 experts of 1024, top-2) and ``traffic-moe-small`` (4 x 256, 8 experts
-  of 512, top-2), with the default experts implementation.
+  of 512, top-2), with the default experts implementation;
+* ``traffic-moe-tiny`` (2 x 64, 4 experts of 64, top-2): the preset behind the accuracy tables of the
+  README (real tasks, generalisation, robustness), and ``dense-tiny``, the dense BERT of those tables
+  (same width/depth, FFN sized to the MoE's active parameters) — so the efficiency figures can be read
+  next to measured accuracy.
 
 Layer level: ``benchmarks/bench_layer.py`` (source checkouts), which this command runs too.
 Every figure of one run comes from the same machine in the same process tree, models interleaved.
@@ -33,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-MODELS = ("dense-etbert", "dense-equal-total", "switch-base", "traffic-moe-base", "traffic-moe-small")
+MODELS = ("dense-etbert", "dense-equal-total", "switch-base", "traffic-moe-base", "traffic-moe-small",
+          "traffic-moe-tiny", "dense-tiny")
 BASELINE = "dense-etbert"
 
 
@@ -67,10 +72,14 @@ def build(name: str):
                                           num_sparse_encoder_layers=6, num_heads=12, num_experts=16,
                                           expert_capacity=64, is_encoder_decoder=False)
         return SwitchTransformersEncoderModel(config).eval(), False
-    if name == "dense-equal-total":  # ET-BERT's depth and width, FFN widened to Traffic-MoE-base's total size
+    if name in ("dense-equal-total", "dense-tiny"):
         from .recipes.common import dense_config
 
-        config = dense_config(TrafficMoeConfig.from_preset("base"), match="total", max_length=520)
+        if name == "dense-equal-total":  # ET-BERT's depth and width, FFN widened to Traffic-MoE-base's total size
+            config = dense_config(TrafficMoeConfig.from_preset("base"), match="total", max_length=520)
+        else:  # the dense baseline of the accuracy tables: tiny's shape, parameters = tiny's active ones
+            config = dense_config(TrafficMoeConfig.from_preset("tiny", max_position_embeddings=520), match="active",
+                                  max_length=520)
     else:
         config = BertConfig(vocab_size=262, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                             intermediate_size=3072, max_position_embeddings=520, type_vocab_size=3)

@@ -29,7 +29,8 @@ def add_parser(subparsers):
                         "reaches 1.0 within 2-5 epochs)")
     p.add_argument("--shots", type=int, default=2, help="few-shot rows: flows per class (default 2)")
     p.add_argument("--seeds", type=int, default=2, help="few-shot rows: seeds averaged (default 2)")
-    p.add_argument("--few-steps", type=int, default=200, help="few-shot: training steps (default 200)")
+    p.add_argument("--few-steps", type=int, default=100,
+                   help="few-shot: training steps (default 100: ~90 epochs of the 18 flows at 2 per class)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
     return p
@@ -81,7 +82,7 @@ def run(args) -> int:
     for name, kwargs in runs.items():
         folder = out / ("finetuned-" + name.lower().replace(" ", "-"))
         print(f"-- {name}", flush=True)
-        finetune(data=data, out=str(folder), epochs=args.finetune_epochs, batch_size=16, lr=2e-3, patience=6,
+        finetune(data=data, out=str(folder), epochs=args.finetune_epochs, batch_size=16, lr=2e-3, patience=3,
                  seed=args.seed, progress=False, **kwargs)
         folders[name] = folder
     few = {name: [] for name in runs}

@@ -40,6 +40,10 @@ def add_parser(subparsers):
     p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
                    help="identical model inputs: group (split flows sharing an input together; default, "
                         "--split flow only, else remove), remove (from the later split) or report")
+    p.add_argument("--large-groups", choices=("train", "any"), default="train",
+                   help="with --dedup group: a group of identical inputs larger than the validation/test share "
+                        "of its label goes to train (default), so one input repeated many times cannot dominate "
+                        "an evaluation split; 'any' splits it like any group (before 2026-11-29)")
     p.add_argument("--max-packets", type=_at_least_one, default=8, help="packets per flow the model reads (first N; default 8)")
     p.add_argument("--store-packets", type=_at_least_one, default=None,
                    help="packets stored per flow (default: --max-packets); more than the model reads lets "
@@ -102,7 +106,7 @@ def run(args) -> int:
         return 2
     report = prepare(
         args.inputs, args.out, labels=args.labels, level=args.level, split=args.split,
-        ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup,
+        ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup, large_groups=args.large_groups,
         max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
         header_layout=args.header_layout, min_packets=args.min_packets,
         store_packets=args.store_packets, normalize_tcp=args.normalize_tcp, coalesce_tcp=args.coalesce_tcp,
@@ -209,7 +213,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
             anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
-            store_packets=None, normalize_tcp=True, coalesce_tcp=False):
+            store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train"):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
@@ -229,6 +233,8 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         max_packets, packet_bytes = tok.max_packets, tok.max_packet_bytes
         header_layout = getattr(tok, "header_layout", "full")
         max_bytes = getattr(tok, "capture_bytes", packet_bytes)
+    if large_groups not in ("train", "any"):
+        raise ValueError(f"large_groups must be 'train' or 'any', not {large_groups!r}")
     if min(max_packets, max_bytes, packet_bytes) < 1:
         raise ValueError("max_packets, max_bytes and packet_bytes must be at least 1")
     store_packets = max(store_packets or max_packets, max_packets)
@@ -240,7 +246,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     report = {
         "inputs": inputs, "out": os.fspath(out) if out else None,
         "options": {"labels": labels, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
-                    "dedup": dedup, "max_packets": max_packets, "store_packets": store_packets,
+                    "dedup": dedup, "large_groups": large_groups, "max_packets": max_packets, "store_packets": store_packets,
                     "normalize_tcp": normalize_tcp, "coalesce_tcp": coalesce_tcp, "max_bytes": max_bytes,
                     "packet_bytes": packet_bytes, "header_layout": header_layout,
                     "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl,
@@ -283,7 +289,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     if bar is not None:
         bar.close()
     t_read = time.perf_counter() - t0
-    ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup)
+    ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups)
     t_assemble = time.perf_counter() - t0 - t_read
     if save and out:
         os.makedirs(out, exist_ok=True)
@@ -379,7 +385,7 @@ def _size(p):
         return 0
 
 
-def _assemble(results, report, cfg, split, ratios, seed, dedup):
+def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups="train"):
     from .splits import assign_splits, dedup_across_splits, duplicate_groups
 
     skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()
@@ -432,7 +438,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup):
         group_of = duplicate_groups(cols["flow_id"], cols["_key"])
         groups = [group_of[f] for f in fids]
     fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [cols["source_file"][i] for i in fi],
-                                          [cols["start_time"][i] for i in fi], split, ratios, seed, groups=groups)
+                                          [cols["start_time"][i] for i in fi], split, ratios, seed, groups=groups,
+                                          large_groups=large_groups)
     fsplit = dict(zip(fids, fsplits))
     splits = [fsplit[cols["flow_id"][i]] for i in range(n)]
     keep, dup_report = dedup_across_splits(cols.get("_key", []), splits, cols.get("label", []),
@@ -548,6 +555,10 @@ def format_report(r: dict) -> str:
     for k, v in r.get("samples_removed", {}).items():
         w(f"  removed {k}: {v}")
     sr = r.get("split_report", {})
+    big = sr.get("groups", {}).get("large_groups_to_train")
+    if big:
+        w("  kept in train (groups of identical inputs larger than a validation/test share; --large-groups): "
+          + ", ".join(f"{lab} {v['flows']} flows in {v['groups']} group{'s' if v['groups'] > 1 else ''}" for lab, v in big.items()))
     if sr.get("labels_missing"):
         w(f"  WARNING labels missing from a split: {sr['labels_missing']}")
     t = r.get("timing", {})

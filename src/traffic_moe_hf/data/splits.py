@@ -20,7 +20,10 @@ packets in every flow.  Three policies:
 ``group``  (default for ``--split flow``) flows that share an input are one unit of splitting
            (connected components, :func:`duplicate_groups`), and the units are split stratified by
            label: identical inputs never sit in two splits, nothing is removed, and every class gets
-           test samples in proportion to its *distinct* inputs.
+           test samples in proportion to its *distinct* inputs. A group larger than the
+           validation/test share of its label (one exchange repeated by a flood, a scan or a
+           scripted client) goes to train (``large_groups="train"``, the default): in an
+           evaluation split it would be one decision counted many times.
 ``remove`` (default for ``file``/``time``, whose units are fixed) a sample whose input already
            appears in an earlier split (order train, validation, test) is removed from the later
            split.  With heavy duplication this leaves a class few or no test samples — and only its
@@ -114,10 +117,17 @@ def duplicate_groups(flow_of_sample, key_of_sample):
     return {flow: find(flow) for flow in parent}
 
 
-def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0, groups=None):
+def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0, groups=None,
+                  large_groups="train"):
     """Split name for every flow (lists are parallel). Returns ``(splits, report)``.
     ``groups`` (``flow`` mode only): a group id per flow; flows of one group share a split, and the
-    groups are split stratified by their most common label."""
+    groups are split stratified by their most common label. ``large_groups="train"``: a group holding
+    more flows than the smaller of the validation/test shares of its label (e.g. more than 10 % of the
+    label's flows at 80/10/10) goes to train, so that no evaluation split is dominated by one input
+    repeated many times; ``"any"`` treats it like every other group (the behaviour before
+    2026-11-29)."""
+    if large_groups not in ("train", "any"):
+        raise ValueError(f"large_groups must be 'train' or 'any', not {large_groups!r}")
     report = {"mode": mode, "ratios": dict(zip(SPLIT_ORDER, ratios)), "seed": seed}
     n = len(flow_ids)
     if mode == "none":
@@ -129,11 +139,29 @@ def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8
         for g, lab in zip(groups, labels):
             members[g][lab] += 1
         units = sorted(members)
-        m = _stratified(units, [members[g].most_common(1)[0][0] for g in units], ratios, seed, report)
+        major = {g: members[g].most_common(1)[0][0] for g in units}
+        forced = {}
+        shares = [r for r in ratios[1:] if r > 0]
+        if large_groups == "train" and shares:
+            per_label = Counter(labels)
+            for g in units:
+                size = sum(members[g].values())
+                if size > 1 and size > min(shares) * per_label[major[g]]:
+                    forced[g] = "train"
+        rest = [g for g in units if g not in forced]
+        m = _stratified(rest, [major[g] for g in rest], ratios, seed, report)
+        m.update(forced)
         splits = [m[g] for g in groups]
         sizes = Counter(sum(members[g].values()) for g in units)
         report["groups"] = {"units": len(units), "flows": n, "largest": max(sizes) if sizes else 0,
-                            "flows_in_groups_of_2_or_more": sum(k * v for k, v in sizes.items() if k > 1)}
+                            "flows_in_groups_of_2_or_more": sum(k * v for k, v in sizes.items() if k > 1),
+                            "large_groups": large_groups}
+        if forced:
+            big = defaultdict(lambda: {"groups": 0, "flows": 0})
+            for g in forced:
+                big[major[g]]["groups"] += 1
+                big[major[g]]["flows"] += sum(members[g].values())
+            report["groups"]["large_groups_to_train"] = dict(sorted(big.items()))
     elif mode == "flow":
         m = _stratified(list(range(n)), list(labels), ratios, seed, report)
         splits = [m[i] for i in range(n)]
