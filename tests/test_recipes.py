@@ -206,6 +206,19 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert Path(saved["plots"]["expert_load"]).stat().st_size > 1000
     card = (out / "README.md").read_text()
     assert "initialised from" in card and "validation macro-F1" in card
+    assert card.count("always tokenize with it") == 1
+    # `evaluate --update-card`: the test figures go into the card's Evaluation section (on a copy)
+    import shutil
+
+    from traffic_moe_hf.recipes.evaluate import add_to_model_card
+
+    copy = tmp_path / "card-copy"
+    shutil.copytree(out, copy)
+    add_to_model_card(copy, result)
+    updated = (copy / "README.md").read_text()
+    evaluation = updated.split("## Evaluation", 1)[1].split("## Limitations", 1)[0]
+    assert f"macro-F1 {result['macro_f1']:.4f}" in evaluation and "| mqtt |" in evaluation
+    assert "Shortcut audit" in evaluation and updated.startswith(card.split("## Evaluation", 1)[0])
 
     capture = DEMO / "mqtt.pcap"
     rows_file = tmp_path / "predictions.csv"

@@ -42,7 +42,7 @@ def _stage(title: str):
 
 def run(args) -> int:
     from .data.prepare import format_report, prepare
-    from .recipes.evaluate import evaluate, format_result
+    from .recipes.evaluate import add_to_model_card, evaluate, format_result
     from .recipes.finetune import finetune
     from .recipes.predict import predict_files
     from .recipes.pretrain import pretrain
@@ -100,6 +100,7 @@ def run(args) -> int:
     results = {}
     for name, folder in folders.items():
         results[name] = evaluate(data, str(folder), split="test", json_out=str(out / "eval" / f"{folder.name}.json"))
+        add_to_model_card(folder, results[name])  # the Hub folder's card gets its test figures
         print(f"-- {name}\n{format_result(results[name])}")
     from datasets import load_from_disk
 

@@ -33,6 +33,8 @@ def add_parser(subparsers):
     p.add_argument("--plots", default=None, help="folder for the PNGs (default: beside --json)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
+    p.add_argument("--update-card", action="store_true",
+                   help="add these results to the model folder's README.md (its Evaluation section)")
     p.set_defaults(func=run)
     return p
 
@@ -41,6 +43,8 @@ def run(args) -> int:
     result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
                       batch_size=args.batch_size, audit=args.audit)
     print(format_result(result))
+    if args.update_card:
+        print(f"model card updated: {add_to_model_card(args.model, result)}")
     return 0
 
 
@@ -148,6 +152,36 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
             result["plots"]["expert_load"] = str(plot_expert_load(result["expert_load"], plot_dir / f"{stem}_expert_load.png"))
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def add_to_model_card(model_path, result: dict) -> Path | None:
+    """Write ``result`` (from :func:`evaluate`) into the model folder's README.md, at the end of its
+    Evaluation section: accuracy, macro-F1, per-class scores and the shortcut audit on the named data
+    and split. Returns the card's path, or None when the folder has no card."""
+    card = Path(model_path) / "README.md"
+    if not card.is_file():
+        return None
+    lines = [f"### {result['split']} split of `{result['data']}` ({result.get('samples', '?')} samples, "
+             f"`traffic-moe evaluate`, {time.strftime('%Y-%m-%d')})", "",
+             f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}", ""]
+    if result.get("per_class"):
+        lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for name, c in result["per_class"].items():
+            if c.get("support") == 0:  # a label of the model absent from this split: no score, not 0
+                lines.append(f"| {name} | – | – | – | 0 (not in this split) |")
+            else:
+                lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c.get('support', '')} |")
+        lines.append("")
+    audit = result.get("shortcut_audit")
+    if audit:
+        lines += [f"Shortcut audit: a random forest on the header fields anonymisation hides ({audit['features']}) "
+                  f"scores accuracy {audit['accuracy']:.4f}, macro-F1 {audit['macro_f1']:.4f} on the same split.", ""]
+    block = "\n".join(lines)
+    text = card.read_text()
+    marker = "\n## Limitations"
+    text = text.replace(marker, "\n" + block + marker, 1) if marker in text else text.rstrip("\n") + "\n\n" + block
+    card.write_text(text)
+    return card
 
 
 # ------------------------------------------------------------------------------------ shortcut audit
