@@ -256,6 +256,21 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert agree >= 0.9 * len(rows), agree
 
 
+def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
+    """Starting a classifier from a masked-packet checkpoint: the new head and the dropped MLM head are
+    named in one line, transformers' UNEXPECTED/MISSING table is not printed, no encoder weight is new."""
+    from traffic_moe_hf import TrafficMoeForSequenceClassification
+    from traffic_moe_hf.recipes.common import from_pretrained_quietly
+
+    path, _summary = pretrained
+    model = from_pretrained_quietly(TrafficMoeForSequenceClassification, str(path), num_labels=9)
+    out = capfd.readouterr()
+    assert model.loading_info["missing"] == ["classifier.bias", "classifier.weight"]
+    assert model.loading_info["encoder_missing"] == [] and model.loading_info["unexpected"]
+    assert "new classifier.bias, classifier.weight" in out.out and "WARNING" not in out.out
+    assert "UNEXPECTED" not in out.out + out.err and "MISSING" not in out.out + out.err
+
+
 def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     few = finetune(str(prepared), str(tmp_path / "few"), config="tiny", shots=2, min_steps=4, epochs=1, batch_size=8,
                    progress=False)

@@ -167,6 +167,37 @@ def dense_config(moe: TrafficMoeConfig, match: str = "active", max_length: int =
     return bert(intermediate)
 
 
+#: weights a classifier adds to a pretrained encoder (MoE head, BERT head and pooler): missing when starting
+#: from a pretraining checkpoint, as expected
+NEW_HEAD_PREFIXES = ("classifier.", "pooler.", "bert.pooler.")
+
+
+def from_pretrained_quietly(cls, path, **kwargs):
+    """``cls.from_pretrained(path)`` for fine-tuning: instead of transformers' load report (a table of
+    UNEXPECTED / MISSING keys that reads like an error when a masked-LM checkpoint gets a new
+    classification head, as it always does here), one line saying what was new and what was left out —
+    and a warning when weights of the encoder itself were missing (not a checkpoint of this model)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    encoder_missing = [k for k in missing if not k.startswith(NEW_HEAD_PREFIXES)]
+    print(f"loaded {path}: new {', '.join(missing) or 'nothing'}; left out {', '.join(unexpected) or 'nothing'}",
+          flush=True)
+    if encoder_missing or info.get("mismatched_keys"):
+        print(f"WARNING {path}: {len(encoder_missing)} encoder weight(s) missing (e.g. {encoder_missing[:3]}) and "
+              f"{len(info.get('mismatched_keys') or ())} of another shape were initialised at random: is this a "
+              "checkpoint of this model?", flush=True)
+    model.loading_info = {"missing": missing, "unexpected": unexpected, "encoder_missing": encoder_missing}
+    return model
+
+
 def parameter_summary(model) -> dict:
     if hasattr(model, "config") and getattr(model.config, "model_type", "") == "traffic_moe":
         total, active = count_parameters(model)

@@ -174,6 +174,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     from .common import (
         TrafficCollator,
         class_weights,
+        from_pretrained_quietly,
         check_dense_positions,
         data_tokenizer,
         distinct_weights,
@@ -221,13 +222,13 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     tokenizer = data_tokenizer(data, init_from)
     if dense:
         if init_from:
-            model = BertForSequenceClassification.from_pretrained(init_from, **labels)
+            model = from_pretrained_quietly(BertForSequenceClassification, init_from, **labels)
             check_dense_positions(model, tokenizer, init_from)
         else:
             model = BertForSequenceClassification(dense_config(moe_config(config, **(config_overrides or {})), match=match,
                                                                max_length=dense_positions(tokenizer), **labels))
     elif init_from:
-        model = TrafficMoeForSequenceClassification.from_pretrained(init_from, **labels)
+        model = from_pretrained_quietly(TrafficMoeForSequenceClassification, init_from, **labels)
     else:
         model = TrafficMoeForSequenceClassification(moe_config(config, **labels, **(config_overrides or {})))
     if not dense:
