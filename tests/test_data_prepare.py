@@ -193,14 +193,12 @@ def test_large_groups_go_to_train_so_no_evaluation_split_is_one_repeated_input()
     from collections import Counter
 
     def groups_per_split(report):
+        """split -> [(label, flows)] per distinct input (identical inputs carry one label here)."""
         sizes = {}
         for split, ds in report["_dataset"].items():
-            c = Counter((tuple(i), tuple(d)) for i, d in zip(ds["input_ids"], ds["direction_ids"]))
-            labels = ds.features["label"].names
-            first = {}
-            for i, d, lab in zip(ds["input_ids"], ds["direction_ids"], ds["label"]):
-                first.setdefault((tuple(i), tuple(d)), labels[lab])
-            sizes[split] = [(first[k], n) for k, n in c.items()]
+            names = ds.features["label"].names
+            c = Counter((tuple(i), tuple(d), names[lab]) for i, d, lab in zip(ds["input_ids"], ds["direction_ids"], ds["label"]))
+            sizes[split] = [(label, n) for (_i, _d, label), n in c.items()]
         return sizes
 
     kw = dict(labels="file", ratios=(0.6, 0.2, 0.2), progress=False, save=False)

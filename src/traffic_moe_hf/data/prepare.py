@@ -19,6 +19,8 @@ import sys
 import time
 from collections import Counter
 
+from .splits import LARGE_GROUPS, check_large_groups
+
 __all__ = ["add_parser", "run", "prepare", "collect_inputs"]
 
 
@@ -40,7 +42,7 @@ def add_parser(subparsers):
     p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
                    help="identical model inputs: group (split flows sharing an input together; default, "
                         "--split flow only, else remove), remove (from the later split) or report")
-    p.add_argument("--large-groups", choices=("train", "any"), default="train",
+    p.add_argument("--large-groups", choices=LARGE_GROUPS, default="train",
                    help="with --dedup group: a group of identical inputs larger than the validation/test share "
                         "of its label goes to train (default), so one input repeated many times cannot dominate "
                         "an evaluation split; 'any' splits it like any group (before 2026-11-29)")
@@ -233,8 +235,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         max_packets, packet_bytes = tok.max_packets, tok.max_packet_bytes
         header_layout = getattr(tok, "header_layout", "full")
         max_bytes = getattr(tok, "capture_bytes", packet_bytes)
-    if large_groups not in ("train", "any"):
-        raise ValueError(f"large_groups must be 'train' or 'any', not {large_groups!r}")
+    check_large_groups(large_groups)  # before any file is read
     if min(max_packets, max_bytes, packet_bytes) < 1:
         raise ValueError("max_packets, max_bytes and packet_bytes must be at least 1")
     store_packets = max(store_packets or max_packets, max_packets)
@@ -385,7 +386,7 @@ def _size(p):
         return 0
 
 
-def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups="train"):
+def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     from .splits import assign_splits, dedup_across_splits, duplicate_groups
 
     skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()

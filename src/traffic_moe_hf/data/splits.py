@@ -38,9 +38,11 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
-__all__ = ["assign_splits", "dedup_across_splits", "duplicate_groups", "SPLIT_MODES", "SPLIT_ORDER"]
+__all__ = ["assign_splits", "check_large_groups", "dedup_across_splits", "duplicate_groups", "LARGE_GROUPS",
+           "SPLIT_MODES", "SPLIT_ORDER"]
 
 SPLIT_MODES = ("flow", "file", "time", "none")
+LARGE_GROUPS = ("train", "any")
 SPLIT_ORDER = ("train", "validation", "test")
 
 
@@ -117,6 +119,11 @@ def duplicate_groups(flow_of_sample, key_of_sample):
     return {flow: find(flow) for flow in parent}
 
 
+def check_large_groups(large_groups):
+    if large_groups not in LARGE_GROUPS:
+        raise ValueError(f"large_groups must be one of {LARGE_GROUPS}, not {large_groups!r}")
+
+
 def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8, 0.1, 0.1), seed=0, groups=None,
                   large_groups="train"):
     """Split name for every flow (lists are parallel). Returns ``(splits, report)``.
@@ -126,8 +133,7 @@ def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8
     label's flows at 80/10/10) goes to train, so that no evaluation split is dominated by one input
     repeated many times; ``"any"`` treats it like every other group (the behaviour before
     2026-11-29)."""
-    if large_groups not in ("train", "any"):
-        raise ValueError(f"large_groups must be 'train' or 'any', not {large_groups!r}")
+    check_large_groups(large_groups)
     report = {"mode": mode, "ratios": dict(zip(SPLIT_ORDER, ratios)), "seed": seed}
     n = len(flow_ids)
     if mode == "none":

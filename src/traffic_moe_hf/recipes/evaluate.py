@@ -44,7 +44,8 @@ def run(args) -> int:
                       batch_size=args.batch_size, audit=args.audit)
     print(format_result(result))
     if args.update_card:
-        print(f"model card updated: {add_to_model_card(args.model, result)}")
+        card = add_to_model_card(args.model, result)
+        print(f"model card updated: {card}" if card else f"{args.model}: no README.md model card, nothing updated")
     return 0
 
 
