@@ -3,7 +3,10 @@
 (b) a scapy per-packet pipeline like the ones today's traffic models ship (PcapReader, per packet
     IP/TCP/UDP layer access, 5-tuple flow dict, header masking through scapy fields, raw bytes).
 
-usage: python benchmarks/bench_prepare.py [DATA_DIR] [--repeats 3] [--scapy-packets 8000]
+Also, with --num-proc 2 against 1 process: the three tasks' folders together (parallel by file), and
+the same captures written into one file (parallel by flow inside it: the case of one large capture).
+
+usage: python benchmarks/bench_prepare.py [DATA_DIR] [--repeats 3] [--scapy-packets 8000] [--no-one-capture]
 Writes benchmarks/results/prepare.json and prepare.md. Not a test: timings depend on the machine.
 Each figure is the median of --repeats runs (scapy: one run over its first --scapy-packets packets,
 it is ~100x slower). prepare runs in-process (imports excluded, as for the baselines) and writes
@@ -108,6 +111,8 @@ def main():
     ap.add_argument("--scapy-packets", type=int, default=8000)
     ap.add_argument("--larger", nargs="*", default=[str(DEFAULT.parent / t) for t in ("loopback9", "tls9", "attack10")],
                     help="also time --num-proc 2 against 1 process on these inputs together (default: the three tasks)")
+    ap.add_argument("--no-one-capture", action="store_true",
+                    help="skip timing the --larger inputs written into one capture (split over processes by flow)")
     a = ap.parse_args()
     files = sorted(glob.glob(os.path.join(a.data, "*.pcap")))
     if not files:
@@ -132,6 +137,15 @@ def main():
         larger = {"inputs": [os.path.basename(d) for d in a.larger], "packets": lr1[0], "files": len(lr1[1]["per_file"]),
                   "seconds_1": round(l1, 4), "seconds_2": round(l2, 4), "all_1": [round(x, 4) for x in la1],
                   "all_2": [round(x, 4) for x in la2], "ratio": round(l1 / l2, 2)}
+    one = None
+    if a.larger and all(os.path.isdir(d) for d in a.larger) and not a.no_one_capture:
+        with tempfile.TemporaryDirectory() as tmp:
+            big = os.path.join(tmp, "one-capture.pcap")
+            n_one = one_capture(a.larger, big)
+            (o1, oa1, or1), (o2, oa2, or2) = interleaved(lambda: run_prepare([big], 1), lambda: run_prepare([big], 2), a.repeats)
+        one = {"inputs": [os.path.basename(d) for d in a.larger], "packets": n_one,
+               "flows": or1[1]["flows"], "split": or2[1]["files_split"], "seconds_1": round(o1, 4), "seconds_2": round(o2, 4),
+               "all_1": [round(x, 4) for x in oa1], "all_2": [round(x, 4) for x in oa2], "ratio": round(o1 / o2, 2)}
     pps = {k: v[0] / v[1] for k, v in rows.items()}
     kb = list(rows)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}"
@@ -144,7 +158,8 @@ def main():
               "rows": {k: {"packets": v[0], "seconds_median": round(v[1], 4), "seconds_all": [round(x, 4) for x in v[2]],
                            "packets_per_s": round(pps[k])} for k, v in rows.items()},
               "ratios": {k: round(v, 2) for k, v in ratios.items()},
-              "prepare_options": report["options"], "prepare_timing_last": report["timing"], "larger": larger}
+              "prepare_options": report["options"], "prepare_timing_last": report["timing"], "larger": larger,
+              "one_capture": one}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare.json").write_text(json.dumps(result, indent=1))
     md = [f"Machine: {machine}. Data: loopback9 ({total} packets, {report['flows']} flows, 9 pcaps); "
@@ -161,8 +176,31 @@ def main():
         md += [f"Larger input ({' + '.join(larger['inputs'])}: {larger['packets']} packets, {larger['files']} files; "
                f"runs alternated, median of {a.repeats}): 1 process {larger['seconds_1']:.3f} s, --num-proc 2 "
                f"{larger['seconds_2']:.3f} s: **{larger['ratio']:.2f}x**.", ""]
+    if one:
+        md += [f"One capture (the Ethernet pcaps of {' + '.join(one['inputs'])} written into one file: {one['packets']} packets, "
+               f"{one['flows']} flows; split over the processes by flow; runs alternated, median of {a.repeats}): 1 process "
+               f"{one['seconds_1']:.3f} s, --num-proc 2 {one['seconds_2']:.3f} s: **{one['ratio']:.2f}x**.", ""]
     (HERE / "results" / "prepare.md").write_text("\n".join(md))
     print("\n".join(md))
+
+
+def one_capture(dirs, out):
+    """Write every Ethernet pcap of ``dirs`` into one capture (file after file), the case of a user
+    with one large capture; returns its packet count."""
+    import dpkt
+
+    n = 0
+    with open(out, "wb") as g:
+        w = dpkt.pcap.Writer(g, linktype=1, snaplen=262144)
+        for p in sorted(f for d in dirs for f in glob.glob(os.path.join(d, "*.pcap"))):
+            with open(p, "rb") as f:
+                r = dpkt.pcap.Reader(f)
+                if r.datalink() != 1:
+                    continue
+                for ts, buf in r:
+                    w.writepkt(buf, ts)
+                    n += 1
+    return n
 
 
 def _records(files):

@@ -156,6 +156,36 @@ def test_num_proc_2_equals_one_process_and_survives_a_dead_worker(monkeypatch):
     assert _rows(rescued["_dataset"]) == _rows(one["_dataset"])
 
 
+def test_one_capture_is_split_over_processes_by_flow(tmp_path):
+    """--num-proc on one large capture: every process reads it and assembles its share of the flows;
+    rows, their order, flow ids and the accounting equal one process's. Ethernet/IPv4 (share chosen
+    from raw bytes, before decoding), packet level, and raw IP with junk records (share chosen after
+    decoding; records that decode to no flow belong to the first process)."""
+    import dpkt
+
+    raw, junk = tmp_path / "raw-ip.pcap", 0
+    with open(DEMO / "http.pcap", "rb") as f, open(raw, "wb") as g:
+        w = dpkt.pcap.Writer(g, linktype=101)
+        for i, (ts, frame) in enumerate(dpkt.pcap.Reader(f)):
+            w.writepkt(frame[14:], ts=ts)
+            if i % 50 == 0:
+                w.writepkt(b"\x00junk", ts=ts)  # IP version 0
+                junk += 1
+    for path, level in ((DEMO / "ftp.pcap", "flow"), (DEMO / "ftp.pcap", "packet"), (raw, "flow")):
+        one = prepare([str(path)], None, labels="file", level=level, num_proc=1, progress=False, save=False)
+        two = prepare([str(path)], None, labels="file", level=level, num_proc=2, progress=False, save=False)
+        [split] = two["files_split"].values()
+        assert split["processes"] == 2 and min(split["flows"]) > 0 and sum(split["flows"]) == one["flows"]
+        assert one["files_split"] == {}
+        for key in ("packets_total", "packets_used", "packets_skipped", "link_types", "flows", "flows_skipped",
+                    "samples", "files_failed", "files_read"):
+            assert one[key] == two[key], (path.name, level, key)
+        assert two["packets_total"] == two["packets_used"] + sum(two["packets_skipped"].values())
+        for name, ds in one["_dataset"].items():
+            assert ds.to_dict() == two["_dataset"][name].to_dict(), (path.name, level, name)
+    assert one["packets_skipped"]["malformed"] == junk > 0  # counted once, by the first process
+
+
 def test_duplicate_groups_are_transitive_and_order_free():
     from traffic_moe_hf.data.splits import duplicate_groups
 

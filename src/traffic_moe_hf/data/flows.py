@@ -314,7 +314,9 @@ class FlowTable:
         """The direction-free flow key of a packet: protocol + the unordered pair of endpoints."""
         return _pair_key(d.proto, (d.src, d.sport), (d.dst, d.dport))
 
-    def add(self, ts: float, d: Decoded) -> bool:
+    def add(self, ts: float, d: Decoded, index: int | None = None) -> bool:
+        """``index``: the number a new flow gets (default: flows created so far; ``prepare`` passes the
+        packet's position in the capture, so that flows numbered in separate processes sort alike)."""
         a = (d.src, d.sport)
         b = (d.dst, d.dport)
         key = _pair_key(d.proto, a, b)
@@ -328,10 +330,11 @@ class FlowTable:
                 self.done.append(f)
                 f = None
         if f is None:
+            n = self.n if index is None else index
             if d.proto == 6 and (d.flags & 0x12) == 0x12:  # first packet seen is a SYN/ACK
-                f = Flow(self.n, d.proto, d.version, b, a, None, ts)
+                f = Flow(n, d.proto, d.version, b, a, None, ts)
             else:
-                f = Flow(self.n, d.proto, d.version, a, b, d.seq if syn else None, ts)
+                f = Flow(n, d.proto, d.version, a, b, d.seq if syn else None, ts)
             f.header_fields = hidden_header_fields(d)
             self.n += 1
             self.open[key] = f

@@ -71,7 +71,8 @@ def add_parser(subparsers):
     p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
     p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")
-    p.add_argument("--num-proc", type=int, default=1, help="worker processes, parallel by file (default 1)")
+    p.add_argument("--num-proc", type=int, default=1, help="worker processes (default 1): parallel by file; a capture larger than its share of the "
+                   "input (e.g. the only one) is split over the processes by flow")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -143,7 +144,7 @@ def collect_inputs(inputs):
 
 
 def _work(item):
-    path, name, cfg = item
+    path, name, cfg, shard, shards = item
     from .samples import process_file
 
     t = time.perf_counter()
@@ -155,7 +156,7 @@ def _work(item):
     gc.disable()
     try:
         try:
-            res = process_file(path, cfg, name)
+            res = process_file(path, cfg, name, shard, shards)
         except Exception as e:  # a bug, not bad input: report it against the file instead of dying
             res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
                    "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
@@ -254,29 +255,32 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
                     "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
                     "num_proc": num_proc},
         "files_total": len(files) + len(missing), "files_read": 0,
-        "files_failed": {m: "no such file or directory" for m in missing}, "files_warnings": {},
+        "files_failed": {m: "no such file or directory" for m in missing}, "files_warnings": {}, "files_split": {},
     }
     if mode == "csv":
         cfg.csv_labels = CsvLabels(csv_path)
         report["label_csv"] = {"path": csv_path, "rows": cfg.csv_labels.rows, "bad_rows": cfg.csv_labels.bad_rows}
     else:
         cfg.root_label = {p: label_from_path(p, mode) for p, _n, _r in files}
-    # parallel by file; biggest files first so the last worker is not left with the largest one
-    order = sorted(range(len(files)), key=lambda i: -_size(files[i][0]))
-    items = [(files[i][0], files[i][1], cfg) for i in order]
-    results = [None] * len(files)
+    # parallel by file, biggest files first so the last worker is not left with the largest one; a file
+    # larger than a fair share of the input (e.g. the only one) is split over the processes by flow
+    sizes = [_size(p) for p, _n, _r in files]
+    shards = [num_proc if num_proc > 1 and size * num_proc > sum(sizes) else 1 for size in sizes]
+    order = sorted(((i, k) for i in range(len(files)) for k in range(shards[i])), key=lambda ik: (-sizes[ik[0]] / shards[ik[0]], ik))
+    items = [(files[i][0], files[i][1], cfg, k, shards[i]) for i, k in order]
+    parts = [[None] * n for n in shards]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(_size(p) for p, _n, _r in files), unit="B", unit_scale=True,
-                   desc="prepare", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="prepare", file=sys.stderr, dynamic_ncols=True)
 
     def done(j, res):
-        results[order[j]] = res
+        i, k = order[j]
+        parts[i][k] = res
         if bar is not None:
-            bar.update(_size(items[j][0]))
-            bar.set_postfix(packets=sum(r["packets_total"] for r in results if r))
+            bar.update(sizes[i] / shards[i])
+            bar.set_postfix(packets=sum(r["packets_total"] for p in parts for r in p if r))
 
     if num_proc > 1 and len(items) > 1:
         if tokenizer is None and cfg.tokenize:
@@ -289,6 +293,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
             done(j, _work(it))
     if bar is not None:
         bar.close()
+    results = [p[0] if len(p) == 1 else merge_shards(p) for p in parts]
     t_read = time.perf_counter() - t0
     ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups)
     t_assemble = time.perf_counter() - t0 - t_read
@@ -308,6 +313,40 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     if not save:
         report["_dataset"] = ds
     return report
+
+
+def merge_shards(parts: list[dict]) -> dict:
+    """One file's result from the results of its shards (``samples.process_file(..., shard, shards)``):
+    counts added up, rows put back in the order of their flows' first packets, flows renumbered
+    0, 1, ... as one process numbers them — the same rows, in the same order, as without sharding."""
+    import pyarrow as pa
+
+    failed = [p for p in parts if p["error"]]
+    if failed:
+        return failed[0]
+    out = dict(parts[0])  # shard 0 carries the file's totals, link types and warning
+    for k in ("packets_used", "flows", "flows_used"):
+        out[k] = sum(p[k] for p in parts)
+    for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped"):
+        out[k] = sum((Counter(p[k]) for p in parts), Counter())
+    out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
+    out["shard_flows"] = [p["flows"] for p in parts]
+    cols = [p["columns"] for p in parts]
+    # flow ids are "<file>#<position of the flow's first packet>" here; rows sort by it, then by packet
+    position = [int(fid.rsplit("#", 1)[1]) for c in cols for fid in c["flow_id"]]
+    packet = [i for c in cols for i in c["packet_index"]]
+    perm = sorted(range(len(position)), key=lambda r: (position[r], packet[r]))
+    rank = {q: n for n, q in enumerate(sorted(set(position)))}
+    merged = {}
+    for k in cols[0]:
+        if isinstance(cols[0][k], (pa.Array, pa.ChunkedArray)):
+            merged[k] = pa.concat_arrays([c[k] for c in cols]).take(pa.array(perm, type=pa.int64()))
+        else:
+            flat = [v for c in cols for v in c[k]]
+            merged[k] = [flat[r] for r in perm]
+    merged["flow_id"] = [f"{fid.rsplit('#', 1)[0]}#{rank[position[r]]}" for fid, r in zip(merged["flow_id"], perm)]
+    out["columns"] = merged
+    return out
 
 
 def _run_parallel(items, num_proc, done):
@@ -398,6 +437,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
         report["files_read"] += 1
         if r["warning"]:
             report["files_warnings"][r["file"]] = r["warning"]
+        if r.get("shard_flows"):  # one capture split over processes by flow (prepare's --num-proc)
+            report["files_split"][r["file"]] = {"processes": len(r["shard_flows"]), "flows": r["shard_flows"]}
         skipped.update(r["packets_skipped"])
         protos.update(r["ip_protocols_skipped"])
         lts.update(r["link_types"])

@@ -152,9 +152,24 @@ def _empty_columns():
     return {c: [] for c in COLUMNS}
 
 
-def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None) -> dict:
+def flow_shard(d: Decoded, shards: int) -> int:
+    """Which of ``shards`` processes handles the flow of ``d`` when one capture is split over processes:
+    the XOR of the port bytes and of the addresses' last bytes, modulo ``shards``. Cheap (the raw-byte
+    form in :func:`process_file` skips the decode of other processes' packets), the same in every
+    process, and the same for both directions of a flow. Ephemeral ports spread flows evenly."""
+    return (d.sport >> 8 ^ d.sport & 255 ^ d.dport >> 8 ^ d.dport & 255 ^ d.src[-1] ^ d.dst[-1]) % shards
+
+
+def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None, shard: int = 0, shards: int = 1) -> dict:
     """Read one capture and build its samples. Never raises for bad input: an unreadable file is
-    returned with ``error`` set, a damaged one with ``warning``."""
+    returned with ``error`` set, a damaged one with ``warning``.
+
+    ``shards > 1`` splits one capture over processes by flow: this call reads every record but
+    decodes and assembles only the flows whose endpoints :func:`flow_shard` gives to ``shard``
+    (records that decode to no flow belong to shard 0). Shard 0 alone reports the file's totals
+    (``packets_total``, link types, warning); the others report only what they used or skipped, so the
+    shards' accounts add up to the file's. Flows keep the position of their first packet in the
+    capture as their number, so ``prepare`` can put the shards' rows back in one process's order."""
     name = display_name or path
     res = {
         "file": name, "error": None, "warning": None, "format": None,
@@ -183,11 +198,24 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None)
             lts[lt] += 1
             # fast path for the common case (Ethernet, no VLAN, IPv4): one call instead of three
             if lt == 1 and frame[12:14] == b"\x08\x00":
+                owner = shard
+                if shards > 1:  # flow_shard from the raw bytes of an unfragmented IPv4 TCP/UDP packet
+                    p = 14 + (frame[14] & 15) * 4
+                    if p >= 34 and len(frame) >= p + 4 and frame[23] in (6, 17) and not (frame[20] & 0x3F or frame[21]):
+                        if (frame[p] ^ frame[p + 1] ^ frame[p + 2] ^ frame[p + 3] ^ frame[29] ^ frame[33]) % shards != shard:
+                            continue  # another process's flow: not even decoded here
+                    else:
+                        owner = None
                 d = parse_ip(frame[14:])
             else:
+                owner = None if shards > 1 else shard
                 d = decode(lt, frame)
+            if owner is None:  # sharded, and only a full decode tells whose packet this is
+                owner = flow_shard(d, shards) if type(d) is Decoded else 0
+                if owner != shard:
+                    continue
             if type(d) is Decoded:
-                kept = add(ts, d)
+                kept = add(ts, d, total)
                 if kept is not True:
                     if kept is False:
                         beyond += 1
@@ -198,13 +226,17 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None)
                 protos[d[1]] += 1
             else:
                 skipped[d] += 1
-    res["warning"] = rs.warning
-    res["packets_total"] = total
-    res["link_types"] = Counter({linktype_name(k): v for k, v in lts.items()})
+    if shard == 0:
+        res["warning"] = rs.warning
+        res["packets_total"] = total
+        res["link_types"] = Counter({linktype_name(k): v for k, v in lts.items()})
     res["ip_protocols_skipped"] = Counter({_proto_name(k): v for k, v in protos.items()})
     if beyond:
         skipped["beyond_max_packets"] += beyond
-    flows = table.finish()
+    flows = table.finish()  # in order of their first packets
+    if shards == 1:  # numbered 0, 1, ... here; sharded flows keep their first packet's position (see above)
+        for i, f in enumerate(flows):
+            f.index = i
     res["flows"] = len(flows)
     _build_rows(res, flows, cfg, name, path)
     return res
