@@ -145,10 +145,10 @@ def test_num_proc_2_equals_one_process_and_survives_a_dead_worker(monkeypatch):
     main_pid = os.getpid()
     real_work = prep_mod._work
 
-    def dying_work(item):
+    def dying_work(item, *args):
         if os.getpid() != main_pid:
             os._exit(3)  # every file a child claims is lost with it
-        return real_work(item)
+        return real_work(item, *args)
 
     monkeypatch.setattr(prep_mod, "_work", dying_work)
     rescued = prepare([str(DEMO)], None, labels="file", num_proc=2, progress=False, save=False)
@@ -255,3 +255,43 @@ def test_large_groups_go_to_train_so_no_evaluation_split_is_one_repeated_input()
             assert owner.setdefault((tuple(i), tuple(d)), split) == split
     with pytest.raises(ValueError, match="large_groups"):
         prepare([str(DEMO)], None, large_groups="some", **kw)
+
+
+def test_progress_moves_while_a_large_capture_is_read(tmp_path, monkeypatch):
+    """process_file reports how far into the file it has read (every 8192 records; for gzip, in the
+    compressed file), so prepare's progress bar moves during one large capture, in any process."""
+    import gzip
+
+    import dpkt
+
+    from traffic_moe_hf.data.samples import PrepareConfig, process_file
+
+    with open(DEMO / "http.pcap", "rb") as f:
+        frames = [(ts, frame) for ts, frame in dpkt.pcap.Reader(f)]
+    big = tmp_path / "big.pcap"
+    with open(big, "wb") as g:
+        w = dpkt.pcap.Writer(g, linktype=1)
+        for i in range(20000):
+            ts, frame = frames[i % len(frames)]
+            w.writepkt(frame, ts=ts + i // len(frames))
+    (tmp_path / "big.pcap.gz").write_bytes(gzip.compress(big.read_bytes()))
+    for path in (big, tmp_path / "big.pcap.gz"):
+        seen = []
+        cfg = PrepareConfig(label_mode="dir")
+        cfg.root_label = {str(path): "x"}
+        r = process_file(str(path), cfg, on_progress=seen.append)
+        assert r["packets_total"] == 20000 and len(seen) == 20000 // 8192
+        assert seen == sorted(seen) and 0 < seen[0] < seen[-1] <= path.stat().st_size
+    # the bar, with the capture split over two processes, ends at the input's size
+    from tqdm import tqdm
+
+    bars = []
+    real_init = tqdm.__init__
+
+    def keep(self, *a, **k):
+        real_init(self, *a, **k)
+        bars.append(self)
+
+    monkeypatch.setattr(tqdm, "__init__", keep)
+    report = prepare([str(big)], None, labels="file", num_proc=2, progress=True, save=False)
+    assert report["files_split"] and round(bars[0].n) == bars[0].total == big.stat().st_size

@@ -143,7 +143,7 @@ def collect_inputs(inputs):
     return out, missing
 
 
-def _work(item):
+def _work(item, on_progress=None):
     path, name, cfg, shard, shards = item
     from .samples import process_file
 
@@ -156,7 +156,7 @@ def _work(item):
     gc.disable()
     try:
         try:
-            res = process_file(path, cfg, name, shard, shards)
+            res = process_file(path, cfg, name, shard, shards, on_progress)
         except Exception as e:  # a bug, not bad input: report it against the file instead of dying
             res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
                    "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
@@ -269,28 +269,30 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     order = sorted(((i, k) for i in range(len(files)) for k in range(shards[i])), key=lambda ik: (-sizes[ik[0]] / shards[ik[0]], ik))
     items = [(files[i][0], files[i][1], cfg, k, shards[i]) for i, k in order]
     parts = [[None] * n for n in shards]
-    bar = None
+    parallel = num_proc > 1 and len(items) > 1
+    bar = progress_of = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="prepare", file=sys.stderr, dynamic_ncols=True)
+        progress_of = _Progress(bar, [sizes[i] / shards[i] for i, _k in order], [sizes[i] for i, _k in order], parallel)
 
     def done(j, res):
         i, k = order[j]
         parts[i][k] = res
         if bar is not None:
-            bar.update(sizes[i] / shards[i])
+            progress_of.finished(j)
             bar.set_postfix(packets=sum(r["packets_total"] for p in parts for r in p if r))
 
-    if num_proc > 1 and len(items) > 1:
+    if parallel:
         if tokenizer is None and cfg.tokenize:
             from .samples import get_tokenizer, tokenizer_settings
 
             get_tokenizer(None, tokenizer_settings(cfg))  # build once before forking
-        _run_parallel(items, min(num_proc, len(items)), done)
+        _run_parallel(items, min(num_proc, len(items)), done, progress_of)
     else:
         for j, it in enumerate(items):
-            done(j, _work(it))
+            done(j, _work(it, progress_of and progress_of.callback(j)))
     if bar is not None:
         bar.close()
     results = [p[0] if len(p) == 1 else merge_shards(p) for p in parts]
@@ -313,6 +315,38 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     if not save:
         report["_dataset"] = ds
     return report
+
+
+class _Progress:
+    """The progress bar in bytes, moved while a file is read (not only when it is done): every item
+    (a file, or one process's share of a split file) reports how far into its file it has read; with
+    worker processes through a shared array, which the main process sums into the bar while it works
+    and while it waits."""
+
+    def __init__(self, bar, weights, sizes, shared):
+        import multiprocessing as mp
+
+        self.bar, self.weights, self.sizes = bar, weights, sizes
+        ctx = mp.get_context("fork") if shared and "fork" in mp.get_all_start_methods() else None
+        self.read = ctx.Array("d", len(sizes), lock=False) if ctx else [0.0] * len(sizes)
+
+    def callback(self, j, refresh=True):
+        """``on_progress`` of item ``j`` (``refresh``: also move the bar; off in worker processes)."""
+        def report(position):
+            if position is not None and self.sizes[j] > 0:
+                self.read[j] = min(position / self.sizes[j], 1.0)
+                if refresh:
+                    self.refresh()
+        return report
+
+    def finished(self, j):
+        self.read[j] = 1.0
+        self.refresh()
+
+    def refresh(self):
+        done = sum(w * f for w, f in zip(self.weights, self.read))
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
 
 
 def merge_shards(parts: list[dict]) -> dict:
@@ -349,7 +383,7 @@ def merge_shards(parts: list[dict]) -> dict:
     return out
 
 
-def _run_parallel(items, num_proc, done):
+def _run_parallel(items, num_proc, done, progress=None):
     """Work through ``items`` with ``num_proc`` processes: this one plus ``num_proc - 1`` forked
     children, each claiming the next item from a shared counter (biggest files first). The main
     process works too, so no core sits idle while it waits, and its results are never pickled.
@@ -362,7 +396,7 @@ def _run_parallel(items, num_proc, done):
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     counter = ctx.Value("i", 0)
     results = ctx.Queue()
-    children = [ctx.Process(target=_child, args=(items, counter, results), daemon=True) for _ in range(num_proc - 1)]
+    children = [ctx.Process(target=_child, args=(items, counter, results, progress), daemon=True) for _ in range(num_proc - 1)]
     for c in children:
         c.start()
     got = set()
@@ -374,6 +408,8 @@ def _run_parallel(items, num_proc, done):
             try:
                 j, res = results.get(timeout=0.2) if block else results.get_nowait()
             except queue_mod.Empty:
+                if progress is not None:
+                    progress.refresh()  # the children's progress, while this process waits
                 return got_any
             got.add(j)
             done(j, res)
@@ -385,7 +421,7 @@ def _run_parallel(items, num_proc, done):
         j = _claim(counter)
         if j >= len(items):
             break
-        res = _work(items[j])
+        res = _work(items[j], progress and progress.callback(j))
         got.add(j)
         done(j, res)
         drain(False)
@@ -408,12 +444,12 @@ def _claim(counter):
     return j
 
 
-def _child(items, counter, results):
+def _child(items, counter, results, progress=None):
     while True:
         j = _claim(counter)
         if j >= len(items):
             break
-        results.put((j, _work(items[j])))
+        results.put((j, _work(items[j], progress and progress.callback(j, refresh=False))))
     results.close()
     results.join_thread()
 

@@ -102,6 +102,15 @@ class RecordStream:
     def __iter__(self):
         return self._iter
 
+    def position(self) -> int | None:
+        """Bytes of the file read so far (of the compressed file for gzip), for progress bars; None
+        for a stream that cannot tell (a pipe)."""
+        raw = getattr(self.fileobj, "fileobj", None) or self.fileobj  # GzipFile -> the file under it
+        try:
+            return raw.tell()
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def close(self):
         try:
             self.fileobj.close()

@@ -160,7 +160,8 @@ def flow_shard(d: Decoded, shards: int) -> int:
     return (d.sport >> 8 ^ d.sport & 255 ^ d.dport >> 8 ^ d.dport & 255 ^ d.src[-1] ^ d.dst[-1]) % shards
 
 
-def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None, shard: int = 0, shards: int = 1) -> dict:
+def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None, shard: int = 0, shards: int = 1,
+                 on_progress=None) -> dict:
     """Read one capture and build its samples. Never raises for bad input: an unreadable file is
     returned with ``error`` set, a damaged one with ``warning``.
 
@@ -169,7 +170,9 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
     (records that decode to no flow belong to shard 0). Shard 0 alone reports the file's totals
     (``packets_total``, link types, warning); the others report only what they used or skipped, so the
     shards' accounts add up to the file's. Flows keep the position of their first packet in the
-    capture as their number, so ``prepare`` can put the shards' rows back in one process's order."""
+    capture as their number, so ``prepare`` can put the shards' rows back in one process's order.
+
+    ``on_progress(bytes_read)`` is called every 8192 records (progress bars of large captures)."""
     name = display_name or path
     res = {
         "file": name, "error": None, "warning": None, "format": None,
@@ -196,6 +199,8 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
         for ts, lt, frame in rs:
             total += 1
             lts[lt] += 1
+            if not total & 8191 and on_progress is not None:
+                on_progress(rs.position())
             # fast path for the common case (Ethernet, no VLAN, IPv4): one call instead of three
             if lt == 1 and frame[12:14] == b"\x08\x00":
                 owner = shard
