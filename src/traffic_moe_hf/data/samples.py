@@ -206,7 +206,8 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
                 owner = shard
                 if shards > 1:  # flow_shard from the raw bytes of an unfragmented IPv4 TCP/UDP packet
                     p = 14 + (frame[14] & 15) * 4
-                    if p >= 34 and len(frame) >= p + 4 and frame[23] in (6, 17) and not (frame[20] & 0x3F or frame[21]):
+                    if (p >= 34 and len(frame) >= p + 4 and frame[14] >> 4 == 4 and frame[23] in (6, 17)
+                            and not (frame[20] & 0x3F or frame[21])):
                         if (frame[p] ^ frame[p + 1] ^ frame[p + 2] ^ frame[p + 3] ^ frame[29] ^ frame[33]) % shards != shard:
                             continue  # another process's flow: not even decoded here
                     else:
