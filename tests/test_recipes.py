@@ -202,6 +202,15 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert result["accuracy"] > 3 * chance, result["accuracy"]
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "shortcut_audit", "expert_load"} <= set(saved)
+    # macro-F1 with every distinct model input counted once, beside the per-flow one
+    from datasets import load_from_disk
+
+    test = load_from_disk(str(prepared))["test"]
+    distinct = {(tuple(i), tuple(d), y) for i, d, y in zip(test["input_ids"], test["direction_ids"], test["label"])}
+    assert saved["distinct_inputs"] == len(distinct) <= saved["samples"]
+    assert 0 < saved["macro_f1_distinct"] <= 1
+    if len(distinct) == saved["samples"]:
+        assert saved["macro_f1_distinct"] == pytest.approx(saved["macro_f1"])
     assert Path(saved["plots"]["confusion_matrix"]).stat().st_size > 1000
     assert Path(saved["plots"]["expert_load"]).stat().st_size > 1000
     card = (out / "README.md").read_text()

@@ -96,7 +96,16 @@ def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
 
 
 def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True) -> dict:
-    from .common import data_tokenizer, device_summary, label_names, load_prepared, model_view, parameter_summary
+    from .common import (
+        data_tokenizer,
+        device_summary,
+        distinct_weights,
+        label_names,
+        load_prepared,
+        macro_f1,
+        model_view,
+        parameter_summary,
+    )
 
     prepared = load_prepared(data)
     data_tokenizer(data, model_path)  # the model's input layout must be the data's
@@ -127,11 +136,16 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     from .common import classification_metrics
 
     metrics = classification_metrics(labels[keep], logits.argmax(-1), names_model)
+    # flows with identical model input share a split and can be much of a class there (a tool repeating
+    # one connection): the same macro-F1 with every distinct input counted once shows how much they weigh
+    weights = distinct_weights(dataset.select(keep))
     result = {
         "model": str(model_path),
         "data": str(data),
         "split": split,
         **metrics,
+        "macro_f1_distinct": macro_f1(labels[keep], logits.argmax(-1), weights) if len(keep) else 0.0,
+        "distinct_inputs": int(round(float(weights.sum()))),
         "samples_skipped_unknown_label": unknown,
         "flows_per_second": len(keep) / seconds if seconds > 0 else None,
         "device": device_summary(),
@@ -164,7 +178,9 @@ def add_to_model_card(model_path, result: dict) -> Path | None:
         return None
     lines = [f"### {result['split']} split of `{result['data']}` ({result.get('samples', '?')} samples, "
              f"`traffic-moe evaluate`, {time.strftime('%Y-%m-%d')})", "",
-             f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}", ""]
+             f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
+             + (f" ({result['distinct_inputs']} distinct inputs; macro-F1 with each counted once {result['macro_f1_distinct']:.4f})"
+                if result.get("distinct_inputs", result.get("samples")) < result.get("samples", 0) else ""), ""]
     if result.get("per_class"):
         lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for name, c in result["per_class"].items():
@@ -281,6 +297,8 @@ def format_result(result: dict) -> str:
     lines = [
         f"{result['split']}: {result['samples']} samples, accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
     ]
+    if "macro_f1_distinct" in result and result.get("distinct_inputs", result["samples"]) < result["samples"]:
+        lines.append(f"  {result['distinct_inputs']} distinct inputs; macro-F1 with each counted once {result['macro_f1_distinct']:.4f}")
     if result.get("samples_skipped_unknown_label"):
         lines.append(f"  skipped (label unknown to the model): {result['samples_skipped_unknown_label']}")
     width = max(len(n) for n in result["per_class"])
