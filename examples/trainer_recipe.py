@@ -30,7 +30,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import load_from_disk
 from transformers import (
@@ -43,7 +42,7 @@ from transformers import (
 
 from traffic_moe_hf import TrafficMoeConfig
 from traffic_moe_hf.data.prepare import format_report, prepare
-from traffic_moe_hf.recipes.common import TrafficCollator, classification_metrics, data_tokenizer, model_view
+from traffic_moe_hf.recipes.common import TrafficCollator, data_tokenizer, model_view, trainer_metrics
 from traffic_moe_hf.recipes.pretrain import MaskedPacketCollator
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "loopback9"
@@ -93,11 +92,7 @@ def main(argv=None) -> dict:
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     classifier = AutoModelForSequenceClassification.from_pretrained(str(pretrained), **labels)
 
-    def metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        m = classification_metrics(prediction.label_ids, np.asarray(logits).argmax(-1), names)
-        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-
+    metrics = trainer_metrics(names)  # accuracy and macro-F1, computed locally (scikit-learn)
     steps_per_epoch = max(1, -(-len(splits["train"]) // args.batch_size))
     trainer = Trainer(model=classifier, train_dataset=model_view(splits["train"]),
                       eval_dataset=model_view(splits["validation"]), data_collator=TrafficCollator(tokenizer),

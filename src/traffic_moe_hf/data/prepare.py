@@ -265,7 +265,8 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     # parallel by file, biggest files first so the last worker is not left with the largest one; a file
     # larger than a fair share of the input (e.g. the only one) is split over the processes by flow
     sizes = [_size(p) for p, _n, _r in files]
-    shards = [num_proc if num_proc > 1 and size * num_proc > sum(sizes) else 1 for size in sizes]
+    total_size = sum(sizes)
+    shards = [num_proc if num_proc > 1 and size * num_proc > total_size else 1 for size in sizes]
     order = sorted(((i, k) for i in range(len(files)) for k in range(shards[i])), key=lambda ik: (-sizes[ik[0]] / shards[ik[0]], ik))
     items = [(files[i][0], files[i][1], cfg, k, shards[i]) for i, k in order]
     parts = [[None] * n for n in shards]
@@ -274,7 +275,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="prepare", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total_size, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, dynamic_ncols=True)
         progress_of = _Progress(bar, [sizes[i] / shards[i] for i, _k in order], [sizes[i] for i, _k in order], parallel)
 
     def done(j, res):

@@ -169,6 +169,13 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     return result
 
 
+def distinct_note(result: dict) -> str:
+    """'N distinct inputs; macro-F1 with each counted once X' when the evaluated split repeats inputs, else ''."""
+    if "macro_f1_distinct" not in result or result.get("distinct_inputs", 0) >= result.get("samples", 0):
+        return ""
+    return f"{result['distinct_inputs']} distinct inputs; macro-F1 with each counted once {result['macro_f1_distinct']:.4f}"
+
+
 def add_to_model_card(model_path, result: dict) -> Path | None:
     """Write ``result`` (from :func:`evaluate`) into the model folder's README.md, at the end of its
     Evaluation section: accuracy, macro-F1, per-class scores and the shortcut audit on the named data
@@ -179,8 +186,7 @@ def add_to_model_card(model_path, result: dict) -> Path | None:
     lines = [f"### {result['split']} split of `{result['data']}` ({result.get('samples', '?')} samples, "
              f"`traffic-moe evaluate`, {time.strftime('%Y-%m-%d')})", "",
              f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
-             + (f" ({result['distinct_inputs']} distinct inputs; macro-F1 with each counted once {result['macro_f1_distinct']:.4f})"
-                if result.get("distinct_inputs", result.get("samples")) < result.get("samples", 0) else ""), ""]
+             + (f" ({distinct_note(result)})" if distinct_note(result) else ""), ""]
     if result.get("per_class"):
         lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for name, c in result["per_class"].items():
@@ -297,8 +303,8 @@ def format_result(result: dict) -> str:
     lines = [
         f"{result['split']}: {result['samples']} samples, accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
     ]
-    if "macro_f1_distinct" in result and result.get("distinct_inputs", result["samples"]) < result["samples"]:
-        lines.append(f"  {result['distinct_inputs']} distinct inputs; macro-F1 with each counted once {result['macro_f1_distinct']:.4f}")
+    if distinct_note(result):
+        lines.append(f"  {distinct_note(result)}")
     if result.get("samples_skipped_unknown_label"):
         lines.append(f"  skipped (label unknown to the model): {result['samples_skipped_unknown_label']}")
     width = max(len(n) for n in result["per_class"])
