@@ -360,6 +360,7 @@ def merge_shards(parts: list[dict]) -> dict:
     if failed:
         return failed[0]
     out = dict(parts[0])  # shard 0 carries the file's totals, link types and warning
+    out.pop("flow_position", None)
     for k in ("packets_used", "flows", "flows_used"):
         out[k] = sum(p[k] for p in parts)
     for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped"):
@@ -367,9 +368,12 @@ def merge_shards(parts: list[dict]) -> dict:
     out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
     out["shard_flows"] = [p["flows"] for p in parts]
     cols = [p["columns"] for p in parts]
-    # flow ids are "<file>#<position of the flow's first packet>" here; rows sort by it, then by packet
-    position = [int(fid.rsplit("#", 1)[1]) for c in cols for fid in c["flow_id"]]
+    # per row, the position of its flow's first packet in the capture (process_file with shards > 1):
+    # rows sort by it, then by packet, and flows are renumbered by its rank
+    position = [q for p in parts for q in p.get("flow_position", ())]
     packet = [i for c in cols for i in c["packet_index"]]
+    if len(position) != len(packet):
+        raise ValueError(f"{out['file']}: shard results without one flow position per row")
     perm = sorted(range(len(position)), key=lambda r: (position[r], packet[r]))
     rank = {q: n for n, q in enumerate(sorted(set(position)))}
     merged = {}
@@ -379,7 +383,7 @@ def merge_shards(parts: list[dict]) -> dict:
         else:
             flat = [v for c in cols for v in c[k]]
             merged[k] = [flat[r] for r in perm]
-    merged["flow_id"] = [f"{fid.rsplit('#', 1)[0]}#{rank[position[r]]}" for fid, r in zip(merged["flow_id"], perm)]
+    merged["flow_id"] = [f"{out['file']}#{rank[position[r]]}" for r in perm]
     out["columns"] = merged
     return out
 

@@ -244,7 +244,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
         for i, f in enumerate(flows):
             f.index = i
     res["flows"] = len(flows)
-    _build_rows(res, flows, cfg, name, path)
+    _build_rows(res, flows, cfg, name, path, positions=shards > 1)
     return res
 
 
@@ -254,7 +254,10 @@ def _proto_name(p: int) -> str:
     return IPPROTO_NAMES.get(p, f"proto_{p}")
 
 
-def _build_rows(res, flows, cfg, name, path):
+def _build_rows(res, flows, cfg, name, path, positions=False):
+    """Rows of the kept flows into ``res["columns"]``; with ``positions``, also ``res["flow_position"]``:
+    per row, the position of its flow's first packet in the capture (how ``prepare.merge_shards`` puts
+    the rows of a capture split over processes back in order)."""
     cols = res["columns"]
     skipped = res["packets_skipped"]
     fskip = res["flows_skipped"]
@@ -293,6 +296,8 @@ def _build_rows(res, flows, cfg, name, path):
             seqs = f.seqs or [None] * len(f.packets)
             units = [([p], [d], [ln], [t], [(d, 1, ln)], i, [] if q is None else [q])
                      for i, (p, d, ln, t, q) in enumerate(zip(f.packets, f.directions, f.lengths, rel, seqs))]
+        if positions:
+            res.setdefault("flow_position", []).extend([f.index] * len(units))
         for pk, dr, ln, tm, b, pidx, sq in units:
             cols["label"].append(label)
             cols["packets"].append(pk)
