@@ -295,3 +295,33 @@ def test_progress_moves_while_a_large_capture_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(tqdm, "__init__", keep)
     report = prepare([str(big)], None, labels="file", num_proc=2, progress=True, save=False)
     assert report["files_split"] and round(bars[0].n) == bars[0].total == big.stat().st_size
+
+
+def test_rows_built_in_chunks_equal_rows_built_at_once(monkeypatch):
+    """prepare builds a capture's rows a few flows at a time (Arrow chunks, bounded memory on large
+    captures): the rows, their dedup keys and the saved dataset equal those built in one go, at flow
+    and packet level, with and without tokens; and the per-split datasets share one table."""
+    import pyarrow as pa
+
+    from traffic_moe_hf.data import prepare as prep_mod
+    from traffic_moe_hf.data.samples import PrepareConfig, columns_to_arrow, process_file
+
+    path = str(DEMO / "smtp.pcap")
+    for level, tokenize in (("flow", True), ("packet", True), ("flow", False)):
+        cfg = PrepareConfig(level=level, tokenize=tokenize, root_label={path: "smtp"})
+        whole = process_file(path, cfg)["columns"]
+        columns_to_arrow(whole)
+        chunked = process_file(path, cfg, arrow_chunk=7)["columns"]
+        assert chunked.keys() == whole.keys()
+        assert isinstance(chunked["packets"], pa.ChunkedArray) and chunked["packets"].num_chunks >= 3
+        for k, v in whole.items():
+            got = chunked[k]
+            assert (got.to_pylist() if isinstance(got, pa.ChunkedArray) else got) == (
+                v.to_pylist() if isinstance(v, pa.Array) else v), (level, tokenize, k)
+    at_once = prepare([str(DEMO)], None, labels="file", progress=False, save=False)
+    monkeypatch.setattr(prep_mod, "ARROW_CHUNK", 5)
+    in_chunks = prepare([str(DEMO)], None, labels="file", progress=False, save=False)
+    assert _rows(at_once["_dataset"]) == _rows(in_chunks["_dataset"])
+    total = sum(len(ds) for ds in in_chunks["_dataset"].values())
+    for ds in in_chunks["_dataset"].values():  # one table of all rows, an indices mapping per split
+        assert ds._indices is not None and len(ds.data) == total

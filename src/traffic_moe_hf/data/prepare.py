@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 
+from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
 
 __all__ = ["add_parser", "run", "prepare", "collect_inputs"]
@@ -156,14 +157,12 @@ def _work(item, on_progress=None):
     gc.disable()
     try:
         try:
-            res = process_file(path, cfg, name, shard, shards, on_progress)
+            res = process_file(path, cfg, name, shard, shards, on_progress, arrow_chunk=ARROW_CHUNK)
         except Exception as e:  # a bug, not bad input: report it against the file instead of dying
             res = {"file": name, "error": f"internal error: {type(e).__name__}: {e}", "warning": None,
                    "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows": 0,
                    "flows_used": 0, "flows_skipped": Counter(), "columns": None,
                    "ip_protocols_skipped": Counter(), "link_types": Counter(), "format": None}
-        if res.get("columns"):
-            _to_arrow(res["columns"])
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -171,45 +170,8 @@ def _work(item, on_progress=None):
     return res
 
 
-#: columns turned into Arrow arrays in the worker: their Python lists are the bulk of the data, and
-#: Arrow buffers pickle (worker -> main) far faster than lists of ints / bytes
-ARROW_TYPES = None
-
-
-def _arrow_types():
-    global ARROW_TYPES
-    if ARROW_TYPES is None:
-        import pyarrow as pa
-
-        ARROW_TYPES = {
-            "input_ids": pa.list_(pa.int32()), "attention_mask": pa.list_(pa.int8()),
-            "packet_ids": pa.list_(pa.int16()), "direction_ids": pa.list_(pa.int8()),
-            "packets": pa.list_(pa.binary()), "directions": pa.list_(pa.int8()),
-            "ip_lengths": pa.list_(pa.int32()), "timestamps": pa.list_(pa.float64()),
-            "burst_packets": pa.list_(pa.int32()), "burst_bytes": pa.list_(pa.int64()),
-            "tcp_seq": pa.list_(pa.int64()),
-        }
-    return ARROW_TYPES
-
-
-def _to_arrow(cols):
-    """Dedup key per sample (digest of its model input: the tokens with their directions, or the
-    stored packets + directions when not tokenized), then Arrow arrays."""
-    import hashlib
-
-    from array import array
-
-    import pyarrow as pa
-
-    if cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
-        cols["_key"] = [hashlib.blake2b(array("i", ids).tobytes() + bytes(dr), digest_size=16).digest()
-                        for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
-    else:
-        cols["_key"] = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
-                        for pk, dr in zip(cols["packets"], cols["directions"])]
-    for k, t in _arrow_types().items():
-        if k in cols:
-            cols[k] = pa.array(cols[k], type=t)
+#: flows whose rows are built, tokenized and turned into Arrow at a time (bounds memory on large captures)
+ARROW_CHUNK = 2048
 
 
 def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
@@ -379,7 +341,7 @@ def merge_shards(parts: list[dict]) -> dict:
     merged = {}
     for k in cols[0]:
         if isinstance(cols[0][k], (pa.Array, pa.ChunkedArray)):
-            merged[k] = pa.concat_arrays([c[k] for c in cols]).take(pa.array(perm, type=pa.int64()))
+            merged[k] = pa_chunked([c[k] for c in cols], cols[0][k].type).take(pa.array(perm, type=pa.int64()))
         else:
             flat = [v for c in cols for v in c[k]]
             merged[k] = [flat[r] for r in perm]
@@ -577,10 +539,10 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
             if name == "label":
                 v = [lab_id[x] for x in v]
             if name in _arrow_types():
-                arrays.append(pa.chunked_array(v, type=schema.field(name).type))
+                arrays.append(pa_chunked(v, schema.field(name).type))
             else:
                 arrays.append(pa.chunked_array([pa.array(v, type=schema.field(name).type)]))
-        table = pa.Table.from_arrays(arrays, schema=schema)
+        shared = InMemoryTable(pa.Table.from_arrays(arrays, schema=schema))
         opts = json.dumps(report["options"], sort_keys=True, default=str)
         dd = {}
         for s in [x for x in ("train", "validation", "test") if x in set(splits)]:
@@ -588,8 +550,10 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
             if not idx:
                 continue
             fp = hashlib.sha256(f"{opts}|{s}|{len(idx)}|{cols['flow_id'][idx[0]]}|{cols['flow_id'][idx[-1]]}".encode()).hexdigest()[:16]
-            dd[s] = Dataset(InMemoryTable(table.take(pa.array(idx, type=pa.int64()))),
-                            info=DatasetInfo(features=feats), split=s, fingerprint=fp)
+            # an indices mapping onto the one table, not a copy of the rows per split: save_to_disk
+            # writes batch by batch through it, so a large capture's rows exist once in memory
+            dd[s] = Dataset(shared, info=DatasetInfo(features=feats), split=s, fingerprint=fp,
+                            indices_table=InMemoryTable(pa.table({"indices": pa.array(idx, type=pa.uint64())})))
             samples[s] = dict(sorted(Counter(cols["label"][i] for i in idx).items()))
         ds = DatasetDict(dd)
     report["labels"] = names

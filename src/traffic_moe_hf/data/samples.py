@@ -161,7 +161,7 @@ def flow_shard(d: Decoded, shards: int) -> int:
 
 
 def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None, shard: int = 0, shards: int = 1,
-                 on_progress=None) -> dict:
+                 on_progress=None, arrow_chunk: int | None = None) -> dict:
     """Read one capture and build its samples. Never raises for bad input: an unreadable file is
     returned with ``error`` set, a damaged one with ``warning``.
 
@@ -172,7 +172,11 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
     shards' accounts add up to the file's. Flows keep the position of their first packet in the
     capture as their number, so ``prepare`` can put the shards' rows back in one process's order.
 
-    ``on_progress(bytes_read)`` is called every 8192 records (progress bars of large captures)."""
+    ``on_progress(bytes_read)`` is called every 8192 records (progress bars of large captures).
+
+    ``arrow_chunk=N`` (what ``prepare`` uses): rows are built N flows at a time and the bulky columns
+    returned as ``pyarrow.ChunkedArray`` with a dedup key per row in ``_key`` (bounded memory on large
+    captures); default: every column a Python list."""
     name = display_name or path
     res = {
         "file": name, "error": None, "warning": None, "format": None,
@@ -244,7 +248,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
         for i, f in enumerate(flows):
             f.index = i
     res["flows"] = len(flows)
-    _build_rows(res, flows, cfg, name, path, positions=shards > 1)
+    _build_rows(res, flows, cfg, name, path, positions=shards > 1, chunk=arrow_chunk)
     return res
 
 
@@ -254,10 +258,15 @@ def _proto_name(p: int) -> str:
     return IPPROTO_NAMES.get(p, f"proto_{p}")
 
 
-def _build_rows(res, flows, cfg, name, path, positions=False):
+def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
     """Rows of the kept flows into ``res["columns"]``; with ``positions``, also ``res["flow_position"]``:
     per row, the position of its flow's first packet in the capture (how ``prepare.merge_shards`` puts
-    the rows of a capture split over processes back in order)."""
+    the rows of a capture split over processes back in order).
+
+    ``chunk``: build, tokenize and convert the rows ``chunk`` flows at a time (:func:`columns_to_arrow`),
+    freeing each flow's packets once its rows exist: the bulky columns are then ``pyarrow.ChunkedArray``
+    and a large capture never holds all its rows as Python lists (about 3x the memory). ``None``: plain
+    Python lists (what ``predict`` and the tests read)."""
     cols = res["columns"]
     skipped = res["packets_skipped"]
     fskip = res["flows_skipped"]
@@ -281,45 +290,122 @@ def _build_rows(res, flows, cfg, name, path, positions=False):
         kept.append(f)
         labels.append(label)
         used += len(f.packets) + f.merged
+    flows.clear()  # the kept flows live on in `kept` only, each released once its rows are built
     res["flows_used"] = len(kept)
     res["packets_used"] = used
-    stem = name
-    for f, label in zip(kept, labels):
-        fid = f"{stem}#{f.index}"
-        t0 = f.times[0]
-        rel = [t - t0 for t in f.times]
-        bs = bursts(f.directions, f.lengths)
-        meta = (name, fid, f.count, f.nbytes, f.start, f.last, f.five_tuple())
-        if cfg.level == "flow":
-            units = [(f.packets, f.directions, f.lengths, rel, bs, -1, f.seqs)]
-        else:
-            seqs = f.seqs or [None] * len(f.packets)
-            units = [([p], [d], [ln], [t], [(d, 1, ln)], i, [] if q is None else [q])
-                     for i, (p, d, ln, t, q) in enumerate(zip(f.packets, f.directions, f.lengths, rel, seqs))]
-        if positions:
-            res.setdefault("flow_position", []).extend([f.index] * len(units))
-        for pk, dr, ln, tm, b, pidx, sq in units:
-            cols["label"].append(label)
-            cols["packets"].append(pk)
-            cols["directions"].append(dr)
-            cols["ip_lengths"].append(ln)
-            cols["timestamps"].append(tm)
-            cols["burst_packets"].append([x[1] for x in b])
-            cols["burst_bytes"].append([x[2] for x in b])
-            cols["source_file"].append(meta[0])
-            cols["flow_id"].append(meta[1])
-            cols["packet_index"].append(pidx)
-            cols["packet_count"].append(meta[2])
-            cols["byte_count"].append(meta[3])
-            cols["start_time"].append(meta[4])
-            cols["end_time"].append(meta[5])
-            cols["five_tuple"].append(meta[6])
-            cols["header_fields"].append(list(f.header_fields))
-            cols["tcp_seq"].append(sq)
+    step = chunk or max(len(kept), 1)
+    arrow_chunks = {}
+    for lo in range(0, len(kept), step):
+        part = _empty_columns() if chunk else cols
+        for j in range(lo, min(lo + step, len(kept))):
+            _flow_rows(part, kept[j], labels[j], cfg, name, res if positions else None)
+            kept[j] = None
+        _tokenize_rows(part, cfg)
+        if chunk:
+            columns_to_arrow(part)
+            for k, v in part.items():
+                if hasattr(v, "type"):  # a pyarrow array
+                    arrow_chunks.setdefault(k, []).append(v)
+                else:
+                    cols.setdefault(k, []).extend(v)
+    if chunk:
+        _tokenize_rows(cols, cfg)  # only drops the token columns when not tokenizing
+        cols.setdefault("_key", [])
+        for k, t in _arrow_types().items():
+            if k in cols:
+                cols[k] = pa_chunked(arrow_chunks.get(k, []), t)
+
+
+def _flow_rows(cols, f, label, cfg, name, positions_of=None):
+    """The row(s) of one flow: one at flow level, one per stored packet at packet level."""
+    fid = f"{name}#{f.index}"
+    t0 = f.times[0]
+    rel = [t - t0 for t in f.times]
+    bs = bursts(f.directions, f.lengths)
+    meta = (name, fid, f.count, f.nbytes, f.start, f.last, f.five_tuple())
+    if cfg.level == "flow":
+        units = [(f.packets, f.directions, f.lengths, rel, bs, -1, f.seqs)]
+    else:
+        seqs = f.seqs or [None] * len(f.packets)
+        units = [([p], [d], [ln], [t], [(d, 1, ln)], i, [] if q is None else [q])
+                 for i, (p, d, ln, t, q) in enumerate(zip(f.packets, f.directions, f.lengths, rel, seqs))]
+    if positions_of is not None:
+        positions_of.setdefault("flow_position", []).extend([f.index] * len(units))
+    for pk, dr, ln, tm, b, pidx, sq in units:
+        cols["label"].append(label)
+        cols["packets"].append(pk)
+        cols["directions"].append(dr)
+        cols["ip_lengths"].append(ln)
+        cols["timestamps"].append(tm)
+        cols["burst_packets"].append([x[1] for x in b])
+        cols["burst_bytes"].append([x[2] for x in b])
+        cols["source_file"].append(meta[0])
+        cols["flow_id"].append(meta[1])
+        cols["packet_index"].append(pidx)
+        cols["packet_count"].append(meta[2])
+        cols["byte_count"].append(meta[3])
+        cols["start_time"].append(meta[4])
+        cols["end_time"].append(meta[5])
+        cols["five_tuple"].append(meta[6])
+        cols["header_fields"].append(list(f.header_fields))
+        cols["tcp_seq"].append(sq)
+
+
+def _tokenize_rows(cols, cfg):
     if cfg.tokenize and cols["packets"]:
         enc = encode_packets(cols["packets"], cols["directions"], get_tokenizer(cfg.tokenizer, tokenizer_settings(cfg)))
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
             cols[k] = list(enc[k])
     elif not cfg.tokenize:
         for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids"):
-            del cols[k]
+            cols.pop(k, None)
+
+
+#: the bulky columns, as Arrow types: their Python lists are most of a capture's memory, and Arrow
+#: buffers also pickle (worker -> main process) far faster than lists of ints / bytes
+_ARROW_TYPES = None
+
+
+def _arrow_types() -> dict:
+    global _ARROW_TYPES
+    if _ARROW_TYPES is None:
+        import pyarrow as pa
+
+        _ARROW_TYPES = {
+            "input_ids": pa.list_(pa.int32()), "attention_mask": pa.list_(pa.int8()),
+            "packet_ids": pa.list_(pa.int16()), "direction_ids": pa.list_(pa.int8()),
+            "packets": pa.list_(pa.binary()), "directions": pa.list_(pa.int8()),
+            "ip_lengths": pa.list_(pa.int32()), "timestamps": pa.list_(pa.float64()),
+            "burst_packets": pa.list_(pa.int32()), "burst_bytes": pa.list_(pa.int64()),
+            "tcp_seq": pa.list_(pa.int64()),
+        }
+    return _ARROW_TYPES
+
+
+def pa_chunked(chunks, arrow_type):
+    """One ``pyarrow.ChunkedArray`` from arrays and chunked arrays (no copy)."""
+    import pyarrow as pa
+
+    return pa.chunked_array([c for x in chunks for c in (x.chunks if isinstance(x, pa.ChunkedArray) else [x])],
+                            type=arrow_type)
+
+
+def columns_to_arrow(cols):
+    """In place: the dedup key per row (``_key``, a digest of its model input: the tokens with their
+    directions, or the stored packets + directions when not tokenized), then the bulky columns as
+    Arrow arrays."""
+    import hashlib
+    from array import array
+
+    import pyarrow as pa
+
+    if cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
+        keys = [hashlib.blake2b(array("i", ids).tobytes() + bytes(dr), digest_size=16).digest()
+                for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
+    else:
+        keys = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
+                for pk, dr in zip(cols["packets"], cols["directions"])]
+    cols["_key"] = keys
+    for k, t in _arrow_types().items():
+        if k in cols:
+            cols[k] = pa.array(cols[k], type=t)
