@@ -336,11 +336,12 @@ def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pre
 
 
 def test_predict_stream_matches_file(finetuned, tmp_path):
-    """`cat capture | traffic-moe predict -` gives every flow the verdict the file gives it."""
+    """`cat capture | traffic-moe predict -` gives every flow the verdict the file gives it, and the same
+    packet accounting (used + skipped by reason = total)."""
     out, _ = finetuned
     capture = DEMO / "redis.pcap"
     from_file = tmp_path / "file.csv"
-    predict_files([str(capture)], str(out), str(from_file), progress=False)
+    file_summary = predict_files([str(capture)], str(out), str(from_file), progress=False)
     with open(capture, "rb") as stream:
         result = subprocess.run(
             [sys.executable, "-m", "traffic_moe_hf.cli", "predict", "-", "--model", str(out), "--out", str(tmp_path / "stream.csv")],
@@ -354,6 +355,11 @@ def test_predict_stream_matches_file(finetuned, tmp_path):
 
     assert verdicts(tmp_path / "stream.csv") == verdicts(from_file)
     assert len(verdicts(from_file)) == 40
+    stream_summary = json.loads(result.stderr.strip().splitlines()[-1])
+    for key in ("packets_total", "packets_used", "packets_skipped", "flows"):
+        assert stream_summary[key] == file_summary[key], key
+    assert file_summary["packets_skipped"]["beyond_max_packets"] > 0
+    assert file_summary["packets_used"] + sum(file_summary["packets_skipped"].values()) == file_summary["packets_total"]
 
 
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):

@@ -16,6 +16,7 @@ import csv
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,8 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     classifier = Classifier(model_path, bf16=bf16)
     files, missing = collect_inputs(captures)
     writer = _Writer(out)
-    summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "flows": 0,
-               "packets_total": 0, "seconds": 0.0}
+    summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "files_warnings": {},
+               "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0}
     started = time.perf_counter()
     for path, name, _root in tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr):
         cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
@@ -154,7 +155,12 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
             print(f"predict: {name}: {result['error']}", file=sys.stderr)
             continue
         summary["files_read"] += 1
+        if result["warning"]:  # read up to the damage: its flows are classified, the file is named
+            summary["files_warnings"][name] = result["warning"]
+            print(f"predict: {name}: {result['warning']}", file=sys.stderr)
         summary["packets_total"] += result["packets_total"]
+        summary["packets_used"] += result["packets_used"]
+        summary["packets_skipped"].update(result["packets_skipped"])
         columns = result["columns"]
         # length bucketing: batch flows of similar length so short flows are not padded to the longest;
         # rows are still written in capture order
@@ -193,8 +199,9 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout, **classifier.flow_options)
     emitted: set[int] = set()
-    summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_skipped": 0,
-               "flows_evicted": 0, "max_open_flows": 0}
+    summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_used": 0,
+               "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
+    skipped = summary["packets_skipped"]
 
     def emit(flow):
         if flow.index in emitted:
@@ -220,10 +227,14 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         for ts, linktype, frame in records:
             summary["packets_total"] += 1
             d = decode(linktype, frame)
-            if type(d) is not Decoded:
-                summary["packets_skipped"] += 1
+            if type(d) is not Decoded:  # same reasons as prepare's report
+                skipped["not_tcp_udp" if type(d) is tuple else d] += 1
                 continue
-            table.add(ts, d)
+            kept = table.add(ts, d)
+            if kept is True:
+                summary["packets_used"] += 1
+            else:  # False: after the packets the model reads (still part of a classified flow)
+                skipped["beyond_max_packets" if kept is False else kept] += 1
             for flow in table.done:  # closed by a new SYN or an idle gap: final
                 emit(flow)
                 emitted.discard(flow.index)
