@@ -265,6 +265,18 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert agree >= 0.9 * len(rows), agree
 
 
+def test_evaluate_on_data_with_no_label_the_model_knows_says_so(finetuned, tmp_path):
+    """Labels are matched by name: captures labelled otherwise give a clear error naming both label sets,
+    not a traceback from the metrics."""
+    from traffic_moe_hf.data.prepare import prepare
+
+    out, _ = finetuned
+    data = tmp_path / "other-labels"
+    prepare([str(DEMO / "dns.pcap")], str(data), labels="dir", split="none", progress=False)  # label "loopback9"
+    with pytest.raises(SystemExit, match=r"none of its \d+ samples has a label the model knows.*'loopback9'.*'dns'"):
+        evaluate(str(data), str(out), split="test", audit=False)
+
+
 def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
     """Starting a classifier from a masked-packet checkpoint: the new head and the dropped MLM head are
     named in one line, transformers' UNEXPECTED/MISSING table is not printed, no encoder weight is new."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -119,6 +120,15 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     labels = mapping[np.asarray(dataset["label"])]
     unknown = int((labels < 0).sum())
     keep = np.flatnonzero(labels >= 0)
+    if not len(keep):
+        data_names = label_names(dataset)
+        raise SystemExit(
+            f"{data} ({split}): none of its {len(labels)} samples has a label the model knows — labels are matched "
+            f"by name; the data has {data_names[:12]}{' ...' if len(data_names) > 12 else ''}, the model "
+            f"{names_model[:12]}{' ...' if len(names_model) > 12 else ''}")
+    if unknown:
+        print(f"evaluate: {unknown} of {len(labels)} samples have a label the model does not know; they are left out "
+              f"and counted in samples_skipped_unknown_label", file=sys.stderr)
     view = model_view(dataset, dense=dense).select(keep)
 
     monitor = None
