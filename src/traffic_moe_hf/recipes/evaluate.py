@@ -96,12 +96,33 @@ def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
     return np.array([model_index.get(name, -1) for name in dataset_names])
 
 
+def known_labels(dataset, model, where: str):
+    """The data's labels as the model's class ids, matched by name: ``(mapping, labels, keep)`` with
+    ``labels[i] = -1`` where the model does not know the label and ``keep`` the indices of the others.
+    None known is a clear error naming both label sets; some unknown is announced on stderr."""
+    from .common import label_names
+
+    data_names = label_names(dataset)
+    mapping = align_labels(data_names, model.config.id2label)
+    labels = mapping[np.asarray(dataset["label"])]
+    keep = np.flatnonzero(labels >= 0)
+    if not len(keep):
+        model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        raise SystemExit(
+            f"{where}: none of its {len(labels)} samples has a label the model knows — labels are matched by "
+            f"name; the data has {data_names[:12]}{' ...' if len(data_names) > 12 else ''}, the model "
+            f"{model_names[:12]}{' ...' if len(model_names) > 12 else ''}")
+    if len(keep) < len(labels):
+        print(f"{where}: {len(labels) - len(keep)} of {len(labels)} samples have a label the model does not know; "
+              f"they are left out and counted in samples_skipped_unknown_label", file=sys.stderr)
+    return mapping, labels, keep
+
+
 def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True) -> dict:
     from .common import (
         data_tokenizer,
         device_summary,
         distinct_weights,
-        label_names,
         load_prepared,
         macro_f1,
         model_view,
@@ -116,19 +137,8 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     dense = model.config.model_type == "bert"
     dataset = prepared[split]
     names_model = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    mapping = align_labels(label_names(dataset), model.config.id2label)
-    labels = mapping[np.asarray(dataset["label"])]
-    unknown = int((labels < 0).sum())
-    keep = np.flatnonzero(labels >= 0)
-    if not len(keep):
-        data_names = label_names(dataset)
-        raise SystemExit(
-            f"{data} ({split}): none of its {len(labels)} samples has a label the model knows — labels are matched "
-            f"by name; the data has {data_names[:12]}{' ...' if len(data_names) > 12 else ''}, the model "
-            f"{names_model[:12]}{' ...' if len(names_model) > 12 else ''}")
-    if unknown:
-        print(f"evaluate: {unknown} of {len(labels)} samples have a label the model does not know; they are left out "
-              f"and counted in samples_skipped_unknown_label", file=sys.stderr)
+    mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
+    unknown = len(labels) - len(keep)
     view = model_view(dataset, dense=dense).select(keep)
 
     monitor = None

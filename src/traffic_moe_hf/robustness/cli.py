@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
 WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
@@ -111,8 +110,8 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
 
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
                whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0, normalize_tcp=None) -> dict:
-    from ..recipes.common import data_tokenizer, device_summary, label_names, load_prepared
-    from ..recipes.evaluate import align_labels, load_classifier
+    from ..recipes.common import data_tokenizer, device_summary, load_prepared
+    from ..recipes.evaluate import known_labels, load_classifier
     from .attacks import DEFAULT_BUDGETS, dataset_options
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
@@ -141,13 +140,12 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     for name, path in zip(names, models):
         data_tokenizer(data, path)  # the model's input layout must be the data's
         model = load_classifier(path)
-        mapping = align_labels(label_names(dataset), model.config.id2label)
-        labels = mapping[np.asarray(dataset["label"])]
-        keep = np.flatnonzero(labels >= 0)
+        _mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
         view = dataset.select(keep) if len(keep) < len(dataset) else dataset
         res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
                              whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed)
-        result["models"][name] = {"model": str(path), "type": model.config.model_type, **res}
+        result["models"][name] = {"model": str(path), "type": model.config.model_type,
+                                  "samples_skipped_unknown_label": int(len(labels) - len(keep)), **res}
     first = result["models"][names[0]]
     result["clean"], result["attacks"] = first["clean"], first["attacks"]
     if "pgd" in first:
