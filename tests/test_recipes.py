@@ -277,6 +277,16 @@ def test_evaluate_on_data_with_no_label_the_model_knows_says_so(finetuned, tmp_p
         evaluate(str(data), str(out), split="test", audit=False)
 
 
+def test_finetune_refuses_a_train_split_with_one_label(tmp_path):
+    """All captures in one folder with `--labels dir` give one label: a clear error, not a 1-class model."""
+    from traffic_moe_hf.data.prepare import prepare
+
+    data = tmp_path / "one-label"
+    prepare([str(DEMO / "dns.pcap"), str(DEMO / "mqtt.pcap")], str(data), labels="dir", progress=False)
+    with pytest.raises(SystemExit, match=r"at least two labels in the train split, found \['loopback9'\]"):
+        finetune(str(data), str(tmp_path / "model"), config="tiny", epochs=1, progress=False)
+
+
 def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
     """Starting a classifier from a masked-packet checkpoint: the new head and the dropped MLM head are
     named in one line, transformers' UNEXPECTED/MISSING table is not printed, no encoder weight is new."""

@@ -199,6 +199,15 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
+    present = sorted({names[i] for i in set(prepared["train"]["label"])})
+    if len(present) < 2:
+        raise SystemExit(
+            f"{data}: a classifier needs at least two labels in the train split, found {present or 'none'} — labels come "
+            f"from `traffic-moe prepare --labels` (dir: each capture's folder name, file: its file name, csv:PATH: "
+            f"a flow table)")
+    if len(present) < len(names):
+        print(f"finetune: {sorted(set(names) - set(present))} have no training flow; the model will never predict "
+              f"them", file=sys.stderr)
     # few-shot runs have no fair validation set: fixed steps, last model
     use_validation = shots is None and eval_split in prepared and len(prepared[eval_split]) > 0
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
