@@ -287,6 +287,17 @@ def test_finetune_refuses_a_train_split_with_one_label(tmp_path):
         finetune(str(data), str(tmp_path / "model"), config="tiny", epochs=1, progress=False)
 
 
+def test_classifying_with_a_checkpoint_that_is_no_classifier_says_so(pretrained, tmp_path):
+    """predict / evaluate / robustness load a fine-tuned classifier; a pretraining checkpoint (random head,
+    confident-looking nonsense) or a folder that holds no model is a clear error."""
+    from traffic_moe_hf.recipes.evaluate import load_classifier
+
+    with pytest.raises(SystemExit, match="TrafficMoeForMaskedLM checkpoint has no trained classifier head; fine-tune it"):
+        load_classifier(str(pretrained[0]))
+    with pytest.raises(SystemExit, match="not a model folder"):
+        predict_files([str(DEMO / "dns.pcap")], str(tmp_path), str(tmp_path / "out.csv"), progress=False)
+
+
 def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
     """Starting a classifier from a masked-packet checkpoint: the new head and the dropped MLM head are
     named in one line, transformers' UNEXPECTED/MISSING table is not printed, no encoder weight is new."""

@@ -51,10 +51,23 @@ def run(args) -> int:
 
 
 def load_classifier(path):
-    from transformers import AutoModelForSequenceClassification
+    """A fine-tuned checkpoint's classifier. A folder that is no model, or a checkpoint without a trained
+    classifier head (pretraining writes a masked-packet model), is a clear error: loading it as a
+    classifier would give a random head and confident-looking nonsense."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
 
+    if not (Path(path) / "config.json").is_file():
+        raise SystemExit(f"{path}: not a model folder (no config.json); expected what `traffic-moe finetune` writes")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except ValueError as e:
+        raise SystemExit(f"{path}: not a model this package can load ({e})") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise SystemExit(f"{path}: a {', '.join(architectures)} checkpoint has no trained classifier head; fine-tune it "
+                         f"first (`traffic-moe finetune --data DIR --from {path} --out MODEL`)")
     model = AutoModelForSequenceClassification.from_pretrained(path)
     return model.eval()
 
