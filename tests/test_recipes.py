@@ -298,6 +298,28 @@ def test_classifying_with_a_checkpoint_that_is_no_classifier_says_so(pretrained,
         predict_files([str(DEMO / "dns.pcap")], str(tmp_path), str(tmp_path / "out.csv"), progress=False)
 
 
+def test_finetuning_a_classifier_on_other_labels_carries_rows_by_name(finetuned, capfd):
+    """A shared classifier fine-tuned on one's own labels: no shape error; rows of labels both know come
+    over by name (whatever their position), the others start at random."""
+    from safetensors.torch import load_file
+
+    from traffic_moe_hf import TrafficMoeForSequenceClassification
+    from traffic_moe_hf.recipes.common import from_pretrained_quietly
+
+    out, _ = finetuned
+    old = json.loads((out / "config.json").read_text())["id2label"]
+    old_index = {name: int(i) for i, name in old.items()}
+    names = ["ssh", "dns", "web-attack"]  # two known (in another order), one new
+    model = from_pretrained_quietly(TrafficMoeForSequenceClassification, str(out), num_labels=3,
+                                    id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    saved = load_file(str(out / "model.safetensors"))
+    for j, name in enumerate(names[:2]):
+        assert torch.equal(model.classifier.weight[j], saved["classifier.weight"][old_index[name]])
+        assert torch.equal(model.classifier.bias[j], saved["classifier.bias"][old_index[name]])
+    assert not any(torch.equal(model.classifier.weight[2], row) for row in saved["classifier.weight"])
+    assert "2 of 3 carried over by name (ssh, dns)" in capfd.readouterr().out
+
+
 def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
     """Starting a classifier from a masked-packet checkpoint: the new head and the dropped MLM head are
     named in one line, transformers' UNEXPECTED/MISSING table is not printed, no encoder weight is new."""

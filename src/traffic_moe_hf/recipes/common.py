@@ -176,9 +176,18 @@ def from_pretrained_quietly(cls, path, **kwargs):
     """``cls.from_pretrained(path)`` for fine-tuning: instead of transformers' load report (a table of
     UNEXPECTED / MISSING keys that reads like an error when a masked-LM checkpoint gets a new
     classification head, as it always does here), one line saying what was new and what was left out —
-    and a warning when weights of the encoder itself were missing (not a checkpoint of this model)."""
+    and a warning when weights of the encoder itself were missing (not a checkpoint of this model).
+
+    From a fine-tuned classifier whose labels differ from ``kwargs["id2label"]`` (fine-tuning a shared
+    classifier on one's own labels), the classifier rows of labels both know are carried over by name
+    and the others start at random, whatever the two label counts."""
     from transformers.utils import logging as hf_logging
 
+    old_names = _classifier_labels(path)
+    new_names = [kwargs["id2label"][i] for i in range(len(kwargs["id2label"]))] if "id2label" in kwargs else None
+    relabel = old_names is not None and new_names is not None and old_names != new_names
+    if relabel:
+        kwargs["ignore_mismatched_sizes"] = True
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -188,14 +197,79 @@ def from_pretrained_quietly(cls, path, **kwargs):
     missing = sorted(info.get("missing_keys") or ())
     unexpected = sorted(info.get("unexpected_keys") or ())
     encoder_missing = [k for k in missing if not k.startswith(NEW_HEAD_PREFIXES)]
+    mismatched = [k for k in (info.get("mismatched_keys") or ()) if not str(k[0] if isinstance(k, tuple) else k).startswith(NEW_HEAD_PREFIXES)]
     print(f"loaded {path}: new {', '.join(missing) or 'nothing'}; left out {', '.join(unexpected) or 'nothing'}",
           flush=True)
-    if encoder_missing or info.get("mismatched_keys"):
+    if relabel:
+        carried = _carry_classifier_rows(model, path, old_names, new_names)
+        print(f"classifier of {path} had other labels: {len(carried)} of {len(new_names)} carried over by name"
+              f"{' (' + ', '.join(carried[:10]) + (' ...' if len(carried) > 10 else '') + ')' if carried else ''}, "
+              f"the others start at random", flush=True)
+    if encoder_missing or mismatched:
         print(f"WARNING {path}: {len(encoder_missing)} encoder weight(s) missing (e.g. {encoder_missing[:3]}) and "
-              f"{len(info.get('mismatched_keys') or ())} of another shape were initialised at random: is this a "
+              f"{len(mismatched)} of another shape were initialised at random: is this a "
               "checkpoint of this model?", flush=True)
     model.loading_info = {"missing": missing, "unexpected": unexpected, "encoder_missing": encoder_missing}
     return model
+
+
+def _classifier_labels(path) -> list[str] | None:
+    """The label names of a fine-tuned classifier checkpoint; None for any other checkpoint."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or ()):
+        return None
+    id2label = config.get("id2label") or {}
+    return [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
+
+
+def _carry_classifier_rows(model, path, old_names, new_names) -> list[str]:
+    """Copy the checkpoint's classifier rows to the rows of the same label names; re-initialise the rest."""
+    import torch
+
+    weights = _checkpoint_tensors(path, ("classifier.weight", "classifier.bias"))
+    head = model.classifier
+    std = getattr(model.config, "initializer_range", 0.02)
+    carried = []
+    with torch.no_grad():
+        head.weight.normal_(0.0, std)
+        if head.bias is not None:
+            head.bias.zero_()
+        old_index = {n: i for i, n in enumerate(old_names)}
+        for j, name in enumerate(new_names):
+            i = old_index.get(name)
+            if i is None or "classifier.weight" not in weights or weights["classifier.weight"].shape[1] != head.weight.shape[1]:
+                continue
+            head.weight[j] = weights["classifier.weight"][i]
+            if head.bias is not None and "classifier.bias" in weights:
+                head.bias[j] = weights["classifier.bias"][i]
+            carried.append(name)
+    return carried
+
+
+def _checkpoint_tensors(path, names) -> dict:
+    """Named tensors of a saved checkpoint (safetensors, one file or an indexed set of shards)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = {}
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        for n in names:
+            if n in weight_map:
+                files.setdefault(path / weight_map[n], []).append(n)
+    elif (path / "model.safetensors").is_file():
+        files[path / "model.safetensors"] = list(names)
+    out = {}
+    for f, wanted in files.items():
+        with safe_open(str(f), framework="pt") as st:
+            for n in wanted:
+                if n in st.keys():
+                    out[n] = st.get_tensor(n)
+    return out
 
 
 def parameter_summary(model) -> dict:
