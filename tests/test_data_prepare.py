@@ -102,6 +102,19 @@ def test_csv_labels(tmp_path):
     assert set(r["samples"]["test"]) == {"x-udp", "x-tcp"}
 
 
+def test_unusable_label_csv_is_a_clear_error(tmp_path, capsys):
+    """A missing label CSV, or one without the required columns: exit status 2 and one line naming the
+    file and what is wrong (no traceback); nothing is written."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("src,dst\n10.0.0.1,10.0.0.2\n")
+    for path, why in ((tmp_path / "missing.csv", "cannot read the label CSV (No such file or directory)"),
+                      (bad, "label CSV lacks column(s) src_port, dst_port, label")):
+        assert _cli([str(DEMO / "dns.pcap"), "--out", str(tmp_path / "out"), "--labels", f"csv:{path}", "--no-progress"]) == 2
+        assert capsys.readouterr().err.strip() == f"traffic-moe prepare: {path}: {why}" + (
+            " (header: ['src', 'dst'])" if path == bad else "")
+    assert not (tmp_path / "out").exists()
+
+
 def test_write_pcap_round_trip(tmp_path):
     r = prepare([DEMO / "ssh.pcap"], None, labels="file", split="none", max_bytes=1500, progress=False, save=False)
     row = r["_dataset"]["test"][3]

@@ -18,7 +18,7 @@ import csv
 import ipaddress
 import os
 
-__all__ = ["label_from_path", "CsvLabels", "parse_labels_option"]
+__all__ = ["label_from_path", "CsvLabels", "LabelCsvError", "parse_labels_option"]
 
 _SUFFIXES = (".gz", ".pcapng", ".pcap", ".cap", ".dmp")
 
@@ -60,6 +60,11 @@ def label_from_path(path: str, mode: str) -> str:
     return name
 
 
+class LabelCsvError(ValueError):
+    """A label CSV that cannot be used at all (missing, unreadable, no header, required columns missing);
+    single bad rows are counted instead (``bad_rows``)."""
+
+
 class CsvLabels:
     """Lookup table built from a label CSV (see module docstring). Picklable (sent to workers)."""
 
@@ -68,10 +73,14 @@ class CsvLabels:
         self.rules: dict = {}
         self.rows = 0
         self.bad_rows = 0
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            f = open(path, newline="", encoding="utf-8-sig")
+        except OSError as e:
+            raise LabelCsvError(f"{path}: cannot read the label CSV ({e.strerror})") from None
+        with f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
-                raise ValueError(f"{path}: empty label CSV")
+                raise LabelCsvError(f"{path}: empty label CSV")
             lower = {h.strip().lower(): h for h in reader.fieldnames}
             col = {}
             for k, names in _ALIASES.items():
@@ -81,7 +90,7 @@ class CsvLabels:
                         break
             missing = [k for k in ("src_ip", "src_port", "dst_ip", "dst_port", "label") if k not in col]
             if missing:
-                raise ValueError(f"{path}: label CSV lacks column(s) {', '.join(missing)} (header: {reader.fieldnames})")
+                raise LabelCsvError(f"{path}: label CSV lacks column(s) {', '.join(missing)} (header: {reader.fieldnames})")
             for row in reader:
                 self.rows += 1
                 try:

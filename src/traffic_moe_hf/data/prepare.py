@@ -101,14 +101,24 @@ def _ratios(s: str):
 
 
 def run(args) -> int:
-    from .labels import parse_labels_option
+    from .labels import LabelCsvError, parse_labels_option
 
     try:
         mode, csv_path = parse_labels_option(args.labels)
     except ValueError as e:
         print(f"traffic-moe prepare: {e}", file=sys.stderr)
         return 2
-    report = prepare(
+    try:
+        report = _prepare_from_args(args)
+    except LabelCsvError as e:
+        print(f"traffic-moe prepare: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report["files_read"] > 0 else 1
+
+
+def _prepare_from_args(args) -> dict:
+    return prepare(
         args.inputs, args.out, labels=args.labels, level=args.level, split=args.split,
         ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup, large_groups=args.large_groups,
         max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
@@ -117,8 +127,6 @@ def run(args) -> int:
         anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
         tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress,
     )
-    print(format_report(report))
-    return 0 if report["files_read"] > 0 else 1
 
 
 def collect_inputs(inputs):
