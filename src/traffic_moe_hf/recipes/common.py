@@ -213,13 +213,18 @@ def from_pretrained_quietly(cls, path, **kwargs):
     return model
 
 
+def is_classifier(architectures) -> bool:
+    """Whether a checkpoint's ``architectures`` (config) name a sequence classifier, i.e. a trained head."""
+    return any(a.endswith("ForSequenceClassification") for a in architectures or ())
+
+
 def _classifier_labels(path) -> list[str] | None:
     """The label names of a fine-tuned classifier checkpoint; None for any other checkpoint."""
     try:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or ()):
+    if not is_classifier(config.get("architectures")):
         return None
     id2label = config.get("id2label") or {}
     return [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]

@@ -58,6 +58,8 @@ def load_classifier(path):
 
     import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
 
+    from .common import is_classifier
+
     if not (Path(path) / "config.json").is_file():
         raise SystemExit(f"{path}: not a model folder (no config.json); expected what `traffic-moe finetune` writes")
     try:
@@ -65,10 +67,10 @@ def load_classifier(path):
     except ValueError as e:
         raise SystemExit(f"{path}: not a model this package can load ({e})") from None
     architectures = list(getattr(config, "architectures", None) or [])
-    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if architectures and not is_classifier(architectures):
         raise SystemExit(f"{path}: a {', '.join(architectures)} checkpoint has no trained classifier head; fine-tune it "
                          f"first (`traffic-moe finetune --data DIR --from {path} --out MODEL`)")
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     return model.eval()
 
 
@@ -216,10 +218,11 @@ def add_to_model_card(model_path, result: dict) -> Path | None:
     card = Path(model_path) / "README.md"
     if not card.is_file():
         return None
+    note = distinct_note(result)
     lines = [f"### {result['split']} split of `{result['data']}` ({result.get('samples', '?')} samples, "
              f"`traffic-moe evaluate`, {time.strftime('%Y-%m-%d')})", "",
              f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
-             + (f" ({distinct_note(result)})" if distinct_note(result) else ""), ""]
+             + (f" ({note})" if note else ""), ""]
     if result.get("per_class"):
         lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for name, c in result["per_class"].items():
@@ -336,8 +339,9 @@ def format_result(result: dict) -> str:
     lines = [
         f"{result['split']}: {result['samples']} samples, accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}"
     ]
-    if distinct_note(result):
-        lines.append(f"  {distinct_note(result)}")
+    note = distinct_note(result)
+    if note:
+        lines.append(f"  {note}")
     if result.get("samples_skipped_unknown_label"):
         lines.append(f"  skipped (label unknown to the model): {result['samples_skipped_unknown_label']}")
     width = max(len(n) for n in result["per_class"])

@@ -199,10 +199,12 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     names = label_names(prepared["train"])
+    if len(prepared["train"]) == 0:
+        raise SystemExit(f"{data}: the train split is empty")
     present = sorted({names[i] for i in set(prepared["train"]["label"])})
     if len(present) < 2:
         raise SystemExit(
-            f"{data}: a classifier needs at least two labels in the train split, found {present or 'none'} — labels come "
+            f"{data}: a classifier needs at least two labels in the train split, found {present} — labels come "
             f"from `traffic-moe prepare --labels` (dir: each capture's folder name, file: its file name, csv:PATH: "
             f"a flow table)")
     if len(present) < len(names):
