@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from .argtypes import at_least
+
 MODELS = ("dense-etbert", "dense-equal-total", "switch-base", "traffic-moe-base", "traffic-moe-small",
           "traffic-moe-tiny", "dense-tiny")
 BASELINE = "dense-etbert"
@@ -49,7 +51,7 @@ def add_parser(subparsers):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
-    p.add_argument("--lengths", nargs="*", type=int, default=None, help="flow lengths in tokens (default 128 256 512)")
+    p.add_argument("--lengths", nargs="*", type=at_least(1), default=None, help="flow lengths in tokens (default 128 256 512)")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="skip the layer-level benchmark")
     p.add_argument("--json", dest="json_out", required=True)
     p.add_argument("--png", default=None)

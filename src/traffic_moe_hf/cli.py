@@ -47,9 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    if getattr(args, "progress", True) is False:
+        _no_library_bars()
     status = int(args.func(args) or 0)
     _leave_process_group()
     return status
+
+
+def _no_library_bars() -> None:
+    """``--no-progress`` means no bars at all: also transformers' ("Loading weights", "Writing model shards")
+    and datasets' ("Saving the dataset"), which a sub-command's own flag does not reach."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _leave_process_group() -> None:

@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from .argtypes import at_least, positive
+from .configuration_traffic_moe import PRESETS
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback9"
 
 
@@ -22,14 +25,14 @@ def add_parser(subparsers):
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of captures, one file per class (default: shipped slice)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--config", default="tiny", help="model size preset (default tiny)")
-    p.add_argument("--pretrain-steps", type=int, default=250)
-    p.add_argument("--finetune-epochs", type=float, default=12.0,
+    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="model size preset (default tiny)")
+    p.add_argument("--pretrain-steps", type=at_least(1), default=250)
+    p.add_argument("--finetune-epochs", type=positive, default=12.0,
                    help="all-data fine-tuning: at most this many epochs (default 12; validation macro-F1 on the slice "
                         "reaches 1.0 within 2-5 epochs)")
-    p.add_argument("--shots", type=int, default=2, help="few-shot rows: flows per class (default 2)")
-    p.add_argument("--seeds", type=int, default=2, help="few-shot rows: seeds averaged (default 2)")
-    p.add_argument("--few-steps", type=int, default=100,
+    p.add_argument("--shots", type=at_least(1), default=2, help="few-shot rows: flows per class (default 2)")
+    p.add_argument("--seeds", type=at_least(1), default=2, help="few-shot rows: seeds averaged (default 2)")
+    p.add_argument("--few-steps", type=at_least(1), default=100,
                    help="few-shot: training steps (default 100: ~90 epochs of the 18 flows at 2 per class)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 
+from ..argtypes import at_least, positive
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
 
@@ -47,8 +48,8 @@ def add_parser(subparsers):
                    help="with --dedup group: a group of identical inputs larger than the validation/test share "
                         "of its label goes to train (default), so one input repeated many times cannot dominate "
                         "an evaluation split; 'any' splits it like any group (before 2026-11-29)")
-    p.add_argument("--max-packets", type=_at_least_one, default=8, help="packets per flow the model reads (first N; default 8)")
-    p.add_argument("--store-packets", type=_at_least_one, default=None,
+    p.add_argument("--max-packets", type=at_least(1), default=8, help="packets per flow the model reads (first N; default 8)")
+    p.add_argument("--store-packets", type=at_least(1), default=None,
                    help="packets stored per flow (default: --max-packets); more than the model reads lets "
                         "`traffic-moe robustness` shape flows and still fill the model's window with real packets")
     p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
@@ -57,36 +58,26 @@ def add_parser(subparsers):
     p.add_argument("--tcp-coalesce", dest="coalesce_tcp", action="store_true",
                    help="merge the segments of one TCP write (no PSH/FIN before the last) into one packet, so a "
                         "write split by a smaller MSS or an evasion tool reads as the write it was (default off)")
-    p.add_argument("--max-bytes", type=_at_least_one, default=128,
+    p.add_argument("--max-bytes", type=at_least(1), default=128,
                    help="bytes stored per packet from the IP header (first M; default 128)")
-    p.add_argument("--packet-bytes", type=_at_least_one, default=64,
+    p.add_argument("--packet-bytes", type=at_least(1), default=64,
                    help="byte tokens per packet the model sees, after the header layout (default 64)")
     p.add_argument("--header-layout", choices=("compact", "full"), default="compact",
                    help="model input: compact (default) leaves out the header fields anonymisation masks, "
                         "so more payload fits in --packet-bytes; full keeps the packet as stored")
-    p.add_argument("--min-packets", type=int, default=1, help="skip flows with fewer packets (default 1)")
+    p.add_argument("--min-packets", type=at_least(1), default=1, help="skip flows with fewer packets (default 1)")
     p.add_argument("--no-anonymize", dest="anonymize", action="store_false",
                    help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; see docs/data.md)")
     p.add_argument("--ttl", choices=("mask", "keep", "initial"), default="mask",
                    help="IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")
-    p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
-    p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
+    p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
+    p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")
-    p.add_argument("--num-proc", type=int, default=1, help="worker processes (default 1): parallel by file; a capture larger than its share of the "
+    p.add_argument("--num-proc", type=at_least(1), default=1, help="worker processes (default 1): parallel by file; a capture larger than its share of the "
                    "input (e.g. the only one) is split over the processes by flow")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
-
-
-def _at_least_one(s: str) -> int:
-    try:
-        value = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _ratios(s: str):
@@ -110,7 +101,7 @@ def run(args) -> int:
         return 2
     try:
         report = _prepare_from_args(args)
-    except LabelCsvError as e:
+    except (LabelCsvError, FileExistsError) as e:
         print(f"traffic-moe prepare: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
@@ -207,6 +198,8 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         header_layout = getattr(tok, "header_layout", "full")
         max_bytes = getattr(tok, "capture_bytes", packet_bytes)
     check_large_groups(large_groups)  # before any file is read
+    if save and out and os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out}: exists and is not a folder")
     if min(max_packets, max_bytes, packet_bytes) < 1:
         raise ValueError("max_packets, max_bytes and packet_bytes must be at least 1")
     store_packets = max(store_packets or max_packets, max_packets)
@@ -579,6 +572,8 @@ def format_report(r: dict) -> str:
     w = lines.append
     w(f"files: {r['files_total']} total, {r['files_read']} read, {len(r['files_failed'])} failed"
       + (f", {len(r['files_warnings'])} read partially" if r.get("files_warnings") else ""))
+    if r["files_total"] == 0:
+        w(f"  no files found in {', '.join(r['inputs'])} (empty folders; hidden files are not read)")
     for f, why in list(r["files_failed"].items())[:50]:
         w(f"  FAILED  {f}: {why}")
     if len(r["files_failed"]) > 50:

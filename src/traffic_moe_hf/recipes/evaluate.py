@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..argtypes import at_least
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -32,7 +33,7 @@ def add_parser(subparsers):
     p.add_argument("--split", default="test")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the metrics (JSON)")
     p.add_argument("--plots", default=None, help="folder for the PNGs (default: beside --json)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
     p.add_argument("--update-card", action="store_true",
                    help="add these results to the model folder's README.md (its Evaluation section)")

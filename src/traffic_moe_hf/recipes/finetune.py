@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..argtypes import at_least, non_negative, positive
+from ..configuration_traffic_moe import PRESETS
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -34,17 +36,17 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from", dest="init_from", help="pretrained checkpoint to start from")
-    source.add_argument("--config", default="small", help="size preset when training from scratch (default small)")
+    source.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset when training from scratch (default small)")
     p.add_argument("--dense", action="store_true", help="train the dense BERT baseline")
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense from scratch: match the MoE's active (default) or total parameters")
-    p.add_argument("--shots", type=int, default=None, help="use only K training samples per class (few-shot)")
-    p.add_argument("--epochs", type=float, default=10.0)
-    p.add_argument("--min-steps", type=int, default=300,
+    p.add_argument("--shots", type=at_least(1), default=None, help="use only K training samples per class (few-shot)")
+    p.add_argument("--epochs", type=positive, default=10.0)
+    p.add_argument("--min-steps", type=at_least(0), default=300,
                    help="few-shot: train at least this many steps (60 left tiny models far from fitting 10 flows per class)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=positive, default=5e-4)
+    p.add_argument("--patience", type=at_least(1), default=3, help="early stopping: evaluations without improvement")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     p.add_argument("--head-init", choices=("auto", "random", "probe"), default="auto",
                    help="probe: start the classifier from a linear probe fitted on the frozen pretrained "
@@ -54,15 +56,15 @@ def add_parser(subparsers):
     adv = p.add_argument_group("adversarial training (docs/robustness.md)")
     adv.add_argument("--adversarial", action="store_true",
                      help="shaping augmentation + embedding-space PGD adversarial training")
-    adv.add_argument("--adv-copies", type=int, default=1, help="shaped copies per training flow (0: no augmentation)")
+    adv.add_argument("--adv-copies", type=at_least(0), default=1, help="shaped copies per training flow (0: no augmentation)")
     adv.add_argument("--adv-attacks", default=None,
                      help="comma list of the shaping attacks the copies draw from (default: all of "
                           "padding,split,chaff,normalize,headers); e.g. padding,headers,chaff when flow "
                           "assembly (--tcp-coalesce) already undoes splitting and re-segmentation")
-    adv.add_argument("--adv-eps", type=float, default=0.3,
+    adv.add_argument("--adv-eps", type=non_negative, default=0.3,
                      help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD)")
-    adv.add_argument("--adv-steps", type=int, default=1, help="PGD ascent steps per batch")
-    adv.add_argument("--adv-weight", type=float, default=0.5, help="weight of the adversarial loss")
+    adv.add_argument("--adv-steps", type=at_least(1), default=1, help="PGD ascent steps per batch")
+    adv.add_argument("--adv-weight", type=non_negative, default=0.5, help="weight of the adversarial loss")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
     return p
@@ -190,6 +192,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         trainer_metrics,
     )
 
+    if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
+        raise SystemExit(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
+                         "`traffic-moe pretrain` or `traffic-moe finetune` writes")
     if head_init == "auto":  # LP-FT where it measured better: few-shot from a pretrained checkpoint (README)
         head_init = "probe" if shots is not None and init_from else "random"
     if head_init not in ("random", "probe"):

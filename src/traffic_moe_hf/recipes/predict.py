@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..argtypes import at_least, positive
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
 
 
@@ -33,10 +34,10 @@ def add_parser(subparsers):
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
     p.add_argument("--out", required=True, help="output .csv or .json (- for stdout CSV)")
-    p.add_argument("--batch-size", type=int, default=64, help="flows per forward pass (default 64)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="flows per forward pass (default 64)")
     p.add_argument("--bf16", action="store_true", help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs)")
-    p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
-    p.add_argument("--tcp-timeout", type=float, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
+    p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
+    p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
     return p
@@ -110,6 +111,8 @@ class _Writer:
     def __init__(self, out):
         self.json = str(out).endswith(".json")
         self.rows = []
+        if out != "-":  # like evaluate --json: the folder is made, here before any work (JSON is written last)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
         if self.json:
             self.file = None
         else:

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
+from ..argtypes import at_least, non_negative, positive, probability, steps_or_unset
+from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 
@@ -118,28 +120,28 @@ def add_parser(subparsers):
     )
     p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
     p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
-    p.add_argument("--config", default="small", help="size preset: tiny, small, base (default small)")
+    p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, small, base (default small)")
     p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense: match the MoE's active (default) or total parameters")
     p.add_argument("--splits", default="train", help="comma-separated splits to read (default train; never test)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument("--span-probability", type=float, default=0.03)
-    p.add_argument("--packet-probability", type=float, default=0.05)
-    p.add_argument("--contrastive", type=float, default=1.0,
+    p.add_argument("--epochs", type=positive, default=3.0)
+    p.add_argument("--max-steps", type=steps_or_unset, default=-1, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=positive, default=1e-3)
+    p.add_argument("--mlm-probability", type=probability, default=0.15)
+    p.add_argument("--span-probability", type=probability, default=0.03)
+    p.add_argument("--packet-probability", type=probability, default=0.05)
+    p.add_argument("--contrastive", type=non_negative, default=1.0,
                    help="weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")
-    p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (default 0.1)")
-    p.add_argument("--view-copies", type=int, default=1,
+    p.add_argument("--temperature", type=positive, default=0.1, help="NT-Xent temperature (default 0.1)")
+    p.add_argument("--view-copies", type=at_least(1), default=1,
                    help="shaped views made per flow (each flow appears once per view; default 1)")
     p.add_argument("--view-budgets", choices=("list", "ranges"), default="list",
                    help="shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
-    p.add_argument("--save-steps", type=int, default=200)
+    p.add_argument("--save-steps", type=at_least(1), default=200)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
     return p

@@ -39,6 +39,7 @@ Attacks (``name`` → strength parameter):
 from __future__ import annotations
 
 import hashlib
+import numbers
 import struct
 from dataclasses import dataclass, field
 
@@ -258,9 +259,19 @@ class Attack:
 
     name = "attack"
     unit = ""
+    #: valid strengths: (lowest, highest or None, whole numbers only)
+    limits = (0, None, False)
 
     def __init__(self, strength):
-        self.strength = strength
+        lo, hi, whole = self.limits
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or strength != strength:
+            raise ValueError(f"{self.name}: strength must be a number ({self.unit}), got {strength!r}")
+        if whole and strength != int(strength):
+            raise ValueError(f"{self.name}: strength must be a whole number ({self.unit}), got {strength!r}")
+        if strength < lo or (hi is not None and strength > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"{self.name}: strength must be {bound} ({self.unit}), got {strength!r}")
+        self.strength = int(strength) if whole else float(strength)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.strength!r})"
@@ -292,9 +303,10 @@ class Padding(Attack):
 
     name = "padding"
     unit = "bytes/packet"
+    limits = (0, 65535, True)
 
     def __init__(self, strength: int, position: str = "start", fill: str = "random"):
-        super().__init__(int(strength))
+        super().__init__(strength)
         self.position, self.fill = position, fill
 
     def edit(self, pkts, rng):
@@ -334,9 +346,10 @@ class Split(Attack):
 
     name = "split"
     unit = "segments/segment"
+    limits = (1, None, True)
 
     def __init__(self, strength: int):
-        super().__init__(int(strength))
+        super().__init__(strength)
 
     def edit(self, pkts, rng):
         out = []
@@ -356,10 +369,11 @@ class Chaff(Attack):
 
     name = "chaff"
     unit = "chaff/packet"
+    limits = (0, None, False)
     KINDS = ("duplicate", "out_of_window", "dummy")
 
     def __init__(self, strength: float, max_payload: int = 1400):
-        super().__init__(float(strength))
+        super().__init__(strength)
         self.max_payload = max_payload
 
     def _one(self, template: _Pkt, last_data: _Pkt | None, rng, ts: float) -> _Pkt:
@@ -404,9 +418,10 @@ class Normalize(Attack):
 
     name = "normalize"
     unit = "bytes"
+    limits = (1, 65535, True)
 
     def __init__(self, strength: int, fill: str = "zero"):
-        super().__init__(int(strength))
+        super().__init__(strength)
         self.fill = fill
 
     def edit(self, pkts, rng):
@@ -457,10 +472,11 @@ class Headers(Attack):
 
     name = "headers"
     unit = "fraction of range"
+    limits = (0, 1, False)
     RANGES = {"ttl": (1, 255), "window": (0, 65535), "mss": (536, 65535), "wscale": (0, 14)}
 
     def __init__(self, strength: float):
-        super().__init__(float(strength))
+        super().__init__(strength)
 
     def _move(self, value: int, field_name: str, rng) -> int:
         lo, hi = self.RANGES[field_name]

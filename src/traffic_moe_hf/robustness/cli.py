@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..argtypes import at_least
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
 WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
@@ -41,9 +42,9 @@ def add_parser(subparsers):
     p.add_argument("--budgets", default=None,
                    help='JSON {attack: [budgets]} overriding the defaults, e.g. \'{"padding": [64, 1500]}\'')
     p.add_argument("--whitebox", action="store_true", help="add HotFlip-optimised padding / chaff bytes")
-    p.add_argument("--whitebox-steps", type=int, default=8)
+    p.add_argument("--whitebox-steps", type=at_least(1), default=8)
     p.add_argument("--pgd-eps", default="", help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N flows only")
+    p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate on the first N flows only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tcp-normalize", dest="normalize_tcp", action="store_true", default=None,
                    help="TCP-normalise shaped flows as prepare did (default: what the dataset's report.json says)")
@@ -54,9 +55,17 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    budgets = json.loads(args.budgets) if args.budgets else None
-    attacks = args.attacks.split(",") if args.attacks else None
-    pgd = [float(x) for x in args.pgd_eps.split(",") if x.strip()]
+    try:
+        budgets = json.loads(args.budgets) if args.budgets else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--budgets: not JSON ({e}); expected e.g. '{{\"padding\": [64, 1500]}}'") from None
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    try:
+        pgd = [float(x) for x in args.pgd_eps.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--pgd-eps: expected a comma list of numbers, got {args.pgd_eps!r}") from None
+    if any(not 0 <= e < float("inf") for e in pgd):
+        raise SystemExit(f"--pgd-eps: radii must be 0 or more, got {args.pgd_eps!r}")
     result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
                         whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=pgd,
                         max_samples=args.max_samples, seed=args.seed, normalize_tcp=args.normalize_tcp)
@@ -64,6 +73,7 @@ def run(args) -> int:
     Path(args.json_out).write_text(json.dumps(result, indent=2))
     table = markdown_table(result)
     if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(table + "\n")
     if args.plot:
         plot(result, args.plot)
@@ -115,6 +125,8 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     from .attacks import DEFAULT_BUDGETS, dataset_options
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
+    attacks = list(attacks or DEFAULT_BUDGETS)
+    all_budgets = check_plan(attacks, budgets, whitebox)
     names = list(names or []) + [Path(m).name for m in models[len(names or []):]]
     prepared = load_prepared(data)
     if split not in prepared:
@@ -132,8 +144,6 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
                   f"{options['max_packets']}: after TCP normalisation leaves chaff out, shaped flows have fewer real "
                   f"packets than the model's window (prepare with --store-packets {2 * options['max_packets']} to "
                   f"measure what the model would see on the wire)", file=sys.stderr)
-    all_budgets = {**DEFAULT_BUDGETS, **(budgets or {})}
-    attacks = attacks or list(DEFAULT_BUDGETS)
     result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
               "budgets": {a: all_budgets[a] for a in attacks}, "seed": seed, "device": device_summary(), "models": {}}
     started = time.perf_counter()
@@ -152,6 +162,36 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
         result["pgd"] = first["pgd"]
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def check_plan(attacks, budgets, whitebox=False) -> dict:
+    """Every attack name and budget checked before any model runs (a typo used to surface as a KeyError,
+    or a budget for an attack not run was silently ignored, or a negative padding ran as a no-op).
+    Returns the budgets to use: the defaults overridden by ``budgets``."""
+    from .attacks import ATTACKS, DEFAULT_BUDGETS, make_attack
+
+    known = sorted(ATTACKS)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise SystemExit(f"--attacks: unknown attack(s) {unknown}; choose from {known} (white-box: --whitebox)")
+    if not isinstance(budgets or {}, dict):
+        raise SystemExit(f"--budgets: expected a JSON object {{attack: [budgets]}}, got {type(budgets).__name__}")
+    budgets = dict(budgets or {})
+    for name, values in budgets.items():
+        base = name.removeprefix("whitebox_") if name in WHITEBOX_BUDGETS else name
+        if base not in ATTACKS:
+            raise SystemExit(f"--budgets: unknown attack {name!r}; choose from {known + sorted(WHITEBOX_BUDGETS)}")
+        if not isinstance(values, list) or not values:
+            raise SystemExit(f"--budgets {name}: expected a non-empty list of budgets, got {values!r}")
+        for v in values:
+            try:
+                make_attack(base, v)
+            except ValueError as e:
+                raise SystemExit(f"--budgets {name}: {e}") from None
+        if name not in attacks and not (whitebox and name in WHITEBOX_BUDGETS):
+            print(f"traffic-moe robustness: --budgets {name}: that attack is not run (--attacks "
+                  f"{','.join(attacks)}{'' if whitebox else '; white-box needs --whitebox'})", file=sys.stderr)
+    return {**DEFAULT_BUDGETS, **budgets}
 
 
 def markdown_table(result: dict) -> str:

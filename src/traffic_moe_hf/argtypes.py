@@ -1,0 +1,66 @@
+"""argparse types for the CLI's numeric options.
+
+A value out of range is refused when the command line is parsed, as a one-line usage error that names
+the option (``argument --batch-size: must be at least 1, got 0``), instead of a ZeroDivisionError or a
+torch ValueError minutes later, or a silently meaningless run (a negative idle timeout made every
+packet its own flow). argparse has no range checks of its own, hence these few lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _parse(kind, s: str):
+    try:
+        value = kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {s!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
+    return value
+
+
+def at_least(minimum: int):
+    """A whole number >= ``minimum``."""
+
+    def parse(s: str) -> int:
+        value = _parse(int, s)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def positive(s: str) -> float:
+    """A number > 0 (learning rates, epochs, timeouts, temperatures)."""
+    value = _parse(float, s)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {s}")
+    return value
+
+
+def non_negative(s: str) -> float:
+    """A number >= 0 (loss weights, radii; 0 turns the term off)."""
+    value = _parse(float, s)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {s}")
+    return value
+
+
+def probability(s: str) -> float:
+    """A number in [0, 1]."""
+    value = _parse(float, s)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {s}")
+    return value
+
+
+def steps_or_unset(s: str) -> int:
+    """A step count >= 1, or -1 for 'not set' (Trainer's own convention for max_steps)."""
+    value = _parse(int, s)
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or -1: use --epochs), got {value}")
+    return value

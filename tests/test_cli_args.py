@@ -1,0 +1,94 @@
+"""Out-of-range option values are refused by the parser with a one-line message naming the option,
+before any work starts (they used to surface later as tracebacks: ZeroDivisionError for --batch-size 0,
+a numpy error for --shots -3, torch's 'Invalid learning rate', a Hub lookup for a missing --from folder;
+or ran silently with a meaningless setting: a negative --udp-timeout)."""
+
+import pytest
+from _data_util import DEMO
+
+from traffic_moe_hf.cli import build_parser, main
+
+BAD = [
+    ("finetune --data D --out O --shots 0", "--shots: must be at least 1, got 0"),
+    ("finetune --data D --out O --shots -3", "--shots: must be at least 1, got -3"),
+    ("finetune --data D --out O --batch-size 0", "--batch-size: must be at least 1"),
+    ("finetune --data D --out O --lr -1", "--lr: must be greater than 0"),
+    ("finetune --data D --out O --epochs 0", "--epochs: must be greater than 0"),
+    ("finetune --data D --out O --config huge", "invalid choice: 'huge'"),
+    ("finetune --data D --out O --adv-eps -0.5", "--adv-eps: must be 0 or more"),
+    ("pretrain --data D --out O --max-steps 0", "--max-steps: must be at least 1 (or -1"),
+    ("pretrain --data D --out O --mlm-probability 1.5", "--mlm-probability: must be between 0 and 1"),
+    ("pretrain --data D --out O --lr nan", "--lr: expected a finite number"),
+    ("prepare X --out O --udp-timeout -1", "--udp-timeout: must be greater than 0"),
+    ("prepare X --out O --num-proc 0", "--num-proc: must be at least 1"),
+    ("prepare X --out O --max-packets two", "--max-packets: expected a whole number, got 'two'"),
+    ("predict X --model M --out O --batch-size 0", "--batch-size: must be at least 1"),
+    ("evaluate --data D --model M --json O --batch-size -1", "--batch-size: must be at least 1"),
+    ("robustness --data D --model M --json O --max-samples 0", "--max-samples: must be at least 1"),
+    ("demo --seeds 0", "--seeds: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD, ids=[b[0].split()[0] + ":" + b[1].split(":")[0] for b in BAD])
+def test_out_of_range_options_are_usage_errors(line, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(line.split())
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_defaults_pass_their_own_checks():
+    """Every default goes through the same parser (argparse applies type= to string defaults only, so
+    this guards the numeric defaults against a range the new types would refuse)."""
+    args = build_parser().parse_args("pretrain --data D --out O".split())
+    assert args.max_steps == -1 and 0 < args.mlm_probability < 1 and args.batch_size >= 1
+    args = build_parser().parse_args("finetune --data D --out O".split())
+    assert args.shots is None and args.epochs > 0 and args.lr > 0 and args.config == "small"
+
+
+def test_missing_from_checkpoint_is_named_before_any_hub_lookup(tmp_path, capsys):
+    data = tmp_path / "ds"
+    assert main(["prepare", str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap"), "--out", str(data), "--labels", "file",
+                 "--no-progress"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--data", str(data), "--out", str(tmp_path / "m"), "--from", str(tmp_path / "nope"),
+              "--no-progress"])
+    assert "not a checkpoint folder (no config.json)" in str(exit_info.value.code)
+
+
+def test_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
+    out = tmp_path / "report.txt"
+    out.write_text("keep me")
+    assert main(["prepare", str(DEMO / "dns.pcap"), "--out", str(out), "--no-progress"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("attacks,budgets,message", [
+    (["paddng"], None, "--attacks: unknown attack(s) ['paddng']"),
+    (["padding"], {"pading": [64]}, "--budgets: unknown attack 'pading'"),
+    (["padding"], {"padding": [-5]}, "padding: strength must be between 0 and 65535"),
+    (["padding"], {"padding": [2.5]}, "padding: strength must be a whole number"),
+    (["split"], {"split": [0]}, "split: strength must be at least 1"),
+    (["headers"], {"headers": [2]}, "headers: strength must be between 0 and 1"),
+    (["chaff"], {"chaff": ["x"]}, "chaff: strength must be a number"),
+    (["chaff"], {"chaff": []}, "expected a non-empty list"),
+    (["chaff"], [1], "expected a JSON object"),
+])
+def test_robustness_plan_is_checked_before_any_model_runs(attacks, budgets, message):
+    """`traffic-moe robustness` checks attack names and budgets first (a typo was a KeyError after the
+    clean pass; a negative padding ran as a silent no-op and was reported as a result)."""
+    from traffic_moe_hf.robustness.cli import check_plan
+
+    with pytest.raises(SystemExit) as exit_info:
+        check_plan(attacks, budgets)
+    assert message in str(exit_info.value.code)
+
+
+def test_robustness_plan_keeps_defaults_and_warns_about_unused_budgets(capsys):
+    from traffic_moe_hf.robustness.attacks import DEFAULT_BUDGETS
+    from traffic_moe_hf.robustness.cli import check_plan
+
+    plan = check_plan(["padding"], {"padding": [0, 1500], "split": [3]})
+    assert plan["padding"] == [0, 1500] and plan["chaff"] == DEFAULT_BUDGETS["chaff"]
+    assert "--budgets split: that attack is not run" in capsys.readouterr().err
