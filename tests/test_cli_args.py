@@ -92,3 +92,14 @@ def test_robustness_plan_keeps_defaults_and_warns_about_unused_budgets(capsys):
     plan = check_plan(["padding"], {"padding": [0, 1500], "split": [3]})
     assert plan["padding"] == [0, 1500] and plan["chaff"] == DEFAULT_BUDGETS["chaff"]
     assert "--budgets split: that attack is not run" in capsys.readouterr().err
+
+
+def test_prepare_says_when_there_is_only_one_label(tmp_path, capsys):
+    """The common first mistake: a folder of captures with the default --labels dir gives every flow the
+    folder's name; prepare says so (finetune would refuse the data later)."""
+    assert main(["prepare", str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap"), "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    assert "note: one label ('loopback9', the folder name)" in capsys.readouterr().out
+    assert main(["prepare", str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap"), "--out", str(tmp_path / "b"),
+                 "--labels", "file", "--no-progress"]) == 0
+    assert "note: one label" not in capsys.readouterr().out

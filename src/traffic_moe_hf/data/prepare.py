@@ -611,6 +611,10 @@ def format_report(r: dict) -> str:
           + ", ".join(f"{lab} {v['flows']} flows in {v['groups']} group{'s' if v['groups'] > 1 else ''}" for lab, v in big.items()))
     if sr.get("labels_missing"):
         w(f"  WARNING labels missing from a split: {sr['labels_missing']}")
+    if len(labels) == 1 and r.get("options", {}).get("labels") in ("dir", "file"):
+        how = ("folder" if r["options"]["labels"] == "dir" else "file") + " name"
+        w(f"  note: one label ({labels[0]!r}, the {how}): fine for pretraining; a classifier needs two or more "
+          "(--labels file: one label per capture file name; --labels dir: ROOT/<label>/*.pcap)")
     t = r.get("timing", {})
     if t:
         w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
