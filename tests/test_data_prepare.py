@@ -338,3 +338,21 @@ def test_rows_built_in_chunks_equal_rows_built_at_once(monkeypatch):
     total = sum(len(ds) for ds in in_chunks["_dataset"].values())
     for ds in in_chunks["_dataset"].values():  # one table of all rows, an indices mapping per split
         assert ds._indices is not None and len(ds.data) == total
+
+
+def test_packet_level_flow_split_keeps_evaluation_splits_usable():
+    """Packet level with the default --dedup: grouping flows by any shared packet joined nearly every
+    TCP flow into one component (a bare ACK is the same in every anonymised flow), which went to train
+    whole and left validation/test with DNS only (tls9: no evaluation samples at all). Packet level now
+    removes a later split's copies of earlier inputs instead: most classes are evaluated, no flow and no
+    input is in two splits, and every removed packet is counted."""
+    r = prepare([str(DEMO)], None, labels="file", level="packet", progress=False, save=False)
+    dd = r["_dataset"]
+    assert r["split_report"]["duplicates"]["policy"] == "remove"
+    assert len(set(dd["test"]["label"])) >= 5 and len(set(dd["validation"]["label"])) >= 5
+    assert r["samples_total"] + sum(r["samples_removed"].values()) == r["samples_built"] == r["packets_used"]
+    flow_split, input_split = {}, {}
+    for split, ds in dd.items():
+        for fid, ids, dr in zip(ds["flow_id"], ds["input_ids"], ds["direction_ids"]):
+            assert flow_split.setdefault(fid, split) == split
+            assert input_split.setdefault((tuple(ids), tuple(dr)), split) == split
