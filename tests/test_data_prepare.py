@@ -356,3 +356,29 @@ def test_packet_level_flow_split_keeps_evaluation_splits_usable():
         for fid, ids, dr in zip(ds["flow_id"], ds["input_ids"], ds["direction_ids"]):
             assert flow_split.setdefault(fid, split) == split
             assert input_split.setdefault((tuple(ids), tuple(dr)), split) == split
+
+
+def test_csv_rows_that_contradict_each_other_are_counted(tmp_path):
+    """Ground truth from IDS/DPI output can give one flow two labels; the flow keeps the best match's
+    label (as before) but the contradiction is counted and printed, and unusable rows are reported."""
+    from traffic_moe_hf.data.prepare import format_report
+
+    base = prepare([DEMO / "dns.pcap"], None, labels="file", split="none", progress=False, save=False)
+    tuples = base["_dataset"]["test"]["five_tuple"]
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["proto", "src_ip", "src_port", "dst_ip", "dst_port", "label"])
+        for n, ft in enumerate(tuples):
+            proto, eps = ft.split(" ")
+            a, b = eps.split("-")
+            w.writerow([proto, *a.split(":"), *b.split(":"), "dns"])
+            if n < 3:  # a second opinion for three flows
+                w.writerow([proto, *b.split(":"), *a.split(":"), "tunnel"])
+        w.writerow(["udp", "not-an-ip", "1", "127.0.0.1", "2", "dns"])
+    r = prepare([DEMO / "dns.pcap"], None, labels=f"csv:{path}", split="none", progress=False, save=False)
+    assert r["label_csv"]["flows_ambiguous"] == 3 and r["label_csv"]["bad_rows"] == 1
+    assert r["flows_used"] == len(tuples) and set(r["_dataset"]["test"]["label"]) == {0}  # first row's label kept
+    text = format_report(r)
+    assert "WARNING 3 flows matched label-CSV rows with different labels" in text
+    assert "1 of " in text and "rows unusable" in text

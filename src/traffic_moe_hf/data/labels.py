@@ -9,7 +9,8 @@
     optional ``start`` / ``end`` (epoch seconds) restricting the rule to flows that overlap that
     time range (ports are reused, so the same 5-tuple can carry several labels over a day).
     The match is direction-free (either endpoint may be the client). Flows matching no row are
-    skipped and counted as ``unlabeled`` in the report.
+    skipped and counted as ``unlabeled`` in the report; flows matched by rows with different labels
+    keep the best match's label and are counted as ``flows_label_ambiguous``.
 """
 
 from __future__ import annotations
@@ -112,18 +113,29 @@ class CsvLabels:
 
     def lookup(self, proto: int, client, server, start: float, end: float):
         """Label of a flow, or ``None``."""
+        return self.lookup_all(proto, client, server, start, end)[0]
+
+    def lookup_all(self, proto: int, client, server, start: float, end: float):
+        """``(label, labels)``: the flow's label (a rule whose time range holds the flow's start wins,
+        then the first rule without a range, then the first whose range overlaps the flow) and the set
+        of labels of every rule that matches it — more than one means the CSV contradicts itself for
+        this flow, which prepare counts (``flows_label_ambiguous``) instead of choosing silently."""
         key = (client, server) if client <= server else (server, client)
-        best = None
+        best = starts_inside = None
+        matched = set()
         for p, s, e, label in self.rules.get(key, ()):
             if p is not None and p != proto:
                 continue
             if s is None and e is None:
                 best = best or label
+                matched.add(label)
                 continue
             lo = s if s is not None else float("-inf")
             hi = e if e is not None else float("inf")
             if lo <= start <= hi:
-                return label  # the flow starts inside the rule's range: the best match
-            if start <= hi and end >= lo and best is None:
-                best = label
-        return best
+                starts_inside = starts_inside or label  # the flow starts inside the rule's range: the best match
+                matched.add(label)
+            elif start <= hi and end >= lo:
+                best = best or label
+                matched.add(label)
+        return (starts_inside or best), matched

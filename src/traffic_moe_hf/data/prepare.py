@@ -324,8 +324,8 @@ def merge_shards(parts: list[dict]) -> dict:
         return failed[0]
     out = dict(parts[0])  # shard 0 carries the file's totals, link types and warning
     out.pop("flow_position", None)
-    for k in ("packets_used", "flows", "flows_used"):
-        out[k] = sum(p[k] for p in parts)
+    for k in ("packets_used", "flows", "flows_used", "flows_label_ambiguous"):
+        out[k] = sum(p.get(k, 0) for p in parts)
     for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped"):
         out[k] = sum((Counter(p[k]) for p in parts), Counter())
     out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
@@ -464,6 +464,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     report["flows"] = sum(r["flows"] for r in ok)
     report["flows_used"] = sum(r["flows_used"] for r in ok)
     report["flows_skipped"] = dict(fskip)
+    if "label_csv" in report:
+        report["label_csv"]["flows_ambiguous"] = sum(r.get("flows_label_ambiguous", 0) for r in ok)
     report["per_file"] = {r["file"]: {"format": r.get("format"), "packets": r["packets_total"],
                                      "used": r["packets_used"], "flows": r["flows"],
                                      "seconds": round(r.get("seconds", 0.0), 4)} for r in ok}
@@ -598,6 +600,13 @@ def format_report(r: dict) -> str:
         w("  not TCP/UDP by protocol: " + ", ".join(f"{k} {v}" for k, v in r["ip_protocols_skipped"].items()))
     w(f"flows: {r.get('flows', 0)} total, {r.get('flows_used', 0)} used"
       + "".join(f", {v} skipped ({k})" for k, v in r.get("flows_skipped", {}).items()))
+    ambiguous = r.get("label_csv", {}).get("flows_ambiguous", 0)
+    if ambiguous:
+        w(f"  WARNING {ambiguous} flows matched label-CSV rows with different labels (the row whose time range "
+          "holds the flow's start, else the first matching row, was used; label_csv in report.json)")
+    if r.get("label_csv", {}).get("bad_rows"):
+        w(f"  label CSV: {r['label_csv']['bad_rows']} of {r['label_csv']['rows']} rows unusable (bad address, port, "
+          "protocol, time or empty label) and ignored")
     samples = r.get("samples", {})
     labels = r.get("labels", [])
     if samples:

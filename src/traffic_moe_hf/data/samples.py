@@ -183,6 +183,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
         "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(),
         "ip_protocols_skipped": Counter(), "link_types": Counter(),
         "flows": 0, "flows_used": 0, "flows_skipped": Counter(), "columns": _empty_columns(),
+        "flows_label_ambiguous": 0,
     }
     try:
         rs = open_capture(path)
@@ -280,7 +281,9 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
             skipped["flow_too_short"] += len(f.packets) + f.merged
             continue
         if cfg.csv_labels is not None:
-            label = cfg.csv_labels.lookup(f.proto, f.client, f.server, f.start, f.last)
+            label, matched = cfg.csv_labels.lookup_all(f.proto, f.client, f.server, f.start, f.last)
+            if len(matched) > 1:
+                res["flows_label_ambiguous"] += 1
         else:
             label = file_label
         if label is None:
