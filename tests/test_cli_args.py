@@ -103,3 +103,15 @@ def test_prepare_says_when_there_is_only_one_label(tmp_path, capsys):
     assert main(["prepare", str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap"), "--out", str(tmp_path / "b"),
                  "--labels", "file", "--no-progress"]) == 0
     assert "note: one label" not in capsys.readouterr().out
+
+
+def test_demo_on_a_folder_with_one_class_stops_before_pretraining(tmp_path):
+    import shutil
+
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copy(DEMO / "dns.pcap", data)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--data", str(data), "--out", str(tmp_path / "run")])
+    assert "needs captures of at least two classes" in str(exit_info.value.code)
+    assert not (tmp_path / "run" / "pretrained-moe").exists()

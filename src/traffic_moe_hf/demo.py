@@ -61,6 +61,11 @@ def run(args) -> int:
                      seed=args.seed)
     print(format_report(report))
     timings["prepare"] = time.perf_counter() - t
+    labels = report.get("labels", [])
+    if report["files_read"] == 0 or len(labels) < 2:  # before minutes of pretraining, not after
+        found = f"{report['files_read']} capture(s) read" + (f", labels {labels}" if labels else "")
+        raise SystemExit(f"demo: {args.data}: needs captures of at least two classes, one file per class "
+                         f"(the label is the file name); {found}")
 
     _stage("2/6 masked-packet + flow-contrastive pretraining (Traffic-MoE and dense BERT, train split only)")
     t = time.perf_counter()
