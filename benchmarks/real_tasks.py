@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--contrastive", type=float, default=1.0, help="pretraining: flow-contrastive weight (0: MLM only)")
     parser.add_argument("--pretrain-batch", type=int, default=32)
     parser.add_argument("--packet-bytes", type=int, default=64, help="prepare: byte tokens per packet (compact layout)")
+    parser.add_argument("--max-packets", type=int, default=8, help="prepare: packets per flow the model reads")
+    parser.add_argument("--tcp-coalesce", action="store_true", help="prepare --tcp-coalesce (merge the segments of a TCP write)")
     parser.add_argument("--large-groups", choices=("train", "any"), default="any",
                         help="prepare --large-groups; 'any' (default here) gives the splits the README tables were "
                              "measured on, 'train' is prepare's default since 2026-11-29")
@@ -127,7 +129,8 @@ def main() -> int:
         if not (full / "dataset_dict.json").is_file():
             log("prepare", task)
             prepare([str(SHARED / task)], str(full), labels="file", split="flow", progress=False,
-                    packet_bytes=args.packet_bytes, large_groups=args.large_groups)
+                    packet_bytes=args.packet_bytes, large_groups=args.large_groups, max_packets=args.max_packets,
+                    coalesce_tcp=args.tcp_coalesce)
         capped = out / "data" / task
         if not (capped / "dataset_dict.json").is_file():
             d = load_from_disk(str(full))
@@ -139,7 +142,8 @@ def main() -> int:
     if not (corpus / "dataset_dict.json").is_file():
         log("prepare public corpus")
         prepare([str(SHARED / "public" / "zeek-traces")], str(corpus), labels="dir", split="flow", ratios=(1.0, 0.0, 0.0),
-                progress=False, dedup="report", packet_bytes=args.packet_bytes)
+                progress=False, dedup="report", packet_bytes=args.packet_bytes, max_packets=args.max_packets,
+                coalesce_tcp=args.tcp_coalesce)
 
     if args.stop_after == "data":
         return 0
@@ -239,7 +243,9 @@ def main() -> int:
             rows[label] = row
         table[task] = {"rows": rows, "train": len(prepared["train"]), "test": len(prepared["test"]), "classes": len(names)}
 
-    report = {"config": args.config, "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive,
+    report = {"config": args.config, "input": {"packet_bytes": args.packet_bytes, "max_packets": args.max_packets,
+                                               "tcp_coalesce": args.tcp_coalesce, "large_groups": args.large_groups},
+              "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive,
               "pretrain_views": [args.pretrain_view_copies, args.pretrain_view_budgets], "shots": args.shots, "seeds": args.seeds,
               "per_class": args.per_class, "epochs": args.epochs, "few_steps": args.few_steps, "few_lr": args.few_lr,
               "machine": _machine(), "tasks": table, "seconds": time.perf_counter() - started}

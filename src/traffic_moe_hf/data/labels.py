@@ -116,26 +116,24 @@ class CsvLabels:
         return self.lookup_all(proto, client, server, start, end)[0]
 
     def lookup_all(self, proto: int, client, server, start: float, end: float):
-        """``(label, labels)``: the flow's label (a rule whose time range holds the flow's start wins,
-        then the first rule without a range, then the first whose range overlaps the flow) and the set
-        of labels of every rule that matches it — more than one means the CSV contradicts itself for
-        this flow, which prepare counts (``flows_label_ambiguous``) instead of choosing silently."""
+        """``(label, labels)``: the flow's label and the labels of every rule as good as the chosen one.
+        Rules whose time range holds the flow's start come first; then rules without a range or whose
+        range merely overlaps the flow, in file order. More than one label among the rules of the
+        winning kind means the CSV contradicts itself for this flow, which prepare counts
+        (``flows_label_ambiguous``) instead of choosing silently."""
         key = (client, server) if client <= server else (server, client)
-        best = starts_inside = None
-        matched = set()
+        inside, other = [], []
         for p, s, e, label in self.rules.get(key, ()):
             if p is not None and p != proto:
                 continue
             if s is None and e is None:
-                best = best or label
-                matched.add(label)
+                other.append(label)
                 continue
             lo = s if s is not None else float("-inf")
             hi = e if e is not None else float("inf")
             if lo <= start <= hi:
-                starts_inside = starts_inside or label  # the flow starts inside the rule's range: the best match
-                matched.add(label)
+                inside.append(label)  # the flow starts inside the rule's range: the best match
             elif start <= hi and end >= lo:
-                best = best or label
-                matched.add(label)
-        return (starts_inside or best), matched
+                other.append(label)
+        best = inside or other
+        return (best[0] if best else None), set(best)
