@@ -115,3 +115,12 @@ def test_demo_on_a_folder_with_one_class_stops_before_pretraining(tmp_path):
         main(["demo", "--data", str(data), "--out", str(tmp_path / "run")])
     assert "needs captures of at least two classes" in str(exit_info.value.code)
     assert not (tmp_path / "run" / "pretrained-moe").exists()
+
+
+@pytest.mark.parametrize("line", ["evaluate --data D --model M --json {d}", "predict X --model M --out {d}",
+                                  "robustness --data D --model M --json r.json --md {d}", "bench --json {d}"])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(line, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(line.format(d=tmp_path).split())
+    assert exit_info.value.code == 2
+    assert f"{tmp_path} is a folder; give the path of a file" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 def _parse(kind, s: str):
@@ -64,3 +65,11 @@ def steps_or_unset(s: str) -> int:
     if value != -1 and value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (or -1: use --epochs), got {value}")
     return value
+
+
+def output_file(s: str) -> str:
+    """A file to write: not an existing folder (that failed only when the results were written, after
+    the work). ``-`` (standard output) passes."""
+    if s != "-" and os.path.isdir(s):
+        raise argparse.ArgumentTypeError(f"{s} is a folder; give the path of a file (inside it, if you like)")
+    return s

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .argtypes import at_least
+from .argtypes import at_least, output_file
 
 MODELS = ("dense-etbert", "dense-equal-total", "switch-base", "traffic-moe-base", "traffic-moe-small",
           "traffic-moe-tiny", "dense-tiny")
@@ -53,8 +53,8 @@ def add_parser(subparsers):
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     p.add_argument("--lengths", nargs="*", type=at_least(1), default=None, help="flow lengths in tokens (default 128 256 512)")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="skip the layer-level benchmark")
-    p.add_argument("--json", dest="json_out", required=True)
-    p.add_argument("--png", default=None)
+    p.add_argument("--json", dest="json_out", required=True, type=output_file)
+    p.add_argument("--png", default=None, type=output_file)
     p.set_defaults(func=run)
     return p
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..argtypes import at_least
+from ..argtypes import at_least, output_file
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -31,7 +31,7 @@ def add_parser(subparsers):
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
     p.add_argument("--split", default="test")
-    p.add_argument("--json", required=True, dest="json_out", help="where to write the metrics (JSON)")
+    p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the metrics (JSON)")
     p.add_argument("--plots", default=None, help="folder for the PNGs (default: beside --json)")
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..argtypes import at_least, positive
+from ..argtypes import at_least, output_file, positive
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
 
 
@@ -33,7 +33,7 @@ def add_parser(subparsers):
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
-    p.add_argument("--out", required=True, help="output .csv or .json (- for stdout CSV)")
+    p.add_argument("--out", required=True, type=output_file, help="output .csv or .json (- for stdout CSV)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="flows per forward pass (default 64)")
     p.add_argument("--bf16", action="store_true", help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..argtypes import at_least
+from ..argtypes import at_least, output_file
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
 WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
@@ -35,9 +35,9 @@ def add_parser(subparsers):
     p.add_argument("--model", required=True, action="append", help="classifier checkpoint (repeat to compare)")
     p.add_argument("--name", action="append", default=None, help="display name per --model (default: folder name)")
     p.add_argument("--split", default="test")
-    p.add_argument("--json", required=True, dest="json_out", help="where to write the results (JSON)")
-    p.add_argument("--md", default=None, help="also write a Markdown table here")
-    p.add_argument("--plot", default=None, help="also write a PNG plot here")
+    p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the results (JSON)")
+    p.add_argument("--md", default=None, type=output_file, help="also write a Markdown table here")
+    p.add_argument("--plot", default=None, type=output_file, help="also write a PNG plot here")
     p.add_argument("--attacks", default=None, help="comma list (default: all black-box attacks)")
     p.add_argument("--budgets", default=None,
                    help='JSON {attack: [budgets]} overriding the defaults, e.g. \'{"padding": [64, 1500]}\'')
