@@ -417,6 +417,24 @@ def test_predict_stream_matches_file(finetuned, tmp_path):
     assert file_summary["packets_used"] + sum(file_summary["packets_skipped"].values()) == file_summary["packets_total"]
 
 
+def test_predict_names_a_cut_capture_alike_from_a_file_and_from_a_stream(finetuned, tmp_path):
+    """A capture cut mid-record (a killed tcpdump): from a file and from a stream its flows are classified
+    up to the damage and the damage is named in `files_warnings` (the stream summary had it under another key)."""
+    import io
+
+    from traffic_moe_hf.recipes.predict import predict_stream
+
+    out, _ = finetuned
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((DEMO / "http.pcap").read_bytes()[:30000])
+    from_file = predict_files([str(cut)], str(out), str(tmp_path / "f.csv"), progress=False)
+    from_stream = predict_stream(io.BytesIO(cut.read_bytes()), str(out), str(tmp_path / "s.csv"))
+    assert from_file["files_warnings"] == {"cut.pcap": from_stream["files_warnings"]["-"]}
+    assert "truncated" in from_stream["files_warnings"]["-"]
+    for key in ("packets_total", "packets_used", "packets_skipped", "flows"):
+        assert from_stream[key] == from_file[key], key
+
+
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):
     """finetune records the data's TCP normalisation / coalescing in the checkpoint; predict uses it."""
     from traffic_moe_hf.recipes.predict import Classifier

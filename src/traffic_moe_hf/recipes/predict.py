@@ -202,8 +202,8 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout, **classifier.flow_options)
     emitted: set[int] = set()
-    summary = {"files_read": 0, "files_failed": {}, "flows": 0, "packets_total": 0, "packets_used": 0,
-               "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
+    summary = {"files_read": 0, "files_failed": {}, "files_warnings": {}, "flows": 0, "packets_total": 0,
+               "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
     skipped = summary["packets_skipped"]
 
     def emit(flow):
@@ -254,8 +254,9 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
                         del table.open[key]
                         summary["flows_evicted"] += 1
             summary["max_open_flows"] = max(summary["max_open_flows"], len(table.open))
-    if records.warning:
-        summary["warning"] = records.warning
+    if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
+        summary["files_warnings"]["-"] = records.warning
+        print(f"predict: -: {records.warning}", file=sys.stderr)
     for flow in table.finish():
         emit(flow)
     writer.close()
