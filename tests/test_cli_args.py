@@ -25,6 +25,8 @@ BAD = [
     ("predict X --model M --out O --batch-size 0", "--batch-size: must be at least 1"),
     ("evaluate --data D --model M --json O --batch-size -1", "--batch-size: must be at least 1"),
     ("robustness --data D --model M --json O --max-samples 0", "--max-samples: must be at least 1"),
+    ("robustness --data D --model M --json O --pgd-eps 0.5,-1", "--pgd-eps: must be 0 or more"),
+    ("robustness --data D --model M --json O --pgd-eps abc", "--pgd-eps: expected a number, got 'abc'"),
     ("demo --seeds 0", "--seeds: must be at least 1"),
 ]
 

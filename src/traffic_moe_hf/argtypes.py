@@ -59,6 +59,15 @@ def probability(s: str) -> float:
     return value
 
 
+def comma_list(item):
+    """A comma list, each entry checked by ``item`` (e.g. :func:`non_negative`); empty entries are skipped."""
+
+    def parse(s: str) -> list:
+        return [item(x.strip()) for x in s.split(",") if x.strip()]
+
+    return parse
+
+
 def steps_or_unset(s: str) -> int:
     """A step count >= 1, or -1 for 'not set' (Trainer's own convention for max_steps)."""
     value = _parse(int, s)

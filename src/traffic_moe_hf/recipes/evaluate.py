@@ -23,6 +23,7 @@ import torch
 
 from ..argtypes import at_least, output_file
 
+
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="accuracy, macro-F1, per-class scores, confusion matrix and expert-load plots",

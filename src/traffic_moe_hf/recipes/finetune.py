@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..argtypes import at_least, non_negative, positive
 from ..configuration_traffic_moe import PRESETS
 
+
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "finetune", help="fine-tune a flow/packet classifier (Traffic-MoE or the dense BERT baseline)",

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from ..argtypes import at_least, output_file, positive
+
+
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
 
 

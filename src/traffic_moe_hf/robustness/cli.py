@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..argtypes import at_least, output_file
+from ..argtypes import at_least, comma_list, non_negative, output_file
+
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
 WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
@@ -43,7 +44,8 @@ def add_parser(subparsers):
                    help='JSON {attack: [budgets]} overriding the defaults, e.g. \'{"padding": [64, 1500]}\'')
     p.add_argument("--whitebox", action="store_true", help="add HotFlip-optimised padding / chaff bytes")
     p.add_argument("--whitebox-steps", type=at_least(1), default=8)
-    p.add_argument("--pgd-eps", default="", help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
+    p.add_argument("--pgd-eps", type=comma_list(non_negative), default="",
+                   help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
     p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate on the first N flows only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tcp-normalize", dest="normalize_tcp", action="store_true", default=None,
@@ -60,14 +62,8 @@ def run(args) -> int:
     except json.JSONDecodeError as e:
         raise SystemExit(f"--budgets: not JSON ({e}); expected e.g. '{{\"padding\": [64, 1500]}}'") from None
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    try:
-        pgd = [float(x) for x in args.pgd_eps.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"--pgd-eps: expected a comma list of numbers, got {args.pgd_eps!r}") from None
-    if any(not 0 <= e < float("inf") for e in pgd):
-        raise SystemExit(f"--pgd-eps: radii must be 0 or more, got {args.pgd_eps!r}")
     result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
-                        whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=pgd,
+                        whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=args.pgd_eps,
                         max_samples=args.max_samples, seed=args.seed, normalize_tcp=args.normalize_tcp)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=2))
