@@ -126,3 +126,13 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(line, tmp_path, c
         build_parser().parse_args(line.format(d=tmp_path).split())
     assert exit_info.value.code == 2
     assert f"{tmp_path} is a folder; give the path of a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", ["prepare X --out O", "pretrain --data D --out O", "finetune --data D --out O",
+                                  "evaluate --data D --model M --json O", "predict X --model M --out O",
+                                  "robustness --data D --model M --json O"])
+def test_every_long_running_command_has_progress_and_no_progress(line):
+    """Each command that runs for minutes shows a bar by default and takes --no-progress (evaluate and
+    robustness had neither)."""
+    assert build_parser().parse_args(line.split()).progress is True
+    assert build_parser().parse_args(line.split() + ["--no-progress"]).progress is False

@@ -276,7 +276,7 @@ def test_pgd_bound_lowers_accuracy(prepared, tiny_model):
     assert ce(torch.from_numpy(attacked), torch.from_numpy(labels)) > ce(torch.from_numpy(clean), torch.from_numpy(labels))
 
 
-def test_cli_writes_json(prepared, tiny_model, tmp_path):
+def test_cli_writes_json(prepared, tiny_model, tmp_path, capsys):
     from traffic_moe_hf.cli import main
 
     ckpt = tmp_path / "m"
@@ -296,6 +296,8 @@ def test_cli_writes_json(prepared, tiny_model, tmp_path):
     chaff = result["attacks"]["chaff"]["1.0"]
     assert result["options"]["normalize_tcp"] and sum(chaff["normalized_out"].values()) > 0
     assert (tmp_path / "r.png").stat().st_size > 1000
+    # a progress bar over the evaluations: clean, padding 1500, chaff 1.0
+    assert "3/3" in capsys.readouterr().err
 
 
 def test_finetune_adversarial_flag(prepared, tmp_path):

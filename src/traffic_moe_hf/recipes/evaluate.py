@@ -38,13 +38,14 @@ def add_parser(subparsers):
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
     p.add_argument("--update-card", action="store_true",
                    help="add these results to the model folder's README.md (its Evaluation section)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
-                      batch_size=args.batch_size, audit=args.audit)
+                      batch_size=args.batch_size, audit=args.audit, progress=args.progress)
     print(format_result(result))
     if args.update_card:
         card = add_to_model_card(args.model, result)
@@ -77,10 +78,11 @@ def load_classifier(path):
 
 
 @torch.inference_mode()
-def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None):
+def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None, progress=False):
     """Logits for every row, batched by similar length so flows are not padded to the longest.
     With ``inputs_of`` (a submodule taking one tensor, e.g. ``model.classifier``) returns
-    ``(logits, inputs)``: also what that module received for every row, in row order."""
+    ``(logits, inputs)``: also what that module received for every row, in row order.
+    ``progress``: a bar in flows on stderr (a string: its description)."""
     from .. import TrafficTokenizer
     from .common import TrafficCollator
 
@@ -90,6 +92,12 @@ def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None):
     logits = np.zeros((len(dataset), model.config.num_labels), dtype=np.float32)
     inputs, seen = None, []
     hook = None if inputs_of is None else inputs_of.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), unit="flow", desc=progress if isinstance(progress, str) else "predict",
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
@@ -101,9 +109,13 @@ def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None):
                 if inputs is None:
                     inputs = np.zeros((len(dataset), x.shape[-1]), dtype=np.float32)
                 inputs[index] = x
+            if bar is not None:
+                bar.update(len(index))
     finally:
         if hook is not None:
             hook.remove()
+        if bar is not None:
+            bar.close()
     return logits if inputs_of is None else (logits, inputs)
 
 
@@ -135,7 +147,8 @@ def known_labels(dataset, model, where: str):
     return mapping, labels, keep
 
 
-def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True) -> dict:
+def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True,
+             progress=False) -> dict:
     from .common import (
         data_tokenizer,
         device_summary,
@@ -165,7 +178,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         monitor = ExpertLoadMonitor(model)
         monitor.attach()
     started = time.perf_counter()
-    logits = predict_logits(model, view, batch_size=batch_size)
+    logits = predict_logits(model, view, batch_size=batch_size, progress=progress and f"evaluate {split}")
     seconds = time.perf_counter() - started
     if monitor is not None:
         monitor.detach()

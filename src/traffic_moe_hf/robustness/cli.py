@@ -52,6 +52,7 @@ def add_parser(subparsers):
                    help="TCP-normalise shaped flows as prepare did (default: what the dataset's report.json says)")
     p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
                    help="do not TCP-normalise shaped flows (to measure what normalisation buys)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -64,7 +65,8 @@ def run(args) -> int:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
     result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
                         whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=args.pgd_eps,
-                        max_samples=args.max_samples, seed=args.seed, normalize_tcp=args.normalize_tcp)
+                        max_samples=args.max_samples, seed=args.seed, normalize_tcp=args.normalize_tcp,
+                        progress=args.progress)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=2))
     table = markdown_table(result)
@@ -85,7 +87,8 @@ def _metrics(labels, logits) -> dict:
 
 
 def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=False, whitebox_steps=8,
-                   pgd_eps=(), seed=0) -> dict:
+                   pgd_eps=(), seed=0, bar=None) -> dict:
+    """``bar``: a tqdm bar moved by one per evaluation done (clean, each attack x budget, each PGD radius)."""
     from .attacks import attack_columns, make_attack
     from ..data.samples import get_tokenizer, tokenizer_settings
     from .whitebox import pgd_eval, predict, whitebox_columns
@@ -94,11 +97,19 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
     dense = model.config.model_type == "bert"
     clean = attack_columns(dataset, None, seed=seed, **options)
     out = {"clean": _metrics(labels, predict(model, clean, dense)), "attacks": {}}
+
+    def step(what):
+        if bar is not None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update()
+
+    step("clean")
     for name in attacks:
         out["attacks"][name] = {}
         for budget in budgets[name]:
             cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
             out["attacks"][name][str(budget)] = _metrics(labels, predict(model, cols, dense))
+            step(f"{name} {budget}")
             if cols["normalized_out"]:  # packets TCP normalisation left out of the shaped flows, by reason
                 out["attacks"][name][str(budget)]["normalized_out"] = cols["normalized_out"]
     if whitebox:
@@ -109,13 +120,25 @@ def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=F
                 cols = attack_columns(dataset, make_attack(name, budget), seed=seed, **options)
                 cols = whitebox_columns(model, cols, labels, dense, tokenizer, steps=whitebox_steps)
                 out["attacks"][key][str(budget)] = _metrics(labels, predict(model, cols, dense))
+                step(f"{key} {budget}")
     if pgd_eps:
-        out["pgd"] = {str(e): _metrics(labels, pgd_eval(model, clean, labels, dense, e)) for e in pgd_eps}
+        out["pgd"] = {}
+        for e in pgd_eps:
+            out["pgd"][str(e)] = _metrics(labels, pgd_eval(model, clean, labels, dense, e))
+            step(f"pgd {e}")
     return out
 
 
+def _evaluations(attacks, budgets, whitebox, pgd_eps) -> int:
+    """How many evaluations ``evaluate_model`` runs per model (the progress bar's total)."""
+    n = 1 + sum(len(budgets[a]) for a in attacks) + len(pgd_eps)
+    if whitebox:
+        n += sum(len(budgets.get(k, WHITEBOX_BUDGETS[k])) for k in WHITEBOX_BUDGETS)
+    return n
+
+
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
-               whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0, normalize_tcp=None) -> dict:
+               whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0, normalize_tcp=None, progress=False) -> dict:
     from ..recipes.common import data_tokenizer, device_summary, load_prepared
     from ..recipes.evaluate import known_labels, load_classifier
     from .attacks import DEFAULT_BUDGETS, dataset_options
@@ -143,15 +166,25 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
               "budgets": {a: all_budgets[a] for a in attacks}, "seed": seed, "device": device_summary(), "models": {}}
     started = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(models) * _evaluations(attacks, all_budgets, whitebox, pgd_eps), unit="eval",
+                   desc="robustness", file=sys.stderr, dynamic_ncols=True)
     for name, path in zip(names, models):
+        if bar is not None:
+            bar.set_description(f"robustness {name}")
         data_tokenizer(data, path)  # the model's input layout must be the data's
         model = load_classifier(path)
         _mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
         view = dataset.select(keep) if len(keep) < len(dataset) else dataset
         res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
-                             whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed)
+                             whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed, bar=bar)
         result["models"][name] = {"model": str(path), "type": model.config.model_type,
                                   "samples_skipped_unknown_label": int(len(labels) - len(keep)), **res}
+    if bar is not None:
+        bar.close()
     first = result["models"][names[0]]
     result["clean"], result["attacks"] = first["clean"], first["attacks"]
     if "pgd" in first:
