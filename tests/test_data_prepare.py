@@ -382,3 +382,24 @@ def test_csv_rows_that_contradict_each_other_are_counted(tmp_path):
     text = format_report(r)
     assert "WARNING 3 flows matched label-CSV rows with different labels" in text
     assert "1 of " in text and "rows unusable" in text
+
+
+def test_same_file_name_in_two_folders_stays_two_captures(tmp_path):
+    """a/x.pcap and b/x.pcap used to share the display name 'x.pcap', which is the file's identity in
+    flow ids and the per-file accounting: the two captures' flows got the same ids (split as one flow)
+    and one file's line vanished from report.json. A file reached twice is read once, and said so."""
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(DEMO / "dns.pcap", tmp_path / "a" / "x.pcap")
+    shutil.copy(DEMO / "ssh.pcap", tmp_path / "b" / "x.pcap")
+    inputs = [str(tmp_path / "a" / "x.pcap"), str(tmp_path / "b" / "x.pcap"), str(tmp_path / "a")]
+    r = prepare(inputs, None, labels="dir", save=False, progress=False)
+    assert sorted(r["per_file"]) == ["a/x.pcap", "b/x.pcap"]
+    assert r["files_total"] == 2 and r["files_repeated"] == ["a/x.pcap"]
+    assert r["packets_total"] == sum(v["packets"] for v in r["per_file"].values())
+    ds = r["_dataset"]
+    ids = [f for s in ds for f in ds[s]["flow_id"]]
+    assert len(ids) == len(set(ids)) == r["flows_used"]
+    assert {f for s in ds for f in ds[s]["source_file"]} == {"a/x.pcap", "b/x.pcap"}

@@ -14,7 +14,7 @@ def test_public_sweep(name):
     d = SHARED / "public" / name
     if not d.exists():
         pytest.skip(f"{d} absent (../shared/data not next to the checkout)")
-    files, _ = collect_inputs([str(d)])
+    files, _, _ = collect_inputs([str(d)])
     r = prepare([d], None, labels="dir", split="none", num_proc=2, progress=False, save=False)
     assert r["files_total"] == len(files) > 800
     assert r["files_read"] + len(r["files_failed"]) == r["files_total"]

@@ -123,9 +123,24 @@ def _prepare_from_args(args) -> dict:
 def collect_inputs(inputs):
     """Files to read: files given directly and, for directories, every non-hidden file below them
     (sorted; a non-capture file is reported as failed with its reason, never silently ignored).
-    Returns ``([(path, display_name, root)], missing_inputs)``."""
+    Returns ``([(path, display_name, root)], missing_inputs, repeated)``. A file reached twice (named
+    twice, or named and inside a folder also named) is read once and listed in ``repeated``. Display
+    names are unique: two inputs with the same name (``a/x.pcap``, ``b/x.pcap``) are told apart by as
+    much of their paths as differs — the name is the file's identity in flow ids, splits by file and
+    the per-file accounting, so a clash merged two captures' flows and dropped one file's line."""
     out = []
     missing = []
+    repeated = []
+    seen = set()
+
+    def add(p, name, root):
+        real = os.path.realpath(p)
+        if real in seen:
+            repeated.append(name)
+            return
+        seen.add(real)
+        out.append((p, name, root))
+
     for inp in inputs:
         if os.path.isdir(inp):
             root = os.path.abspath(inp)
@@ -135,12 +150,21 @@ def collect_inputs(inputs):
                 for fn in sorted(filenames):
                     if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
-                        out.append((p, os.path.relpath(p, os.path.dirname(root)), root))
+                        add(p, os.path.relpath(p, os.path.dirname(root)), root)
         elif os.path.exists(inp):
-            out.append((os.path.abspath(inp), os.path.basename(inp), os.path.dirname(os.path.abspath(inp))))
+            add(os.path.abspath(inp), os.path.basename(inp), os.path.dirname(os.path.abspath(inp)))
         else:
             missing.append(inp)
-    return out, missing
+    by_name = {}
+    for j, (_p, name, _r) in enumerate(out):
+        by_name.setdefault(name, []).append(j)
+    for name, js in by_name.items():
+        if len(js) > 1:
+            paths = [out[j][0] for j in js]
+            common = os.path.commonpath(paths)
+            for j, p in zip(js, paths):
+                out[j] = (p, os.path.relpath(p, common), out[j][2])
+    return out, missing, repeated
 
 
 def _work(item, on_progress=None):
@@ -189,7 +213,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]
     mode, csv_path = parse_labels_option(labels)
-    files, missing = collect_inputs(inputs)
+    files, missing, repeated = collect_inputs(inputs)
     if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
         from .samples import get_tokenizer
 
@@ -219,6 +243,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
                     "num_proc": num_proc},
         "files_total": len(files) + len(missing), "files_read": 0,
         "files_failed": {m: "no such file or directory" for m in missing}, "files_warnings": {}, "files_split": {},
+        "files_repeated": repeated,
     }
     if mode == "csv":
         cfg.csv_labels = CsvLabels(csv_path)
@@ -589,6 +614,9 @@ def format_report(r: dict) -> str:
         w(f"  PARTIAL {f}: {why}")
     if len(r.get("files_warnings", {})) > 20:
         w(f"  ... {len(r['files_warnings']) - 20} more in report.json")
+    if r.get("files_repeated"):
+        rep = r["files_repeated"]
+        w(f"  note: given more than once, read once: {', '.join(rep[:10])}{' ...' if len(rep) > 10 else ''}")
     tot = r.get("packets_total", 0)
     w(f"packets: {tot:>10} total")
     w(f"  used   {r.get('packets_used', 0):>10}")
