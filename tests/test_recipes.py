@@ -197,6 +197,7 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
 def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     out, summary = finetuned
     assert summary["best_validation_macro_f1"] is not None
+    assert not (out / "checkpoints").exists()  # selected model saved, the Trainer's checkpoints removed
     result = evaluate(str(prepared), str(out), split="test", json_out=str(tmp_path / "eval.json"))
     chance = 1 / 9
     assert result["accuracy"] > 3 * chance, result["accuracy"]
@@ -340,8 +341,11 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
                    progress=False)
     assert few["train_samples"] == 18 and few["steps"] == 4 and few["best_validation_macro_f1"] is None
     dense = finetune(str(prepared), str(tmp_path / "dense"), config="tiny", dense=True, epochs=1, batch_size=16,
-                     progress=False)
+                     progress=False, keep_checkpoints=True)
     assert dense["model"] == "BertForSequenceClassification"
+    # the Trainer's checkpoints: removed by default (the output folder is the model to share), kept on request
+    assert dense["checkpoints_kept"] and any((tmp_path / "dense" / "checkpoints").iterdir())
+    assert not (tmp_path / "few" / "checkpoints").exists() and not few["checkpoints_kept"]
     result = evaluate(str(prepared), str(tmp_path / "dense"), split="test", audit=False)
     assert 0 <= result["macro_f1"] <= 1 and "expert_load" not in result
 

@@ -66,6 +66,9 @@ def add_parser(subparsers):
                      help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD)")
     adv.add_argument("--adv-steps", type=at_least(1), default=1, help="PGD ascent steps per batch")
     adv.add_argument("--adv-weight", type=non_negative, default=0.5, help="weight of the adversarial loss")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by "
+                        "default they are removed once the selected model is saved, so OUT is the shareable model")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
     return p
@@ -88,7 +91,7 @@ def run(args) -> int:
         seed=args.seed, progress=args.progress,
         adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight,
                          attacks=attacks)
-        if args.adversarial else None, head_init=args.head_init,
+        if args.adversarial else None, head_init=args.head_init, keep_checkpoints=args.keep_checkpoints,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
     return 0
@@ -164,7 +167,8 @@ def probe_head(model, dataset, class_weight=None, c=1.0) -> dict:
 
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
-             config_overrides=None, eval_split="validation", adversarial=None, head_init="auto") -> dict:
+             config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",
+             keep_checkpoints=False) -> dict:
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,
@@ -204,6 +208,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
     set_seed(seed)
     prepared = load_prepared(data)
+    if "train" not in prepared:
+        raise SystemExit(f"{data}: no train split (has {list(prepared)}); `prepare --split none` writes one test split, "
+                         "for evaluating a trained model — prepare training data with --split flow|file|time")
     names = label_names(prepared["train"])
     if len(prepared["train"]) == 0:
         raise SystemExit(f"{data}: the train split is empty")
@@ -218,6 +225,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
               f"them", file=sys.stderr)
     # few-shot runs have no fair validation set: fixed steps, last model
     use_validation = shots is None and eval_split in prepared and len(prepared[eval_split]) > 0
+    if shots is None and not use_validation:
+        print(f"finetune: {data} has no {eval_split!r} samples: training for the set epochs and keeping the last "
+              f"model (no best-checkpoint selection, no early stopping)", file=sys.stderr)
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
         prepared["train"] = few_shot(prepared["train"], shots, seed)
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
@@ -339,5 +349,13 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "log_history": trainer.state.log_history,
     }
+    # OUT is the model to share (`upload_folder`, `from_pretrained`); the Trainer's checkpoints beside it held
+    # two more copies of the weights plus optimizer state (3-4x the model's size) and are of no use once the
+    # selected model is saved (fine-tuning has no --resume)
+    summary["checkpoints_kept"] = bool(keep_checkpoints)
+    if not keep_checkpoints and trainer.is_world_process_zero():
+        import shutil
+
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
