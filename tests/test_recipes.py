@@ -348,6 +348,13 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     assert not (tmp_path / "few" / "checkpoints").exists() and not few["checkpoints_kept"]
     result = evaluate(str(prepared), str(tmp_path / "dense"), split="test", audit=False)
     assert 0 <= result["macro_f1"] <= 1 and "expert_load" not in result
+    # the baseline's folder has a model card too, which `evaluate --update-card` fills
+    from traffic_moe_hf.recipes.evaluate import add_to_model_card
+
+    card = add_to_model_card(str(tmp_path / "dense"), result)
+    text = card.read_text()
+    assert "BertForSequenceClassification" in text and f"macro-F1 {result['macro_f1']:.4f}" in text
+    assert text.index("### test split") < text.index("## Limitations")
 
 
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):

@@ -97,6 +97,53 @@ def run(args) -> int:
     return 0
 
 
+def dense_model_card(model, card: dict) -> str:
+    """A README.md for the dense BERT baseline's folder, with the sections `evaluate --update-card` fills."""
+    from .common import parameter_summary
+
+    config = model.config
+    params = parameter_summary(model)
+    labels = ", ".join(str(v) for v in config.id2label.values())
+    return f"""---
+library_name: transformers
+tags:
+- traffic-moe
+- network-traffic
+- traffic-classification
+- dense-baseline
+pipeline_tag: text-classification
+---
+
+# Dense BERT baseline ({type(model).__name__}) of traffic-moe-hf
+
+The dense (ET-BERT-like) baseline that traffic-moe-hf trains beside its sparse Mixture-of-Experts model,
+on the same byte tokens (packet direction as the token type). transformers' `BertForSequenceClassification`;
+the tokenizer saved beside it holds the input settings (load it with `trust_remote_code=True`, or
+`import traffic_moe_hf`).
+
+## Model
+
+| | |
+|---|---|
+| parameters | {params.get("parameters_total", 0) / 1e6:.2f}M |
+| hidden size / layers / heads / FFN | {config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads} / {config.intermediate_size} |
+| labels | {labels} |
+
+## Training data
+
+{card["training_data"]}
+
+## Evaluation
+
+{card["evaluation"]}
+
+## Limitations
+
+A baseline for comparison. Headers are anonymised before the model sees them; check the shortcut audit of
+your own evaluation before trusting a score.
+"""
+
+
 def weighted_loss(weights: torch.Tensor | None, config):
     """`Trainer(compute_loss_func=...)`: class-weighted cross-entropy, plus Traffic-MoE's router losses.
     Under gradient accumulation (`num_items_in_batch` given) both parts are scaled so that the summed
@@ -332,6 +379,8 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     trainer.model.config.traffic_flow_options = {k: options[k] for k in ("normalize_tcp", "coalesce_tcp")}
     trainer.model.save_pretrained(out, **({} if dense else {"card_data": card}))
     tokenizer.save_pretrained(out)
+    if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too
+        (out / "README.md").write_text(dense_model_card(trainer.model, card))
     summary = {
         "out": str(out),
         "model": type(trainer.model).__name__,

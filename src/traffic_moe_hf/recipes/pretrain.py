@@ -178,8 +178,10 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
     parts = []
     tokenizer = data_tokenizer(data)  # every source tokenized alike (a clear error otherwise)
+    available = {}
     for path in data:
         prepared = load_prepared(path)
+        available[path] = {s: len(prepared[s]) for s in prepared}
         for split in splits:
             if split in prepared and len(prepared[split]):
                 part = prepared[split]
@@ -190,7 +192,9 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
                     viewed = shaped_views(part, path, seed=seed + 1000 * copy, budgets=view_budgets)
                     parts.append(model_view(viewed, dense=dense, extra=VIEW_COLUMNS).remove_columns(["label"]))
     if not parts:
-        raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}")
+        raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}; they have "
+                         + "; ".join(f"{p}: {h or 'nothing'}" for p, h in available.items())
+                         + " — choose others with --splits (never a split you will test on)")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
 
     cfg = moe_config(config, **(config_overrides or {}))
