@@ -336,6 +336,10 @@ def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
     assert "UNEXPECTED" not in out.out + out.err and "MISSING" not in out.out + out.err
 
 
+def dense_labels(folder):
+    return set(json.loads((folder / "config.json").read_text())["id2label"].values())
+
+
 def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     few = finetune(str(prepared), str(tmp_path / "few"), config="tiny", shots=2, min_steps=4, epochs=1, batch_size=8,
                    progress=False)
@@ -355,6 +359,13 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     text = card.read_text()
     assert "BertForSequenceClassification" in text and f"macro-F1 {result['macro_f1']:.4f}" in text
     assert text.index("### test split") < text.index("## Limitations")
+    # its usage snippet runs as written (direction ids as BERT's token types)
+    import re
+
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(snippet.replace("PATH", str(tmp_path / "dense")).replace('bytes.fromhex("4500003c...")', "bytes(range(60))"), scope)
+    assert scope["label"] in dense_labels(tmp_path / "dense")
 
 
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):

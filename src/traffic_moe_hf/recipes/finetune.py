@@ -121,6 +121,19 @@ on the same byte tokens (packet direction as the token type). transformers' `Ber
 the tokenizer saved beside it holds the input settings (load it with `trust_remote_code=True`, or
 `import traffic_moe_hf`).
 
+## Use
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
+model = AutoModelForSequenceClassification.from_pretrained("PATH")
+flow = [bytes.fromhex("4500003c..."), bytes.fromhex("4500003c...")]   # IP packets, first one first
+x = tokenizer([flow], directions=[[0, 1]], padding=True, return_tensors="pt")
+logits = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], token_type_ids=x["direction_ids"]).logits
+label = model.config.id2label[logits.argmax(-1).item()]
+```
+
 ## Model
 
 | | |
