@@ -403,3 +403,51 @@ def test_same_file_name_in_two_folders_stays_two_captures(tmp_path):
     ids = [f for s in ds for f in ds[s]["flow_id"]]
     assert len(ids) == len(set(ids)) == r["flows_used"]
     assert {f for s in ds for f in ds[s]["source_file"]} == {"a/x.pcap", "b/x.pcap"}
+
+
+def _zeek_conn_rows(pcaps):
+    """conn.log-like records of real flows: what Zeek writes for them (orig = the flow's client)."""
+    base = prepare(pcaps, None, labels="file", split="none", progress=False, save=False)
+    ds = base["_dataset"]["test"]
+    names = ds.features["label"].names
+    rows = []
+    for ft, start, end, label in zip(ds["five_tuple"], ds["start_time"], ds["end_time"], ds["label"]):
+        proto, eps = ft.split(" ")
+        (oh, op), (rh, rp) = (e.rsplit(":", 1) for e in eps.split("-"))
+        rows.append({"ts": f"{start:.6f}", "uid": f"C{len(rows)}", "id.orig_h": oh, "id.orig_p": op, "id.resp_h": rh,
+                     "id.resp_p": rp, "proto": proto, "service": names[label], "duration": f"{end - start:.6f}"})
+    return base, rows
+
+
+def test_zeek_conn_log_labels(tmp_path):
+    """Ground truth as an IDS writes it: a Zeek conn.log (TSV with IoT-23's space-separated label fields,
+    and JSON lines). Every real flow is matched by its log line; rows that label nothing prepare
+    classifies (ICMP, no service) are counted by reason, not lost and not called malformed."""
+    pcaps = [DEMO / "dns.pcap", DEMO / "ssh.pcap"]
+    base, rows = _zeek_conn_rows(pcaps)
+    fields = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration"]
+    extra = [{**rows[0], "proto": "icmp", "id.orig_p": "8", "id.resp_p": "0"}, {**rows[1], "service": "-"}]
+    tsv = tmp_path / "conn.log.labeled"
+    with open(tsv, "w") as f:
+        f.write("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n")
+        f.write("#fields\t" + "\t".join(fields) + "   label   detailed-label\n")
+        for n, row in enumerate(rows + extra):
+            verdict = "Malicious   C&C" if row["service"] == "ssh" else "Benign   -"
+            f.write("\t".join(row[k] for k in fields) + "   " + verdict + "\n")
+        f.write("#close\t2026-11-29-13-00-00\n")
+    r = prepare(pcaps, None, labels=f"csv:{tsv}", split="none", progress=False, save=False)
+    assert r["label_csv"]["format"] == "zeek" and r["label_csv"]["label_column"] == "label"
+    assert r["flows_used"] == len(rows) == base["flows_used"] and "unlabeled" not in r["flows_skipped"]
+    assert r["samples"]["test"] == {"Benign": 40, "Malicious": 40}
+    assert r["label_csv"]["rows"] == len(rows) + 2 and r["label_csv"]["bad_rows"] == 0
+    r = prepare(pcaps, None, labels=f"csv:{tsv}", label_column="service", split="none", progress=False, save=False)
+    assert r["samples"]["test"] == {"dns": 40, "ssh": 40}
+    assert r["label_csv"]["rows_skipped"] == {"no label (service unset)": 1, "protocol icmp (not TCP/UDP)": 1}
+    jsonl = tmp_path / "conn.json"
+    jsonl.write_text("".join(json.dumps({**row, "ts": float(row["ts"]), "id.orig_p": int(row["id.orig_p"])}) + "\n"
+                             for row in rows))
+    r = prepare(pcaps, None, labels=f"csv:{jsonl}", label_column="service", split="none", progress=False, save=False)
+    assert r["label_csv"]["format"] == "zeek-json" and r["samples"]["test"] == {"dns": 40, "ssh": 40}
+    # a log without the label column: one line naming the file, the columns and the option
+    with pytest.raises(Exception, match=r"lacks column\(s\) label .*--label-column"):
+        prepare(pcaps, None, labels=f"csv:{jsonl}", split="none", progress=False, save=False)

@@ -11,28 +11,43 @@
     The match is direction-free (either endpoint may be the client). Flows matching no row are
     skipped and counted as ``unlabeled`` in the report; flows matched by rows with different labels
     keep the best match's label and are counted as ``flows_label_ambiguous``.
+    The same option reads **Zeek logs**, recognised by their content: ``conn.log`` in Zeek's TSV format
+    (``#separator``/``#fields`` header; also labelled logs such as IoT-23's ``conn.log.labeled``, whose
+    last fields are separated by runs of spaces) or as JSON lines. Zeek's names are understood
+    (``id.orig_h``, ``id.orig_p``, ``id.resp_h``, ``id.resp_p``, ``proto``, ``ts`` + ``duration`` as
+    the time range, with 1 ms of slack for the printed precision); ``-`` and ``(empty)`` are unset.
+    ``--label-column NAME`` picks the label column in any of the formats (e.g. ``service``, Zeek's DPI
+    verdict, or IoT-23's ``detailed-label``). Rows without a label or for a protocol other than TCP/UDP
+    are not errors: they are counted by reason (``rows_skipped``); malformed rows count as ``bad_rows``.
 """
 
 from __future__ import annotations
 
 import csv
 import ipaddress
+import json
 import os
+import re
+from collections import Counter
+from datetime import datetime
 
 __all__ = ["label_from_path", "CsvLabels", "LabelCsvError", "parse_labels_option"]
 
 _SUFFIXES = (".gz", ".pcapng", ".pcap", ".cap", ".dmp")
 
 _ALIASES = {
-    "src_ip": ("src_ip", "src", "saddr", "source_ip", "srcip", "src ip", "source ip"),
-    "src_port": ("src_port", "sport", "source_port", "srcport", "src port", "source port"),
-    "dst_ip": ("dst_ip", "dst", "daddr", "destination_ip", "dstip", "dst ip", "destination ip"),
-    "dst_port": ("dst_port", "dport", "destination_port", "dstport", "dst port", "destination port"),
+    "src_ip": ("src_ip", "src", "saddr", "source_ip", "srcip", "src ip", "source ip", "id.orig_h"),
+    "src_port": ("src_port", "sport", "source_port", "srcport", "src port", "source port", "id.orig_p"),
+    "dst_ip": ("dst_ip", "dst", "daddr", "destination_ip", "dstip", "dst ip", "destination ip", "id.resp_h"),
+    "dst_port": ("dst_port", "dport", "destination_port", "dstport", "dst port", "destination port", "id.resp_p"),
     "label": ("label", "class", "category"),
     "proto": ("proto", "protocol"),
-    "start": ("start", "start_time", "ts_start", "first_seen"),
+    "start": ("start", "start_time", "ts_start", "first_seen", "ts"),
     "end": ("end", "end_time", "ts_end", "last_seen"),
+    "duration": ("duration",),
 }
+_UNSET = {"", "-", "(empty)"}  # Zeek's unset and empty field markers (and an empty CSV cell)
+_ZEEK_SLACK = 1e-3  # Zeek prints times to the microsecond; a flow's start may differ in the last digit
 _PROTO = {"tcp": 6, "6": 6, "udp": 17, "17": 17}
 
 
@@ -67,49 +82,78 @@ class LabelCsvError(ValueError):
 
 
 class CsvLabels:
-    """Lookup table built from a label CSV (see module docstring). Picklable (sent to workers)."""
+    """Lookup table built from a label CSV or Zeek log (see module docstring). Picklable (sent to workers)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, label_column: str | None = None):
         self.path = path
         self.rules: dict = {}
         self.rows = 0
         self.bad_rows = 0
+        self.rows_skipped: Counter = Counter()  # reason -> rows that label nothing prepare classifies
         try:
             f = open(path, newline="", encoding="utf-8-sig")
         except OSError as e:
             raise LabelCsvError(f"{path}: cannot read the label CSV ({e.strerror})") from None
         with f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
+            try:
+                first = f.readline()
+            except UnicodeDecodeError:
+                raise LabelCsvError(f"{path}: not a text file (a label CSV or Zeek log was expected)") from None
+            f.seek(0)
+            if first.startswith("#separator"):
+                self.format, (fields, records) = "zeek", _zeek_tsv(f, path)
+            elif first.lstrip().startswith("{"):
+                self.format, (fields, records) = "zeek-json", _json_lines(f, path)
+            else:
+                reader = csv.DictReader(f)
+                self.format, fields, records = "csv", reader.fieldnames, reader
+            if not fields:
                 raise LabelCsvError(f"{path}: empty label CSV")
-            lower = {h.strip().lower(): h for h in reader.fieldnames}
-            col = {}
-            for k, names in _ALIASES.items():
-                for n in names:
-                    if n in lower:
-                        col[k] = lower[n]
-                        break
-            missing = [k for k in ("src_ip", "src_port", "dst_ip", "dst_port", "label") if k not in col]
-            if missing:
-                raise LabelCsvError(f"{path}: label CSV lacks column(s) {', '.join(missing)} (header: {reader.fieldnames})")
-            for row in reader:
-                self.rows += 1
-                try:
-                    a = (ipaddress.ip_address(row[col["src_ip"]].strip()).packed, int(row[col["src_port"]]))
-                    b = (ipaddress.ip_address(row[col["dst_ip"]].strip()).packed, int(row[col["dst_port"]]))
-                    proto = _PROTO.get(row[col["proto"]].strip().lower()) if "proto" in col else None
-                    if "proto" in col and proto is None:
-                        raise ValueError("protocol")
-                    start = float(row[col["start"]]) if "start" in col and row[col["start"]].strip() else None
-                    end = float(row[col["end"]]) if "end" in col and row[col["end"]].strip() else None
-                    label = row[col["label"]].strip()
-                    if not label:
-                        raise ValueError("empty label")
-                except (ValueError, TypeError, AttributeError):
-                    self.bad_rows += 1
-                    continue
-                key = (a, b) if a <= b else (b, a)
-                self.rules.setdefault(key, []).append((proto, start, end, label))
+            col = _columns(fields, label_column, path, self.format)
+            self.label_column = col["label"]
+            slack = _ZEEK_SLACK if self.format != "csv" else 0.0
+            try:
+                for row in records:
+                    self.rows += 1
+                    self._add(row, col, slack)
+            except UnicodeDecodeError as e:
+                raise LabelCsvError(f"{path}: not UTF-8 text near row {self.rows + 1} ({e.reason})") from None
+
+    def _add(self, row: dict, col: dict, slack: float) -> None:
+        def get(key):
+            v = row.get(col[key]) if key in col else None
+            v = "" if v is None else str(v).strip()
+            return None if v in _UNSET else v
+
+        try:
+            a = (ipaddress.ip_address(get("src_ip")).packed, int(get("src_port")))
+            b = (ipaddress.ip_address(get("dst_ip")).packed, int(get("dst_port")))
+            start, end, duration = _time(get("start")), _time(get("end")), get("duration")
+            if duration is not None and start is not None and end is None:
+                end = start + float(duration)
+        except (ValueError, TypeError):
+            self.bad_rows += 1
+            return
+        label = get("label")
+        if label is None:
+            self.rows_skipped[f"no label ({col['label']} unset)"] += 1
+            return
+        proto = None
+        if "proto" in col:
+            name = (get("proto") or "").lower()
+            proto = _PROTO.get(name)
+            if proto is None:
+                self.rows_skipped[f"protocol {name or 'unset'} (not TCP/UDP)"] += 1
+                return
+        if slack and start is not None:
+            start, end = start - slack, (end if end is not None else start) + slack
+        key = (a, b) if a <= b else (b, a)
+        self.rules.setdefault(key, []).append((proto, start, end, label))
+
+    def summary(self) -> dict:
+        """What the report says about the label file."""
+        return {"path": self.path, "format": self.format, "label_column": self.label_column, "rows": self.rows,
+                "bad_rows": self.bad_rows, "rows_skipped": dict(self.rows_skipped)}
 
     def lookup(self, proto: int, client, server, start: float, end: float):
         """Label of a flow, or ``None``."""
@@ -137,3 +181,95 @@ class CsvLabels:
                 other.append(label)
         best = inside or other
         return (best[0] if best else None), set(best)
+
+
+def _columns(fields, label_column, path, fmt) -> dict:
+    """Our column name -> the file's, by the aliases (case and surrounding spaces ignored)."""
+    lower = {str(h).strip().lower(): h for h in fields}
+    col = {}
+    for k, names in _ALIASES.items():
+        if k == "label" and label_column:
+            continue
+        for n in names:
+            if n in lower:
+                col[k] = lower[n]
+                break
+    if label_column:
+        if label_column.strip().lower() not in lower:
+            raise LabelCsvError(f"{path}: --label-column {label_column!r} is not a column (columns: {list(fields)})")
+        col["label"] = lower[label_column.strip().lower()]
+    missing = [k for k in ("src_ip", "src_port", "dst_ip", "dst_port", "label") if k not in col]
+    if missing:
+        hint = " (choose one with --label-column, e.g. service)" if missing == ["label"] and fmt != "csv" else ""
+        raise LabelCsvError(f"{path}: label CSV lacks column(s) {', '.join(missing)} (header: {list(fields)}){hint}")
+    return col
+
+
+def _time(value):
+    """Epoch seconds from a number or an ISO 8601 time (Zeek JSON may write either); ``None`` if unset."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _zeek_tsv(f, path):
+    """A Zeek TSV log: ``(fields, rows)``; rows are dicts by field name. IoT-23's labelled logs separate
+    their last fields by runs of spaces instead of tabs: a line (or the #fields line) with too few
+    tab-separated fields is split on those too."""
+    separator, fields = "\t", None
+    for line in f:
+        if line.startswith("#separator"):
+            separator = line.split(None, 1)[1].strip().encode().decode("unicode_escape") if " " in line else "\t"
+        elif line.startswith("#fields"):
+            fields = _split(line.rstrip("\r\n"), separator, None)[1:]
+            break
+        elif not line.startswith("#"):
+            break
+    if not fields:
+        raise LabelCsvError(f"{path}: a Zeek log without a #fields line")
+
+    def rows():
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue  # #close and other comment lines
+            parts = _split(line.rstrip("\r\n"), separator, len(fields))
+            yield dict(zip(fields, parts)) if len(parts) == len(fields) else {}
+
+    return fields, rows()
+
+
+def _split(line: str, separator: str, expected):
+    parts = line.split(separator)
+    if expected is None or len(parts) < expected:
+        parts = [x for p in parts for x in re.split(r" {2,}", p)]
+    return parts
+
+
+def _json_lines(f, path):
+    """Zeek's JSON logs (one object per line): ``(fields, rows)``; the fields are the first row's keys."""
+    first, rest = None, []
+
+    def parse(line):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return {}
+        return obj if isinstance(obj, dict) else {}
+
+    for line in f:
+        if line.strip():
+            first = parse(line)
+            break
+    if not first:
+        raise LabelCsvError(f"{path}: the first line is not a JSON object")
+
+    def rows():
+        yield first
+        for line in f:
+            if line.strip():
+                yield parse(line)
+
+    return list(first), rows()

@@ -35,7 +35,12 @@ def add_parser(subparsers):
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
     p.add_argument("--out", required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
-    p.add_argument("--labels", default="dir", help="dir (parent directory name, default), file (file name) or csv:PATH")
+    p.add_argument("--labels", default="dir",
+                   help="dir (parent directory name, default), file (file name) or csv:PATH (a CSV of 5-tuples "
+                        "[+ time range] and labels, or a Zeek conn.log in TSV or JSON form)")
+    p.add_argument("--label-column", default=None,
+                   help="with csv:PATH, the column holding the label (default: label/class/category), e.g. "
+                        "service (Zeek's DPI verdict) or detailed-label (IoT-23)")
     p.add_argument("--level", choices=("flow", "packet"), default="flow", help="one sample per flow (default) or per packet")
     p.add_argument("--split", choices=("flow", "file", "time", "none"), default="flow",
                    help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
@@ -110,7 +115,7 @@ def run(args) -> int:
 
 def _prepare_from_args(args) -> dict:
     return prepare(
-        args.inputs, args.out, labels=args.labels, level=args.level, split=args.split,
+        args.inputs, args.out, labels=args.labels, label_column=args.label_column, level=args.level, split=args.split,
         ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup, large_groups=args.large_groups,
         max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
         header_layout=args.header_layout, min_packets=args.min_packets,
@@ -197,7 +202,7 @@ def _work(item, on_progress=None):
 ARROW_CHUNK = 2048
 
 
-def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
+def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
             anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
@@ -205,7 +210,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
-    from .labels import CsvLabels, label_from_path, parse_labels_option
+    from .labels import CsvLabels, LabelCsvError, label_from_path, parse_labels_option
     from .samples import PrepareConfig
 
     t0 = time.perf_counter()
@@ -213,6 +218,8 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]
     mode, csv_path = parse_labels_option(labels)
+    if label_column and mode != "csv":
+        raise LabelCsvError(f"--label-column {label_column}: only with --labels csv:PATH (labels come from {mode} names)")
     files, missing, repeated = collect_inputs(inputs)
     if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
         from .samples import get_tokenizer
@@ -234,7 +241,7 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
                         min_packets=min_packets, label_mode=mode, tokenizer=tokenizer)
     report = {
         "inputs": inputs, "out": os.fspath(out) if out else None,
-        "options": {"labels": labels, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
+        "options": {"labels": labels, "label_column": label_column, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
                     "dedup": dedup, "large_groups": large_groups, "max_packets": max_packets, "store_packets": store_packets,
                     "normalize_tcp": normalize_tcp, "coalesce_tcp": coalesce_tcp, "max_bytes": max_bytes,
                     "packet_bytes": packet_bytes, "header_layout": header_layout,
@@ -246,8 +253,8 @@ def prepare(inputs, out, labels="dir", level="flow", split="flow", ratios=(0.8, 
         "files_repeated": repeated,
     }
     if mode == "csv":
-        cfg.csv_labels = CsvLabels(csv_path)
-        report["label_csv"] = {"path": csv_path, "rows": cfg.csv_labels.rows, "bad_rows": cfg.csv_labels.bad_rows}
+        cfg.csv_labels = CsvLabels(csv_path, label_column)
+        report["label_csv"] = cfg.csv_labels.summary()
     else:
         cfg.root_label = {p: label_from_path(p, mode) for p, _n, _r in files}
     # parallel by file, biggest files first so the last worker is not left with the largest one; a file
@@ -633,8 +640,10 @@ def format_report(r: dict) -> str:
         w(f"  WARNING {ambiguous} flows matched label-CSV rows with different labels (the row whose time range "
           "holds the flow's start, else the first matching row, was used; label_csv in report.json)")
     if r.get("label_csv", {}).get("bad_rows"):
-        w(f"  label CSV: {r['label_csv']['bad_rows']} of {r['label_csv']['rows']} rows unusable (bad address, port, "
-          "protocol, time or empty label) and ignored")
+        w(f"  label CSV: {r['label_csv']['bad_rows']} of {r['label_csv']['rows']} rows unusable (bad address, port "
+          "or time) and ignored")
+    for why, n in r.get("label_csv", {}).get("rows_skipped", {}).items():
+        w(f"  label CSV: {n} of {r['label_csv']['rows']} rows skipped: {why}")
     samples = r.get("samples", {})
     labels = r.get("labels", [])
     if samples:
