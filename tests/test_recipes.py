@@ -439,7 +439,7 @@ def test_predict_stream_matches_file(finetuned, tmp_path):
     assert file_summary["packets_used"] + sum(file_summary["packets_skipped"].values()) == file_summary["packets_total"]
 
 
-def test_predict_names_a_cut_capture_alike_from_a_file_and_from_a_stream(finetuned, tmp_path):
+def test_predict_names_a_cut_capture_alike_from_a_file_and_from_a_stream(finetuned, tmp_path, capsys):
     """A capture cut mid-record (a killed tcpdump): from a file and from a stream its flows are classified
     up to the damage and the damage is named in `files_warnings` (the stream summary had it under another key)."""
     import io
@@ -455,6 +455,10 @@ def test_predict_names_a_cut_capture_alike_from_a_file_and_from_a_stream(finetun
     assert "truncated" in from_stream["files_warnings"]["-"]
     for key in ("packets_total", "packets_used", "packets_skipped", "flows"):
         assert from_stream[key] == from_file[key], key
+    # an unreadable stream is named on stderr as an unreadable file is
+    capsys.readouterr()
+    empty = predict_stream(io.BytesIO(b""), str(out), str(tmp_path / "e.csv"))
+    assert empty["files_failed"] == {"-": "empty file"} and "predict: -: empty file" in capsys.readouterr().err
 
 
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):

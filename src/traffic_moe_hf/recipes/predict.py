@@ -228,6 +228,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         records = open_capture(stream)
     except CaptureError as err:
         summary["files_failed"]["-"] = str(err)
+        print(f"predict: -: {err}", file=sys.stderr)  # as for a file
         writer.close()
         return summary
     summary["files_read"] = 1
