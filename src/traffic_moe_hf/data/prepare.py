@@ -662,6 +662,8 @@ def format_report(r: dict) -> str:
           + ", ".join(f"{lab} {v['flows']} flows in {v['groups']} group{'s' if v['groups'] > 1 else ''}" for lab, v in big.items()))
     if sr.get("labels_missing"):
         w(f"  WARNING labels missing from a split: {sr['labels_missing']}")
+    for note in sr.get("notes", []):
+        w(f"  note: {note}")
     if len(labels) == 1 and r.get("options", {}).get("labels") in ("dir", "file"):
         how = ("folder" if r["options"]["labels"] == "dir" else "file") + " name"
         w(f"  note: one label ({labels[0]!r}, the {how}): fine for pretraining; a classifier needs two or more "

@@ -59,8 +59,11 @@ def _stratified(units, labels, ratios, seed, report):
     counts = Counter(labels)
     small = {lab for lab, c in counts.items() if c < 3}
     if small:
+        unit = {"file": "capture files", "flow": "flows"}.get(report.get("mode"), "units")
         report.setdefault("notes", []).append(
-            f"labels with fewer than 3 units put in train only: {sorted(small)}")
+            f"labels with fewer than 3 {unit} (one per split) put in train only: {sorted(small)}"
+            + ("; --split file needs several captures per label, --split flow splits the flows of one capture"
+               if report.get("mode") == "file" else ""))
     idx = [i for i, lab in enumerate(labels) if lab not in small]
     for i, lab in enumerate(labels):
         if lab in small:
