@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -154,19 +155,34 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0}
     started = time.perf_counter()
-    for path, name, _root in tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr):
+    # one bar for all inputs, in bytes: reading a capture moves it through the first half of the capture's
+    # size, classifying its flows through the second (on a large capture classification is most of the time,
+    # and a bar that stood at 98% for it said nothing); the postfix says which and counts the flows
+    sizes = [os.path.getsize(path) if os.path.isfile(path) else 0 for path, _n, _r in files]
+    bar = tqdm(total=sum(sizes), desc="predict", unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    done_bytes = 0
+    for (path, name, _root), size in zip(files, sizes):
+        base, done_bytes = done_bytes, done_bytes + size
+        bar.update(base - bar.n)  # the captures before this one are done (read, classified or failed)
         cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
                             tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
                             **classifier.flow_options)
-        result = process_file(path, cfg, name)
+        bar.set_postfix_str(f"reading {name}", refresh=False)
+
+        def on_progress(position, base=base, size=size):
+            bar.update(base + min(position, size) // 2 - bar.n)
+
+        result = process_file(path, cfg, name, on_progress=on_progress if progress else None)
+        bar.update(base + size // 2 - bar.n)
         if result["error"]:
             summary["files_failed"][name] = result["error"]
-            print(f"predict: {name}: {result['error']}", file=sys.stderr)
+            bar.write(f"predict: {name}: {result['error']}", file=sys.stderr)  # above the bar, not inside it
             continue
         summary["files_read"] += 1
         if result["warning"]:  # read up to the damage: its flows are classified, the file is named
             summary["files_warnings"][name] = result["warning"]
-            print(f"predict: {name}: {result['warning']}", file=sys.stderr)
+            bar.write(f"predict: {name}: {result['warning']}", file=sys.stderr)
         summary["packets_total"] += result["packets_total"]
         summary["packets_used"] += result["packets_used"]
         summary["packets_skipped"].update(result["packets_skipped"])
@@ -181,6 +197,9 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
             index = order[start : start + batch_size]
             labels, probabilities = classifier([columns["packets"][j] for j in index], [columns["directions"][j] for j in index])
             verdicts.update(zip(index, zip(labels, probabilities)))
+            if progress and (start // batch_size) % 8 == 0:
+                bar.set_postfix_str(f"classifying {name}: {len(verdicts):,}/{len(order):,} flows", refresh=False)
+                bar.update(base + size // 2 + (size - size // 2) * len(verdicts) // len(order) - bar.n)
         for j in range(len(lengths)):
             label, probability = verdicts[j]
             writer.write({
@@ -188,6 +207,9 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
                 "packets": columns["packet_count"][j], "label": label, "probability": f"{probability:.6f}",
             })
             summary["flows"] += 1
+    bar.set_postfix_str(f"{summary['flows']:,} flows", refresh=False)
+    bar.update(bar.total - bar.n)
+    bar.close()
     writer.close()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["flows_per_second"] = round(summary["flows"] / summary["seconds"], 1) if summary["seconds"] else None
