@@ -461,6 +461,43 @@ def test_predict_names_a_cut_capture_alike_from_a_file_and_from_a_stream(finetun
     assert empty["files_failed"] == {"-": "empty file"} and "predict: -: empty file" in capsys.readouterr().err
 
 
+def test_predict_stream_batches_flows_and_surfaces_a_classifier_failure(finetuned, tmp_path, monkeypatch):
+    """The stream's classifier thread batches the flows that are ready (fewer forward passes than flows,
+    the verdicts of the one-at-a-time path), and an error in it stops the run with that error instead of
+    leaving the reader waiting."""
+    import io
+
+    from traffic_moe_hf.recipes import predict as predict_mod
+
+    out, _ = finetuned
+    data = (DEMO / "redis.pcap").read_bytes()
+    calls = []
+    real_call = predict_mod.Classifier.__call__
+
+    def counting(self, flows, directions):
+        calls.append(len(flows))
+        return real_call(self, flows, directions)
+
+    monkeypatch.setattr(predict_mod.Classifier, "__call__", counting)
+    batched = predict_mod.predict_stream(io.BytesIO(data), str(out), str(tmp_path / "b.csv"), batch_size=16, max_wait=0.5)
+    one_by_one = predict_mod.predict_stream(io.BytesIO(data), str(out), str(tmp_path / "o.csv"), batch_size=1)
+    assert batched["flows"] == one_by_one["flows"] == 40 and sum(calls) == 80
+    assert len(calls) < 40 + 40 and max(calls) > 1  # some forward passes held several flows
+
+    def rows(path):
+        with open(path) as f:
+            return {(r["five_tuple"], r["start_time"]): r["label"] for r in csv.DictReader(f)}
+
+    assert rows(tmp_path / "b.csv") == rows(tmp_path / "o.csv")
+
+    def failing(self, flows, directions):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(predict_mod.Classifier, "__call__", failing)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        predict_mod.predict_stream(io.BytesIO(data), str(out), str(tmp_path / "f.csv"))
+
+
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):
     """finetune records the data's TCP normalisation / coalescing in the checkpoint; predict uses it."""
     from traffic_moe_hf.recipes.predict import Classifier

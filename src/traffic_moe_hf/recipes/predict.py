@@ -15,7 +15,9 @@ import argparse
 import csv
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,7 +39,9 @@ def add_parser(subparsers):
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
     p.add_argument("--out", required=True, type=output_file, help="output .csv or .json (- for stdout CSV)")
-    p.add_argument("--batch-size", type=at_least(1), default=64, help="flows per forward pass (default 64)")
+    p.add_argument("--batch-size", type=at_least(1), default=None,
+                   help="flows per forward pass (default 64 for files; 16 for a stream, at most: a stream's batch "
+                        "is what arrived within 20 ms, and 16 measured the same flows/s as 64 at 2/3 the memory)")
     p.add_argument("--bf16", action="store_true",
                    help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs); on CPU measured +13%% flows/s "
                         "but 3x the peak memory on a large capture (benchmarks/bench_predict.py)")
@@ -53,9 +57,9 @@ def run(args) -> int:
         if len(args.captures) > 1:
             raise SystemExit("predict: '-' (stdin) cannot be combined with other captures")
         summary = predict_stream(sys.stdin.buffer, args.model, args.out, udp_timeout=args.udp_timeout,
-                                 tcp_timeout=args.tcp_timeout, bf16=args.bf16)
+                                 tcp_timeout=args.tcp_timeout, bf16=args.bf16, batch_size=args.batch_size or 16)
     else:
-        summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size, progress=args.progress,
+        summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size or 64, progress=args.progress,
                                 udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout, bf16=args.bf16)
     print(json.dumps(summary), file=sys.stderr)
     return 0 if summary["files_read"] > 0 else 1
@@ -219,10 +223,17 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     return summary
 
 
-def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0, bf16=False) -> dict:
+def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0, bf16=False, batch_size=16,
+                   max_wait=0.02) -> dict:
     """Classify flows from a pcap byte stream as they complete (see module docstring). Flows are cut by
-    the same idle timeouts as in files, so a stream gives the verdicts its capture file gives."""
-    from ..data.decode import Decoded, decode
+    the same idle timeouts as in files, so a stream gives the verdicts its capture file gives.
+
+    Reading and classifying run side by side: this thread reads and assembles flows and hands each ready
+    flow to a classifier thread, which takes what has arrived — up to ``batch_size`` flows, waiting at
+    most ``max_wait`` seconds after the first — into one forward pass (torch releases the GIL while it
+    computes). On a busy link flows are classified in full batches; on a quiet one a verdict waits at most
+    ``max_wait`` plus one forward pass. One flow per forward pass, as before, was 64% of the file path's
+    flows/s (benchmarks/bench_predict.py)."""
     from ..data.flows import FlowTable
     from ..data.reader import CaptureError, open_capture
 
@@ -236,16 +247,54 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
                "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
     skipped = summary["packets_skipped"]
 
+    ready: queue.Queue = queue.Queue(maxsize=4 * batch_size)  # bounded: a slow model holds the reader back
+    failure: list[BaseException] = []
+
+    def classify_ready():
+        """The classifier thread: batches of ready flows -> rows, until the ``None`` sent at the end."""
+        try:
+            finished = False
+            while not finished:
+                first = ready.get()
+                if first is None:
+                    return
+                batch = [first]
+                deadline = time.monotonic() + max_wait
+                while len(batch) < batch_size:
+                    try:
+                        item = ready.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        finished = True
+                        break
+                    batch.append(item)
+                labels, probabilities = classifier([b[0] for b in batch], [b[1] for b in batch])
+                for (_p, _d, row), label, probability in zip(batch, labels, probabilities):
+                    writer.write({**row, "label": label, "probability": f"{probability:.6f}"})
+                summary["flows"] += len(batch)
+        except BaseException as err:  # re-raised by the reader, which stops feeding
+            failure.append(err)
+
+    worker = threading.Thread(target=classify_ready, name="predict-classifier", daemon=True)
+
+    def hand_over(item):
+        while True:
+            if failure:
+                raise failure[0]
+            try:
+                ready.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
     def emit(flow):
         if flow.index in emitted:
             return
         emitted.add(flow.index)
-        labels, probabilities = classifier([flow.packets], [flow.directions])
-        writer.write({
-            "file": "-", "five_tuple": flow.five_tuple(), "start_time": f"{flow.start:.6f}", "packets": flow.count,
-            "label": labels[0], "probability": f"{probabilities[0]:.6f}",
-        })
-        summary["flows"] += 1
+        # a copy of what the model reads: the reader goes on adding to the flow while it waits
+        hand_over((list(flow.packets), list(flow.directions), {
+            "file": "-", "five_tuple": flow.five_tuple(), "start_time": f"{flow.start:.6f}", "packets": flow.count}))
 
     started = time.perf_counter()
     try:
@@ -256,6 +305,24 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         writer.close()
         return summary
     summary["files_read"] = 1
+    worker.start()
+    try:
+        _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
+    finally:
+        if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
+            hand_over(None)
+            worker.join()
+    if failure:
+        raise failure[0]
+    writer.close()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
+    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles."""
+    from ..data.decode import Decoded, decode
+
     last_sweep = None
     with records:
         for ts, linktype, frame in records:
@@ -290,7 +357,4 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         print(f"predict: -: {records.warning}", file=sys.stderr)
     for flow in table.finish():
         emit(flow)
-    writer.close()
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    return summary
 
