@@ -43,8 +43,9 @@ def add_parser(subparsers):
                    help="flows per forward pass (default 64 for files; 16 for a stream, at most: a stream's batch "
                         "is what arrived within 20 ms, and 16 measured the same flows/s as 64 at 2/3 the memory)")
     p.add_argument("--bf16", action="store_true",
-                   help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs); on CPU measured +13%% flows/s "
-                        "but 3x the peak memory on a large capture (benchmarks/bench_predict.py)")
+                   help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs); on a 2-core AVX-512 BF16 CPU "
+                        "measured -1%% to +13%% flows/s for 3x the peak memory on a large capture "
+                        "(benchmarks/bench_predict.py)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -233,7 +234,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     most ``max_wait`` seconds after the first — into one forward pass (torch releases the GIL while it
     computes). On a busy link flows are classified in full batches; on a quiet one a verdict waits at most
     ``max_wait`` plus one forward pass. One flow per forward pass, as before, was 64% of the file path's
-    flows/s (benchmarks/bench_predict.py)."""
+    flows/s; batched, 92% (benchmarks/bench_predict.py)."""
     from ..data.flows import FlowTable
     from ..data.reader import CaptureError, open_capture
 
