@@ -498,6 +498,32 @@ def test_predict_stream_batches_flows_and_surfaces_a_classifier_failure(finetune
         predict_mod.predict_stream(io.BytesIO(data), str(out), str(tmp_path / "f.csv"))
 
 
+def test_predict_stream_ctrl_c_classifies_the_open_flows(finetuned, tmp_path):
+    """Ctrl-C on `tcpdump -w - | traffic-moe predict -` ends the stream like its end: DNS flows (2 packets,
+    never the model's N) still open are classified and written, exit status 0 (was a traceback, and those
+    flows were never written)."""
+    import signal
+    import time
+
+    out, _ = finetuned
+    csv_out = tmp_path / "live.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traffic_moe_hf.cli", "predict", "-", "--model", str(out), "--out", str(csv_out),
+         "--no-progress"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc.stdin.write((DEMO / "dns.pcap").read_bytes())
+    proc.stdin.flush()  # the stream stays open, as a live capture's does
+    deadline = time.monotonic() + 120
+    while not csv_out.exists() and time.monotonic() < deadline:  # the model is loaded
+        time.sleep(0.2)
+    time.sleep(3)  # the records are read
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert json.loads(err.decode().strip().splitlines()[-1])["interrupted"] is True
+    with open(csv_out) as f:
+        assert len(list(csv.DictReader(f))) == 40
+
+
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):
     """finetune records the data's TCP normalisation / coalescing in the checkpoint; predict uses it."""
     from traffic_moe_hf.recipes.predict import Classifier

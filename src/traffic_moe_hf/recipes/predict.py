@@ -321,7 +321,21 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
 
 
 def _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
-    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles."""
+    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles.
+    Ctrl-C ends the stream as its end would: the flows still open are classified and written."""
+    try:
+        _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
+    except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
+        summary["interrupted"] = True
+        print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
+    if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
+        summary["files_warnings"]["-"] = records.warning
+        print(f"predict: -: {records.warning}", file=sys.stderr)
+    for flow in table.finish():
+        emit(flow)
+
+
+def _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
     from ..data.decode import Decoded, decode
 
     last_sweep = None
@@ -353,9 +367,4 @@ def _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout
                         del table.open[key]
                         summary["flows_evicted"] += 1
             summary["max_open_flows"] = max(summary["max_open_flows"], len(table.open))
-    if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
-        summary["files_warnings"]["-"] = records.warning
-        print(f"predict: -: {records.warning}", file=sys.stderr)
-    for flow in table.finish():
-        emit(flow)
 
