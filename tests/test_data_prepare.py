@@ -451,3 +451,19 @@ def test_zeek_conn_log_labels(tmp_path):
     # a log without the label column: one line naming the file, the columns and the option
     with pytest.raises(Exception, match=r"lacks column\(s\) label .*--label-column"):
         prepare(pcaps, None, labels=f"csv:{jsonl}", split="none", progress=False, save=False)
+
+
+def test_prepare_again_into_the_same_folder_replaces_the_dataset(tmp_path):
+    """`--split none` after a flow split into the same --out used to leave the old train/validation folders
+    beside the new test split; they are removed (and said), anything else in the folder is left alone,
+    and a run that reads nothing leaves the earlier dataset as it was."""
+    out = tmp_path / "ds"
+    assert _cli([str(DEMO), "--out", str(out), "--labels", "file", "--no-progress"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert {p.name for p in out.iterdir()} >= {"train", "validation", "test"}
+    assert _cli([str(DEMO / "dns.pcap"), "--out", str(out), "--labels", "file", "--split", "none", "--no-progress"]) == 0
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {"test"} and (out / "notes.txt").exists()
+    assert json.loads((out / "report.json").read_text())["splits_replaced"] == ["train", "validation"]
+    assert list(datasets.load_from_disk(str(out))) == ["test"]
+    assert _cli([str(tmp_path / "typo.pcap"), "--out", str(out), "--no-progress"]) == 1
+    assert list(datasets.load_from_disk(str(out))) == ["test"]

@@ -297,7 +297,8 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     t_assemble = time.perf_counter() - t0 - t_read
     if save and out:
         os.makedirs(out, exist_ok=True)
-        if ds is not None:
+        if ds is not None:  # a run that produced nothing (e.g. a mistyped input) leaves an earlier dataset alone
+            report["splits_replaced"] = _remove_stale_splits(out, list(ds))
             ds.save_to_disk(out)
     elapsed = time.perf_counter() - t0
     report["timing"] = {"read_and_samples_s": round(t_read, 3), "split_and_arrow_s": round(t_assemble, 3),
@@ -311,6 +312,22 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     if not save:
         report["_dataset"] = ds
     return report
+
+
+def _remove_stale_splits(out, splits) -> list[str]:
+    """A second ``prepare`` into the same folder replaces the first: split folders of an earlier run
+    (``datasets`` layout: ``state.json`` and ``dataset_info.json`` inside) that this run does not write are
+    removed (``--split none`` after a flow split used to leave the old train/validation beside the new
+    test). Nothing else in the folder is touched. Returns the names removed."""
+    import shutil
+
+    removed = []
+    for name in ("train", "validation", "test"):
+        folder = os.path.join(out, name)
+        if name not in splits and all(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_info.json")):
+            shutil.rmtree(folder)
+            removed.append(name)
+    return removed
 
 
 class _Progress:
@@ -671,6 +688,8 @@ def format_report(r: dict) -> str:
     t = r.get("timing", {})
     if t:
         w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
+    if r.get("splits_replaced"):
+        w(f"  note: splits of an earlier run in {r['out']} not written this time were removed: {', '.join(r['splits_replaced'])}")
     if r.get("out"):
         w(f"written: {r['out']} (report.json, split_report.json)")
     return "\n".join(lines)
