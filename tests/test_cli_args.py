@@ -8,6 +8,8 @@ from _data_util import DEMO
 
 from traffic_moe_hf.cli import build_parser, main
 
+SETUP_CFG = DEMO.parents[2] / "setup.cfg"  # an existing file
+
 BAD = [
     ("finetune --data D --out O --shots 0", "--shots: must be at least 1, got 0"),
     ("finetune --data D --out O --shots -3", "--shots: must be at least 1, got -3"),
@@ -28,6 +30,8 @@ BAD = [
     ("robustness --data D --model M --json O --pgd-eps 0.5,-1", "--pgd-eps: must be 0 or more"),
     ("robustness --data D --model M --json O --pgd-eps abc", "--pgd-eps: expected a number, got 'abc'"),
     ("demo --seeds 0", "--seeds: must be at least 1"),
+    (f"finetune --data D --out {SETUP_CFG}", "exists and is not a folder"),
+    (f"pretrain --data D --out {SETUP_CFG}", "exists and is not a folder"),
 ]
 
 
@@ -61,7 +65,9 @@ def test_missing_from_checkpoint_is_named_before_any_hub_lookup(tmp_path, capsys
 def test_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
     out = tmp_path / "report.txt"
     out.write_text("keep me")
-    assert main(["prepare", str(DEMO / "dns.pcap"), "--out", str(out), "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, before any capture is read
+        main(["prepare", str(DEMO / "dns.pcap"), "--out", str(out), "--no-progress"])
+    assert exit_info.value.code == 2
     assert "exists and is not a folder" in capsys.readouterr().err
     assert out.read_text() == "keep me"
 

@@ -76,6 +76,14 @@ def steps_or_unset(s: str) -> int:
     return value
 
 
+def output_folder(s: str) -> str:
+    """A folder to write into: not an existing file (that failed only when the Trainer or ``save_to_disk``
+    created it, after the data was loaded)."""
+    if os.path.exists(s) and not os.path.isdir(s):
+        raise argparse.ArgumentTypeError(f"{s} exists and is not a folder")
+    return s
+
+
 def output_file(s: str) -> str:
     """A file to write: not an existing folder (that failed only when the results were written, after
     the work). ``-`` (standard output) passes."""

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import at_least, positive
+from .argtypes import at_least, output_folder, positive
 from .configuration_traffic_moe import PRESETS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback9"
@@ -24,7 +24,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("demo", help="the main job on the shipped real captures (<= 10 min on 2 CPU cores)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of captures, one file per class (default: shipped slice)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", type=output_folder, default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="model size preset (default tiny)")
     p.add_argument("--pretrain-steps", type=at_least(1), default=250)
     p.add_argument("--finetune-epochs", type=positive, default=12.0,

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 
-from ..argtypes import at_least, positive
+from ..argtypes import at_least, output_folder, positive
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
 
@@ -34,7 +34,7 @@ def add_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
-    p.add_argument("--out", required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
+    p.add_argument("--out", type=output_folder, required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
     p.add_argument("--labels", default="dir",
                    help="dir (parent directory name, default), file (file name) or csv:PATH (a CSV of 5-tuples "
                         "[+ time range] and labels, or a Zeek conn.log in TSV or JSON form)")

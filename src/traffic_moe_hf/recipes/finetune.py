@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..argtypes import at_least, non_negative, positive
+from ..argtypes import at_least, non_negative, output_folder, positive
 from ..configuration_traffic_moe import PRESETS
 
 
@@ -34,7 +34,7 @@ def add_parser(subparsers):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
-    p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
+    p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from", dest="init_from", help="pretrained checkpoint to start from")
     source.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset when training from scratch (default small)")

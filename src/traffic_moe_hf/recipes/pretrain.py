@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
-from ..argtypes import at_least, non_negative, positive, probability, steps_or_unset
+from ..argtypes import at_least, non_negative, output_folder, positive, probability, steps_or_unset
 from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
@@ -119,7 +119,7 @@ def add_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
-    p.add_argument("--out", required=True, help="output checkpoint folder (Hub layout)")
+    p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
     p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, small, base (default small)")
     p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
     p.add_argument("--match", choices=("active", "total"), default="active",
