@@ -366,6 +366,13 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     scope = {}
     exec(snippet.replace("PATH", str(tmp_path / "dense")).replace('bytes.fromhex("4500003c...")', "bytes(range(60))"), scope)
     assert scope["label"] in dense_labels(tmp_path / "dense")
+    # the checkpoint decides the model: a dense folder fine-tunes the dense baseline without --dense (was a
+    # TypeError deep in loading), and --dense with a Traffic-MoE folder is refused
+    again = finetune(str(prepared), str(tmp_path / "dense2"), init_from=str(tmp_path / "dense"), shots=2, min_steps=1,
+                     batch_size=8, progress=False)
+    assert again["model"] == "BertForSequenceClassification"
+    with pytest.raises(SystemExit, match="is a Traffic-MoE checkpoint, not a dense BERT"):
+        finetune(str(prepared), str(tmp_path / "x"), init_from=str(tmp_path / "few"), dense=True, progress=False)
 
 
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):

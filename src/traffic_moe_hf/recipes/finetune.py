@@ -260,6 +260,18 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
         raise SystemExit(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
                          "`traffic-moe pretrain` or `traffic-moe finetune` writes")
+    if init_from:  # the checkpoint decides which model is fine-tuned (it used to fail deep inside loading)
+        model_type = json.loads((Path(init_from) / "config.json").read_text()).get("model_type")
+        if model_type not in ("traffic_moe", "bert"):
+            raise SystemExit(f"--from {init_from}: a {model_type!r} checkpoint; expected Traffic-MoE or the dense BERT "
+                             "baseline, as `traffic-moe pretrain` / `finetune` write them")
+        if model_type == "bert" and not dense:
+            print(f"finetune: --from {init_from} is a dense BERT checkpoint: fine-tuning the dense baseline (as with "
+                  "--dense)", file=sys.stderr)
+            dense = True
+        elif model_type == "traffic_moe" and dense:
+            raise SystemExit(f"--dense --from {init_from}: that is a Traffic-MoE checkpoint, not a dense BERT; drop "
+                             "--dense to fine-tune it, or pretrain the dense baseline (`traffic-moe pretrain --dense`)")
     if head_init == "auto":  # LP-FT where it measured better: few-shot from a pretrained checkpoint (README)
         head_init = "probe" if shots is not None and init_from else "random"
     if head_init not in ("random", "probe"):
