@@ -563,6 +563,9 @@ def test_resume_continues_the_same_run(prepared, tmp_path):
     b = load_file(interrupted / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # resuming with another model than the run's is named before training (was torch's "size mismatch" page)
+    with pytest.raises(SystemExit, match="is another model than the one asked for: hidden_size"):
+        pretrain([str(prepared)], str(interrupted), resume=True, **{**common, "config": "small"})
 
 
 def test_two_process_training_ranks_agree(prepared, tmp_path):

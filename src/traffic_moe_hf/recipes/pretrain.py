@@ -103,6 +103,24 @@ class MaskedPacketCollator(DataCollatorForLanguageModeling):
         return inputs, labels
 
 
+#: the fields that decide the weights' shapes: a checkpoint that differs in one cannot be resumed
+_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "num_experts", "num_experts_per_tok", "moe_intermediate_size", "num_shared_experts", "vocab_size",
+                 "max_position_embeddings", "type_vocab_size")
+
+
+def check_resume_shape(config, checkpoint) -> None:
+    """``--resume`` continues the run in OUT/checkpoints: a different ``--config`` / ``--dense`` / ``--match``
+    than that run's is named here (it was a page of "size mismatch" lines from torch)."""
+    saved = json.loads((Path(checkpoint) / "config.json").read_text())
+    ours = config.to_dict()
+    differ = [f"{k} {saved[k]} (checkpoint) vs {ours[k]} (now)" for k in _SHAPE_FIELDS
+              if k in saved and k in ours and saved[k] != ours[k]]
+    if differ:
+        raise SystemExit(f"--resume: {checkpoint} is another model than the one asked for: {'; '.join(differ)}. "
+                         "Resume with the options of that run (--config, --dense, --match), or use another --out")
+
+
 class _EpochCallback(TrainerCallback):
     """Tells the collator the epoch, so that each epoch masks the same flow differently."""
 
@@ -243,6 +261,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
         if last is None:
             print(f"--resume: no checkpoint under {out / 'checkpoints'}, starting fresh", file=sys.stderr)
+        else:
+            check_resume_shape(model.config, last)
     result = trainer.train(resume_from_checkpoint=last)
     card = {
         "training_data": f"masked-packet{' + flow-contrastive' if contrastive else ''} pretraining on {len(corpus)} flows from {', '.join(map(str, data))} "
