@@ -125,6 +125,12 @@ def test_batch_padding_and_tensors(real_flows):
     assert (batch["packet_ids"][0, lengths[0] :] == 0).all()
     with pytest.raises(ValueError, match="padding"):
         tokenizer([f for f, _ in flows], return_tensors="pt")
+    # a padded batch decodes to one text per flow (transformers 5's decode / batch_decode take batches);
+    # it used to fail with a TypeError on the nested list
+    texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert texts == tokenizer.decode(batch["input_ids"], skip_special_tokens=True)
+    assert texts == [tokenizer.decode(batch["input_ids"][i], skip_special_tokens=True) for i in range(2)]
+    assert texts[0] == "\n".join(p.hex() for p in tokenizer.decode_flow(batch["input_ids"][0]))
 
 
 def test_bad_input_errors():

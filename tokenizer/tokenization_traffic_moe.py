@@ -433,12 +433,16 @@ class TrafficTokenizer(TokenizersBackend):
                 packets[-1].append(token - BYTE_OFFSET)
         return [bytes(p) for p in packets]
 
-    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
-        """Hex text of the bytes, one line per packet; other special tokens shown by name unless skipped."""
-        if isinstance(token_ids, torch.Tensor):
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str | list[str]:
+        """Hex text of the bytes, one line per packet; other special tokens shown by name unless skipped.
+        A batch (a list of sequences, or a 2-D tensor/array) gives a list of strings, as transformers' own
+        ``decode`` does since 5.0 (``batch_decode`` calls it that way)."""
+        if hasattr(token_ids, "tolist"):  # torch tensor, numpy array
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
+        if token_ids and not isinstance(token_ids[0], int):
+            return [self.decode(seq, skip_special_tokens=skip_special_tokens, **kwargs) for seq in token_ids]
         lines: list[str] = []
         current: list[str] = []
         for token in token_ids:
