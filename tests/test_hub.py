@@ -179,3 +179,24 @@ def test_remote_code_loads_without_the_package(checkpoint, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     expected = tokenizer([bytes(range(40)), bytes(range(40, 90))], directions=[0, 1], return_tensors="pt")["input_ids"]
     assert torch.equal(remote["tokenized"], expected)
+
+
+def test_text_classification_pipeline_reads_hex_packets(checkpoint, real_flows):
+    """transformers' own `pipeline("text-classification")` works on a saved folder: hex text, one packet
+    per line, in; the same probabilities as the model on the tokenizer's tensors out. It used to fail:
+    one sample tokenized to 1-D tensors (transformers keeps a batch axis, [1, L])."""
+    from transformers import pipeline
+
+    folder, _, classifier = checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    packets = real_flows["http"][0][0][:3]
+    text = "\n".join(p.hex() for p in packets)
+    single = tokenizer(text, return_tensors="pt")
+    assert single["input_ids"].shape[0] == 1 and single["input_ids"].shape == single["packet_ids"].shape
+    assert tokenizer(text)["input_ids"] == single["input_ids"][0].tolist()  # no tensors: one unbatched sample
+    with torch.no_grad():
+        expected = classifier(**single).logits.softmax(-1)[0]
+    result = pipeline("text-classification", model=str(folder), top_k=None)(text)
+    result = result[0] if isinstance(result[0], list) else result  # every label's score, best first
+    assert {r["label"]: round(r["score"], 5) for r in result} == {
+        classifier.config.id2label[i]: round(float(p), 5) for i, p in enumerate(expected)}

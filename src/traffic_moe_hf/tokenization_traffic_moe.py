@@ -412,7 +412,7 @@ class TrafficTokenizer(TokenizersBackend):
                 pad_value = PAD_VALUES[key]
                 values = [list(v.tolist() if isinstance(v, torch.Tensor) else v) + [pad_value] * (target - len(v)) for v in values]
             out[key] = values
-        if single:
+        if single and return_tensors is None:  # one sample as tensors keeps its batch axis ([1, L]), as in transformers
             out = {key: value[0] for key, value in out.items()}
         return BatchEncoding(out, tensor_type=return_tensors)
 
