@@ -32,6 +32,7 @@ BAD = [
     ("demo --seeds 0", "--seeds: must be at least 1"),
     (f"finetune --data D --out {SETUP_CFG}", "exists and is not a folder"),
     (f"pretrain --data D --out {SETUP_CFG}", "exists and is not a folder"),
+    (f"evaluate --data D --model M --json O --plots {SETUP_CFG}", "exists and is not a folder"),
 ]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..argtypes import at_least, output_file
+from ..argtypes import at_least, output_file, output_folder
 
 
 def add_parser(subparsers):
@@ -33,7 +33,7 @@ def add_parser(subparsers):
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
     p.add_argument("--split", default="test")
     p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the metrics (JSON)")
-    p.add_argument("--plots", default=None, help="folder for the PNGs (default: beside --json)")
+    p.add_argument("--plots", default=None, type=output_folder, help="folder for the PNGs (default: beside --json)")
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
     p.add_argument("--update-card", action="store_true",
