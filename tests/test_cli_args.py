@@ -33,6 +33,8 @@ BAD = [
     (f"finetune --data D --out {SETUP_CFG}", "exists and is not a folder"),
     (f"pretrain --data D --out {SETUP_CFG}", "exists and is not a folder"),
     (f"evaluate --data D --model M --json O --plots {SETUP_CFG}", "exists and is not a folder"),
+    (f"evaluate --data D --model M --json {SETUP_CFG}/sub/e.json", "setup.cfg is a file, not a folder"),
+    (f"finetune --data D --out {SETUP_CFG}/model", "setup.cfg is a file, not a folder"),
 ]
 
 

@@ -81,6 +81,7 @@ def output_folder(s: str) -> str:
     created it, after the data was loaded)."""
     if os.path.exists(s) and not os.path.isdir(s):
         raise argparse.ArgumentTypeError(f"{s} exists and is not a folder")
+    _parent_is_a_folder(s)
     return s
 
 
@@ -89,4 +90,15 @@ def output_file(s: str) -> str:
     the work). ``-`` (standard output) passes."""
     if s != "-" and os.path.isdir(s):
         raise argparse.ArgumentTypeError(f"{s} is a folder; give the path of a file (inside it, if you like)")
+    if s != "-":
+        _parent_is_a_folder(s)
     return s
+
+
+def _parent_is_a_folder(s: str) -> None:
+    """The nearest existing folder above ``s`` must be a folder (``a.txt/out.json`` failed after the work)."""
+    parent = os.path.dirname(os.path.abspath(s))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{s}: {parent} is a file, not a folder")
