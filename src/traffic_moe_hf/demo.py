@@ -149,7 +149,9 @@ def run(args) -> int:
     def spread(values):
         return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
-    print(f"\n=== results: shipped loopback9 slice ({len(names)} classes), test split = {results['Traffic-MoE pretrained']['samples']} "
+    shipped = Path(args.data).resolve() == DEFAULT_DATA.resolve()
+    what = "shipped loopback9 slice" if shipped else str(args.data)  # it said "shipped slice" for any --data
+    print(f"\n=== results: {what} ({len(names)} classes), test split = {results['Traffic-MoE pretrained']['samples']} "
           "flows never seen in training, anonymised headers ===")
     print(f"{'model':<26} {'params':>8} {'active':>8} {'accuracy':>9} {'macro-F1':>9}   {f'{args.shots}-shot macro-F1 ({args.seeds} seeds)':>28}")
     for name, r in results.items():
