@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import datasets
 import pytest
@@ -467,3 +468,31 @@ def test_prepare_again_into_the_same_folder_replaces_the_dataset(tmp_path):
     assert list(datasets.load_from_disk(str(out))) == ["test"]
     assert _cli([str(tmp_path / "typo.pcap"), "--out", str(out), "--no-progress"]) == 1
     assert list(datasets.load_from_disk(str(out))) == ["test"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_named_pipe_and_dangling_link_in_a_folder_are_named_not_waited_on(tmp_path):
+    """A named pipe inside an input folder (e.g. one a live tcpdump writes to) used to block prepare
+    forever; it is skipped with its reason, as is a dangling symbolic link, and the captures beside them
+    are read. A pipe named explicitly is still read (`prepare <(zcat x.pcap.gz)`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "caps"
+    folder.mkdir()
+    shutil.copy(DEMO / "dns.pcap", folder / "dns.pcap")
+    os.mkfifo(folder / "live.pcap")
+    os.symlink(tmp_path / "gone.pcap", folder / "gone.pcap")
+    r = prepare([folder], None, labels="file", split="none", progress=False, save=False)  # returns: no hang
+    assert r["files_read"] == 1 and r["files_total"] == 3
+    assert r["files_failed"] == {"caps/live.pcap": "not a regular file (named pipe, socket or device): skipped",
+                                 "caps/gone.pcap": "broken symbolic link"}
+    code = ("import sys; from traffic_moe_hf.data.prepare import prepare; "
+            "r = prepare([sys.argv[1]], None, labels='file', split='none', progress=False, save=False); "
+            "print(r['packets_total'])")
+    writer = subprocess.Popen(["sh", "-c", f"cat '{DEMO / 'dns.pcap'}' > '{folder / 'live.pcap'}'"])
+    out = subprocess.run([sys.executable, "-c", code, str(folder / "live.pcap")], capture_output=True, text=True,
+                         timeout=120)
+    writer.wait(timeout=60)
+    assert out.stdout.strip() == "80", out.stderr[-2000:]

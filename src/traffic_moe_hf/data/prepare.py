@@ -128,13 +128,14 @@ def _prepare_from_args(args) -> dict:
 def collect_inputs(inputs):
     """Files to read: files given directly and, for directories, every non-hidden file below them
     (sorted; a non-capture file is reported as failed with its reason, never silently ignored).
-    Returns ``([(path, display_name, root)], missing_inputs, repeated)``. A file reached twice (named
+    Returns ``([(path, display_name, root)], {not_read: reason}, repeated)``: not read are inputs that do
+    not exist and, inside folders, dangling links and named pipes (which would block the run). A file reached twice (named
     twice, or named and inside a folder also named) is read once and listed in ``repeated``. Display
     names are unique: two inputs with the same name (``a/x.pcap``, ``b/x.pcap``) are told apart by as
     much of their paths as differs — the name is the file's identity in flow ids, splits by file and
     the per-file accounting, so a clash merged two captures' flows and dropped one file's line."""
     out = []
-    missing = []
+    missing = {}  # input or file -> why it is not read
     repeated = []
     seen = set()
 
@@ -155,11 +156,16 @@ def collect_inputs(inputs):
                 for fn in sorted(filenames):
                     if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
-                        add(p, os.path.relpath(p, os.path.dirname(root)), root)
-        elif os.path.exists(inp):
+                        name = os.path.relpath(p, os.path.dirname(root))
+                        if os.path.isfile(p):
+                            add(p, name, root)
+                        else:  # a named pipe in a folder would block the run forever; a dangling link names nothing
+                            missing[name] = ("broken symbolic link" if os.path.islink(p) and not os.path.exists(p)
+                                             else "not a regular file (named pipe, socket or device): skipped")
+        elif os.path.exists(inp):  # named explicitly: also a pipe (`prepare <(zcat x.pcap.gz)`), read to its end
             add(os.path.abspath(inp), os.path.basename(inp), os.path.dirname(os.path.abspath(inp)))
         else:
-            missing.append(inp)
+            missing[inp] = "no such file or directory"
     by_name = {}
     for j, (_p, name, _r) in enumerate(out):
         by_name.setdefault(name, []).append(j)
@@ -249,7 +255,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
                     "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
                     "num_proc": num_proc},
         "files_total": len(files) + len(missing), "files_read": 0,
-        "files_failed": {m: "no such file or directory" for m in missing}, "files_warnings": {}, "files_split": {},
+        "files_failed": dict(missing), "files_warnings": {}, "files_split": {},
         "files_repeated": repeated,
     }
     if mode == "csv":

@@ -154,12 +154,12 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
 
     classifier = Classifier(model_path, bf16=bf16)
     files, missing, repeated = collect_inputs(captures)
-    for m in missing:
-        print(f"predict: {m}: no such file", file=sys.stderr)
+    for m, why in missing.items():
+        print(f"predict: {m}: {why}", file=sys.stderr)
     if repeated:
         print(f"predict: given more than once, read once: {', '.join(repeated)}", file=sys.stderr)
     writer = _Writer(out)
-    summary = {"files_read": 0, "files_failed": {m: "no such file" for m in missing}, "files_warnings": {},
+    summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0}
     started = time.perf_counter()
     # one bar for all inputs, in bytes: reading a capture moves it through the first half of the capture's
