@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import datasets
 import pytest
 import torch
 
@@ -373,6 +374,15 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     assert again["model"] == "BertForSequenceClassification"
     with pytest.raises(SystemExit, match="is a Traffic-MoE checkpoint, not a dense BERT"):
         finetune(str(prepared), str(tmp_path / "x"), init_from=str(tmp_path / "few"), dense=True, progress=False)
+
+
+def test_shots_beyond_a_class_size_is_said(prepared, tmp_path, capsys):
+    """--shots K on classes with fewer training flows uses all of them (as before) and says so."""
+    summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=10_000, min_steps=1, batch_size=8,
+                       progress=False)
+    train = datasets.load_from_disk(str(prepared))["train"]
+    assert summary["train_samples"] == len(train)
+    assert "--shots 10000: fewer training flows than that, all of them used" in capsys.readouterr().err
 
 
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):

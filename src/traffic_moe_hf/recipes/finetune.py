@@ -301,6 +301,11 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         print(f"finetune: {data} has no {eval_split!r} samples: training for the set epochs and keeping the last "
               f"model (no best-checkpoint selection, no early stopping)", file=sys.stderr)
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these
+        counts = np.bincount(np.asarray(prepared["train"]["label"]), minlength=len(names))
+        short = {names[i]: int(c) for i, c in enumerate(counts) if 0 < c < shots}
+        if short:  # said, not silent: "--shots 50" on a class with 12 flows is a 12-shot run for that class
+            print(f"finetune: --shots {shots}: fewer training flows than that, all of them used, for "
+                  + ", ".join(f"{k} ({v})" for k, v in sorted(short.items())), file=sys.stderr)
         prepared["train"] = few_shot(prepared["train"], shots, seed)
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
         from ..robustness.adversarial import augment_split, training_ranges
