@@ -385,6 +385,19 @@ def test_shots_beyond_a_class_size_is_said(prepared, tmp_path, capsys):
     assert "--shots 10000: fewer training flows than that, all of them used" in capsys.readouterr().err
 
 
+def test_evaluate_says_when_flows_were_assembled_otherwise_than_for_training(prepared, capsys):
+    from types import SimpleNamespace
+
+    from traffic_moe_hf.recipes.evaluate import warn_flow_assembly
+
+    trained_coalesced = SimpleNamespace(config=SimpleNamespace(traffic_flow_options={"normalize_tcp": True,
+                                                                                     "coalesce_tcp": True}))
+    assert warn_flow_assembly(str(prepared), trained_coalesced, "m") == ["coalesce_tcp: data False, model True"]
+    assert "flows assembled otherwise than m's training data" in capsys.readouterr().err
+    same = SimpleNamespace(config=SimpleNamespace(traffic_flow_options={"normalize_tcp": True, "coalesce_tcp": False}))
+    assert warn_flow_assembly(str(prepared), same, "m") == [] and not capsys.readouterr().err
+
+
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):
     """--head-init probe: before any fine-tuning step, the classifier already predicts what the
     logistic-regression probe on the frozen encoder predicts (same training accuracy), for the MoE

@@ -119,6 +119,26 @@ def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None, 
     return logits if inputs_of is None else (logits, inputs)
 
 
+def warn_flow_assembly(data, model, model_path) -> list[str]:
+    """The tokenizer check covers the input layout; flow assembly (TCP normalisation, write coalescing) is a
+    prepare option too. A model evaluated on flows assembled otherwise than its training flows is scored on
+    input it was not trained on: said on stderr (``predict`` assembles new captures as the model's training
+    data was, from the same record). Returns the differences."""
+    from ..robustness.attacks import dataset_options
+
+    trained = getattr(model.config, "traffic_flow_options", None)
+    if not trained:  # checkpoints from before the record
+        return []
+    options = dataset_options(data)
+    differ = [f"{k}: data {options[k]}, model {bool(trained[k])}" for k in ("normalize_tcp", "coalesce_tcp")
+              if k in trained and options[k] != bool(trained[k])]
+    if differ:
+        print(f"{data}: flows assembled otherwise than {model_path}'s training data ({'; '.join(differ)}); "
+              "prepare the data with the model's settings (--tcp-coalesce / --no-tcp-normalize) to score it on what "
+              "it was trained on", file=sys.stderr)
+    return differ
+
+
 def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
     """Map the dataset's label indices to the model's by name; -1 for a name the model does not know."""
     model_index = {name: int(i) for i, name in model_id2label.items()}
@@ -164,6 +184,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     if split not in prepared:
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     model = load_classifier(model_path)
+    warn_flow_assembly(data, model, model_path)
     dense = model.config.model_type == "bert"
     dataset = prepared[split]
     names_model = [model.config.id2label[i] for i in range(model.config.num_labels)]
