@@ -26,7 +26,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED = REPO.parent / "shared" / "data"
 
 # runs argv (stdin from a file when the first argument is "<PATH") in a child and prints its exit status,
 # peak RSS in KB and the last line of its standard error (predict's JSON summary)
@@ -55,29 +54,21 @@ def measure(argv) -> dict:
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from bench_prepare import one_capture
-    from bench_prepare_memory import shifted_copies
+    from bench_prepare_memory import large_captures
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--json", default=str(HERE / "results" / "predict.json"))
     args = parser.parse_args()
-    dirs = [str(SHARED / t) for t in ("loopback9", "tls9", "attack10")]
-    missing = [d for d in dirs if not os.path.isdir(d)]
-    if missing:
-        raise SystemExit(f"needs {missing}")
     cli = [sys.executable, "-m", "traffic_moe_hf.cli"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        one, many = large_captures(tmp, args.copies)  # first: it says what is missing before minutes of work
         data, model = os.path.join(tmp, "demo"), os.path.join(tmp, "model")
         subprocess.run([*cli, "prepare", str(REPO / "data" / "demo" / "loopback9"), "--labels", "file", "--out", data,
                         "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([*cli, "finetune", "--data", data, "--config", "tiny", "--out", model, "--epochs", "1",
                         "--no-progress"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        one = os.path.join(tmp, "one.pcap")
-        many = os.path.join(tmp, f"x{args.copies}.pcap")
-        one_capture(dirs, one)
-        shifted_copies(one, many, args.copies)
         runs = [("file", one, []), ("file", many, []), ("stream (predict -)", many, []), ("file, --bf16", many, ["--bf16"])]
         for how, capture, extra in runs:
             source = ["<" + capture, *cli, "predict", "-"] if how.startswith("stream") else [*cli, "predict", capture]

@@ -54,25 +54,33 @@ def shifted_copies(src: str, dst: str, copies: int) -> int:
     return len(records) * copies
 
 
-def main() -> int:
+def large_captures(tmp: str, copies: int) -> dict:
+    """The two large captures of this benchmark and of bench_predict.py, written into ``tmp``: the three
+    tasks' Ethernet pcaps in one file, and ``copies`` time-shifted copies of it. Returns path -> packets."""
     sys.path.insert(0, str(HERE))
     from bench_prepare import one_capture
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--copies", type=int, default=5)
-    parser.add_argument("--json", default=str(HERE / "results" / "prepare_memory.json"))
-    args = parser.parse_args()
     dirs = [str(SHARED / t) for t in ("loopback9", "tls9", "attack10")]
     missing = [d for d in dirs if not os.path.isdir(d)]
     if missing:
         raise SystemExit(f"needs {missing}")
+    one = os.path.join(tmp, "one.pcap")
+    many = os.path.join(tmp, f"x{copies}.pcap")
+    packets = {one: one_capture(dirs, one)}
+    packets[many] = shifted_copies(one, many, copies)
+    return packets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--json", default=str(HERE / "results" / "prepare_memory.json"))
+    args = parser.parse_args()
     cli = [sys.executable, "-m", "traffic_moe_hf.cli", "prepare"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        one = os.path.join(tmp, "one.pcap")
-        many = os.path.join(tmp, f"x{args.copies}.pcap")
-        packets = {one: one_capture(dirs, one)}
-        packets[many] = shifted_copies(one, many, args.copies)
+        packets = large_captures(tmp, args.copies)
+        one, many = packets
         for path in (one, many):
             out = os.path.join(tmp, "out-" + Path(path).stem)
             mb = peak_rss_mb([*cli, path, "--out", out, "--no-progress"])

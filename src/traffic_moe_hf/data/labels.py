@@ -155,10 +155,6 @@ class CsvLabels:
         return {"path": self.path, "format": self.format, "label_column": self.label_column, "rows": self.rows,
                 "bad_rows": self.bad_rows, "rows_skipped": dict(self.rows_skipped)}
 
-    def lookup(self, proto: int, client, server, start: float, end: float):
-        """Label of a flow, or ``None``."""
-        return self.lookup_all(proto, client, server, start, end)[0]
-
     def lookup_all(self, proto: int, client, server, start: float, end: float):
         """``(label, labels)``: the flow's label and the labels of every rule as good as the chosen one.
         Rules whose time range holds the flow's start come first; then rules without a range or whose
@@ -250,7 +246,7 @@ def _split(line: str, separator: str, expected):
 
 def _json_lines(f, path):
     """Zeek's JSON logs (one object per line): ``(fields, rows)``; the fields are the first row's keys."""
-    first, rest = None, []
+    first = None
 
     def parse(line):
         try:

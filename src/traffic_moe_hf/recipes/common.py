@@ -285,9 +285,9 @@ def parameter_summary(model) -> dict:
     return {"parameters_total": total, "parameters_active": active}
 
 
-def is_dense_checkpoint(path: str | os.PathLike) -> bool:
-    config = json.loads((Path(path) / "config.json").read_text())
-    return config.get("model_type") == "bert"
+def checkpoint_model_type(path: str | os.PathLike) -> str | None:
+    """The ``model_type`` of a checkpoint folder's config.json ("traffic_moe", "bert", ...)."""
+    return json.loads((Path(path) / "config.json").read_text()).get("model_type")
 
 
 # ---------------------------------------------------------------------------------------- metrics

@@ -240,6 +240,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     from .. import TrafficMoeForSequenceClassification
     from .common import (
         TrafficCollator,
+        checkpoint_model_type,
         class_weights,
         from_pretrained_quietly,
         check_dense_positions,
@@ -261,7 +262,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         raise SystemExit(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
                          "`traffic-moe pretrain` or `traffic-moe finetune` writes")
     if init_from:  # the checkpoint decides which model is fine-tuned (it used to fail deep inside loading)
-        model_type = json.loads((Path(init_from) / "config.json").read_text()).get("model_type")
+        model_type = checkpoint_model_type(init_from)
         if model_type not in ("traffic_moe", "bert"):
             raise SystemExit(f"--from {init_from}: a {model_type!r} checkpoint; expected Traffic-MoE or the dense BERT "
                              "baseline, as `traffic-moe pretrain` / `finetune` write them")

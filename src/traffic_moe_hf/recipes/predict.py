@@ -308,7 +308,16 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     summary["files_read"] = 1
     worker.start()
     try:
-        _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
+        try:
+            _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
+        except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
+            summary["interrupted"] = True
+            print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
+        if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
+            summary["files_warnings"]["-"] = records.warning
+            print(f"predict: -: {records.warning}", file=sys.stderr)
+        for flow in table.finish():
+            emit(flow)
     finally:
         if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
             hand_over(None)
@@ -320,22 +329,8 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     return summary
 
 
-def _read_stream(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
-    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles.
-    Ctrl-C ends the stream as its end would: the flows still open are classified and written."""
-    try:
-        _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
-    except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
-        summary["interrupted"] = True
-        print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
-    if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
-        summary["files_warnings"]["-"] = records.warning
-        print(f"predict: -: {records.warning}", file=sys.stderr)
-    for flow in table.finish():
-        emit(flow)
-
-
 def _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
+    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles."""
     from ..data.decode import Decoded, decode
 
     last_sweep = None
