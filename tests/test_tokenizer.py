@@ -131,6 +131,12 @@ def test_batch_padding_and_tensors(real_flows):
     assert texts == tokenizer.decode(batch["input_ids"], skip_special_tokens=True)
     assert texts == [tokenizer.decode(batch["input_ids"][i], skip_special_tokens=True) for i in range(2)]
     assert texts[0] == "\n".join(p.hex() for p in tokenizer.decode_flow(batch["input_ids"][0]))
+    # one sequence given as a list of numpy integers (list(array)) stays one sequence, as before batches
+    import numpy as np
+
+    row = batch["input_ids"][0].tolist()
+    assert tokenizer.decode([np.int64(i) for i in row]) == tokenizer.decode(row)
+    assert tokenizer.decode([torch.tensor(row), torch.tensor(row)]) == [tokenizer.decode(row)] * 2
 
 
 def test_bad_input_errors():

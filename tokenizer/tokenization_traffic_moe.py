@@ -441,7 +441,8 @@ class TrafficTokenizer(TokenizersBackend):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        if token_ids and not isinstance(token_ids[0], int):
+        first = token_ids[0] if len(token_ids) else None
+        if isinstance(first, (list, tuple)) or getattr(first, "ndim", 0) > 0:  # a batch (numpy ints are one sequence)
             return [self.decode(seq, skip_special_tokens=skip_special_tokens, **kwargs) for seq in token_ids]
         lines: list[str] = []
         current: list[str] = []
