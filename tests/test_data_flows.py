@@ -179,3 +179,50 @@ def test_tcp_coalescing_across_the_peers_acks_matches_one_segment_write(tmp_path
             out[name, coalesce] = (r["columns"]["input_ids"][0], r["columns"]["direction_ids"][0], r["columns"]["ip_lengths"][0])
     assert out["one", True] == out["two", True] == out["one", False]
     assert out["two", False] != out["one", False]
+
+
+def test_predict_reader_takes_full_samples_and_assembles_files_as_prepare_does(tmp_path):
+    """predict's reader hands over a flow's sample once it holds max_packets packets and goes on counting the
+    flow (the flow keeps no packets: bounded memory); read from a file (no idle eviction) it makes the flows
+    prepare makes even when the capture's clock jumps ahead and back, which idle eviction does not."""
+    from collections import Counter
+
+    from traffic_moe_hf.data.flows import FlowTable
+    from traffic_moe_hf.data.reader import open_capture
+    from traffic_moe_hf.recipes.predict import _read_flows
+
+    other = b"\x0a\x00\x00\x03"
+    pk = [(0.0, udp_packet(C, SV)), (1.0, udp_packet(SV, C, 53, 5353)), (1000.0, udp_packet(other, SV)),
+          (2.0, udp_packet(C, SV)), (3.0, udp_packet(C, SV)), (4.0, udp_packet(C, SV))]
+    p = write_pcap(tmp_path / "jump.pcap", [(t, ether(x)) for t, x in pk])
+    cfg = _cfg(max_packets=2)
+    cfg.root_label = {str(p): "j"}
+    cols = process_file(str(p), cfg)["columns"]
+    expected = sorted(zip(cols["five_tuple"], cols["start_time"], cols["packet_count"], map(tuple, cols["packets"])))
+    assert [c for _t, _s, c, _p in expected] == [5, 1]
+
+    def read(evict):
+        table = FlowTable(max_packets=2, max_bytes=cfg.max_bytes)
+        summary = {"packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0,
+                   "max_open_flows": 0}
+        samples, rows, taken_while_open = {}, [], []
+
+        def ready(flow, sample):
+            samples[flow.index] = sample
+            taken_while_open.append(flow.packets is table.taken)
+
+        def closed(flow, sample):
+            if sample is not None:
+                samples[flow.index] = sample
+            rows.append((flow.five_tuple(), flow.start, flow.count, tuple(samples[flow.index][0])))
+
+        _read_flows(open_capture(str(p)), table, 2, summary, ready, closed, evict=evict)
+        for flow in table.finish():
+            closed(flow, None if flow.packets is table.taken else (flow.packets, flow.directions))
+        assert summary["packets_used"] + sum(summary["packets_skipped"].values()) == summary["packets_total"] == 6
+        return sorted(rows), taken_while_open
+
+    rows, taken = read(evict=False)
+    assert rows == expected and taken == [True]  # the 5-packet flow: sample taken at 2 packets, 3 more counted
+    evicted, _ = read(evict=True)  # the jump to t=1000 evicts the first flow; its later packets make a new one
+    assert len(evicted) == 3 and evicted != expected

@@ -195,7 +195,7 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
     assert first["view_input_ids"] != second["view_input_ids"]  # ... with other views
 
 
-def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
+def test_finetune_evaluate_predict(prepared, finetuned, tmp_path, monkeypatch):
     out, summary = finetuned
     assert summary["best_validation_macro_f1"] is not None
     assert not (out / "checkpoints").exists()  # selected model saved, the Trainer's checkpoints removed
@@ -239,25 +239,27 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path):
     assert stats["flows"] == len(rows) == 40
     assert set(rows[0]) == {"file", "five_tuple", "start_time", "packets", "label", "probability"}
     assert all(0 < float(r["probability"]) <= 1 for r in rows)
-    # predict reads a capture into exactly the model input prepare gave the same flows (header layout,
-    # stored bytes and limits travel with the checkpoint's tokenizer)
+    # predict reads a capture into exactly the model inputs prepare gave the same flows (header layout,
+    # stored bytes and limits travel with the checkpoint's tokenizer): what reaches the model, recorded
     from datasets import concatenate_datasets, load_from_disk
 
-    from traffic_moe_hf.data.samples import PrepareConfig, process_file
     from traffic_moe_hf.recipes.predict import Classifier
 
-    classifier = Classifier(str(out))
+    seen = []
+    real_call = Classifier.__call__
+
+    def recording(self, flows, directions):
+        seen.extend(tuple(ids) for ids in self.tokenizer(flows, directions=directions)["input_ids"])
+        return real_call(self, flows, directions)
+
+    monkeypatch.setattr(Classifier, "__call__", recording)
     http = DEMO / "http.pcap"  # packets longer than 64 bytes: the stored length matters
-    read = process_file(str(http), PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
-                                                     tokenize=False, root_label={str(http): "?"}))["columns"]
-    predicted = classifier.tokenizer(read["packets"], directions=read["directions"])["input_ids"]
+    predict_files([str(http)], str(out), str(tmp_path / "http.csv"), progress=False, batch_size=8, pool=16)
+    monkeypatch.setattr(Classifier, "__call__", real_call)
     data = load_from_disk(str(prepared))
     data = concatenate_datasets([data[split] for split in data])
-    stored = {(t, round(s, 6)): ids for t, s, ids, f in zip(data["five_tuple"], data["start_time"], data["input_ids"],
-                                                         data["source_file"]) if f.endswith("http.pcap")}
-    pairs = [(stored[(t, round(s, 6))], ids) for t, s, ids in zip(read["five_tuple"], read["start_time"], predicted)
-             if (t, round(s, 6)) in stored]
-    assert len(pairs) == 40 and all(a == b for a, b in pairs)
+    stored = sorted(tuple(ids) for ids, f in zip(data["input_ids"], data["source_file"]) if f.endswith("http.pcap"))
+    assert len(seen) == len(stored) == 40 and sorted(seen) == stored
     # bfloat16 inference: same verdict for (nearly) every flow
     predict_files([str(capture)], str(out), str(tmp_path / "bf16.csv"), progress=False, bf16=True)
     with open(tmp_path / "bf16.csv") as f:

@@ -146,11 +146,19 @@ class _Writer:
 
 
 def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0,
-                  bf16=False) -> dict:
+                  bf16=False, pool=None) -> dict:
+    """Classify every flow of capture files; rows in each file's flow order (first packets).
+
+    Each file is read once, flows assembled as they arrive (as on a stream): a flow is classified as soon
+    as its sample is complete (its first N packets) or it ends, and its packets are dropped then; the flow
+    is only counted until it ends. Ready flows wait in a pool of ``pool`` (default 8 batches), sorted by
+    length there so short flows are not padded to the longest (length bucketing). Memory is thus the
+    open flows' counters plus one small row per flow, not every flow's packets (benchmarks/bench_predict.py)."""
     from tqdm.auto import tqdm
 
+    from ..data.flows import FlowTable
     from ..data.prepare import collect_inputs
-    from ..data.samples import PrepareConfig, process_file
+    from ..data.reader import CaptureError, open_capture
 
     classifier = Classifier(model_path, bf16=bf16)
     files, missing, repeated = collect_inputs(captures)
@@ -160,59 +168,69 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
         print(f"predict: given more than once, read once: {', '.join(repeated)}", file=sys.stderr)
     writer = _Writer(out)
     summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
-               "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0}
+               "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0,
+               "max_open_flows": 0}
+    pool = pool or 8 * batch_size
+    n, cap = classifier.max_packets, classifier.max_packet_bytes
     started = time.perf_counter()
-    # one bar for all inputs, in bytes: reading a capture moves it through the first half of the capture's
-    # size, classifying its flows through the second (on a large capture classification is most of the time,
-    # and a bar that stood at 98% for it said nothing); the postfix says which and counts the flows
+    # one bar for all inputs, in bytes read; the postfix names the capture and counts its classified flows
     sizes = [os.path.getsize(path) if os.path.isfile(path) else 0 for path, _n, _r in files]
     bar = tqdm(total=sum(sizes), desc="predict", unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     done_bytes = 0
     for (path, name, _root), size in zip(files, sizes):
         base, done_bytes = done_bytes, done_bytes + size
-        bar.update(base - bar.n)  # the captures before this one are done (read, classified or failed)
-        cfg = PrepareConfig(max_packets=classifier.max_packets, max_bytes=classifier.capture_bytes,
-                            tokenize=False, root_label={path: "?"}, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
-                            **classifier.flow_options)
+        bar.update(base - bar.n)  # the captures before this one are done (read or failed)
+        try:
+            records = open_capture(path)
+        except CaptureError as err:
+            summary["files_failed"][name] = str(err)
+            bar.write(f"predict: {name}: {err}", file=sys.stderr)  # above the bar, not inside it
+            continue
         bar.set_postfix_str(f"reading {name}", refresh=False)
+        table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
+                          tcp_timeout=tcp_timeout, **classifier.flow_options)
+        pending: list[tuple[int, list, list]] = []  # (flow index, packets, directions) waiting for the model
+        verdicts: dict[int, tuple[str, float]] = {}
+        rows: dict[int, tuple[str, float, int]] = {}  # flow index -> five-tuple, start, packets (final)
+
+        def classify_pending():
+            # length bucketing inside the pool: batches of flows of similar length
+            pending.sort(key=lambda item: sum(min(len(p), cap) + 1 for p in item[1]))
+            for lo in range(0, len(pending), batch_size):
+                batch = pending[lo : lo + batch_size]
+                labels, probabilities = classifier([b[1] for b in batch], [b[2] for b in batch])
+                verdicts.update(zip((b[0] for b in batch), zip(labels, probabilities)))
+            pending.clear()
+            if progress:
+                bar.set_postfix_str(f"{name}: {len(verdicts):,} flows classified", refresh=False)
+
+        def ready(flow, sample):
+            pending.append((flow.index, *sample))
+            if len(pending) >= pool:
+                classify_pending()
+
+        def closed(flow, sample):
+            rows[flow.index] = (flow.five_tuple(), flow.start, flow.count)
+            if sample is not None:
+                ready(flow, sample)
 
         def on_progress(position, base=base, size=size):
-            bar.update(base + min(position, size) // 2 - bar.n)
+            bar.update(base + min(position, size) - bar.n)
 
-        result = process_file(path, cfg, name, on_progress=on_progress if progress else None)
-        bar.update(base + size // 2 - bar.n)
-        if result["error"]:
-            summary["files_failed"][name] = result["error"]
-            bar.write(f"predict: {name}: {result['error']}", file=sys.stderr)  # above the bar, not inside it
-            continue
+        _read_flows(records, table, n, summary, ready, closed, on_progress if progress else None, evict=False)
+        for flow in table.finish():
+            closed(flow, None if flow.packets is table.taken else (flow.packets, flow.directions))
+        classify_pending()
         summary["files_read"] += 1
-        if result["warning"]:  # read up to the damage: its flows are classified, the file is named
-            summary["files_warnings"][name] = result["warning"]
-            bar.write(f"predict: {name}: {result['warning']}", file=sys.stderr)
-        summary["packets_total"] += result["packets_total"]
-        summary["packets_used"] += result["packets_used"]
-        summary["packets_skipped"].update(result["packets_skipped"])
-        columns = result["columns"]
-        # length bucketing: batch flows of similar length so short flows are not padded to the longest;
-        # rows are still written in capture order
-        lengths = [sum(min(len(p), classifier.max_packet_bytes) + 1 for p in flow[: classifier.max_packets])
-                   for flow in columns["packets"]]
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        verdicts: dict[int, tuple[str, float]] = {}
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            labels, probabilities = classifier([columns["packets"][j] for j in index], [columns["directions"][j] for j in index])
-            verdicts.update(zip(index, zip(labels, probabilities)))
-            if progress and (start // batch_size) % 8 == 0:
-                bar.set_postfix_str(f"classifying {name}: {len(verdicts):,}/{len(order):,} flows", refresh=False)
-                bar.update(base + size // 2 + (size - size // 2) * len(verdicts) // len(order) - bar.n)
-        for j in range(len(lengths)):
-            label, probability = verdicts[j]
-            writer.write({
-                "file": name, "five_tuple": columns["five_tuple"][j], "start_time": f"{columns['start_time'][j]:.6f}",
-                "packets": columns["packet_count"][j], "label": label, "probability": f"{probability:.6f}",
-            })
+        if records.warning:  # read up to the damage: its flows are classified, the file is named
+            summary["files_warnings"][name] = records.warning
+            bar.write(f"predict: {name}: {records.warning}", file=sys.stderr)
+        for index in sorted(rows):
+            five_tuple, start, count = rows.pop(index)
+            label, probability = verdicts.pop(index)
+            writer.write({"file": name, "five_tuple": five_tuple, "start_time": f"{start:.6f}", "packets": count,
+                          "label": label, "probability": f"{probability:.6f}"})
             summary["flows"] += 1
     bar.set_postfix_str(f"{summary['flows']:,} flows", refresh=False)
     bar.update(bar.total - bar.n)
@@ -227,7 +245,8 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
 def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0, bf16=False, batch_size=16,
                    max_wait=0.02) -> dict:
     """Classify flows from a pcap byte stream as they complete (see module docstring). Flows are cut by
-    the same idle timeouts as in files, so a stream gives the verdicts its capture file gives.
+    the same idle timeouts as in files, so a stream gives the verdicts its capture file gives (when its
+    timestamps never go back: see ``_read_flows``).
 
     Reading and classifying run side by side: this thread reads and assembles flows and hands each ready
     flow to a classifier thread, which takes what has arrived — up to ``batch_size`` flows, waiting at
@@ -243,12 +262,10 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     n = classifier.max_packets
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout, **classifier.flow_options)
-    emitted: set[int] = set()
     summary = {"files_read": 0, "files_failed": {}, "files_warnings": {}, "flows": 0, "packets_total": 0,
                "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
-    skipped = summary["packets_skipped"]
 
-    ready: queue.Queue = queue.Queue(maxsize=4 * batch_size)  # bounded: a slow model holds the reader back
+    waiting: queue.Queue = queue.Queue(maxsize=4 * batch_size)  # bounded: a slow model holds the reader back
     failure: list[BaseException] = []
 
     def classify_ready():
@@ -256,14 +273,14 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         try:
             finished = False
             while not finished:
-                first = ready.get()
+                first = waiting.get()
                 if first is None:
                     return
                 batch = [first]
                 deadline = time.monotonic() + max_wait
                 while len(batch) < batch_size:
                     try:
-                        item = ready.get(timeout=max(0.0, deadline - time.monotonic()))
+                        item = waiting.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         break
                     if item is None:
@@ -284,18 +301,18 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
             if failure:
                 raise failure[0]
             try:
-                ready.put(item, timeout=0.5)
+                waiting.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def emit(flow):
-        if flow.index in emitted:
-            return
-        emitted.add(flow.index)
-        # a copy of what the model reads: the reader goes on adding to the flow while it waits
-        hand_over((list(flow.packets), list(flow.directions), {
-            "file": "-", "five_tuple": flow.five_tuple(), "start_time": f"{flow.start:.6f}", "packets": flow.count}))
+    def ready(flow, sample):  # a flow with its first n packets: its verdict now (the flow is counted on)
+        hand_over((*sample, {"file": "-", "five_tuple": flow.five_tuple(), "start_time": f"{flow.start:.6f}",
+                             "packets": flow.count}))
+
+    def closed(flow, sample):  # ended or idled out before it had n packets (sample None: classified already)
+        if sample is not None:
+            ready(flow, sample)
 
     started = time.perf_counter()
     try:
@@ -309,7 +326,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     worker.start()
     try:
         try:
-            _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout)
+            _read_flows(records, table, n, summary, ready, closed)
         except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
             summary["interrupted"] = True
             print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
@@ -317,7 +334,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
             summary["files_warnings"]["-"] = records.warning
             print(f"predict: -: {records.warning}", file=sys.stderr)
         for flow in table.finish():
-            emit(flow)
+            closed(flow, None if flow.packets is table.taken else (flow.packets, flow.directions))
     finally:
         if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
             hand_over(None)
@@ -329,14 +346,29 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     return summary
 
 
-def _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeout, tcp_timeout):
-    """predict_stream's reader: records -> flows; ``emit`` each flow once it has ``n`` packets, ends or idles."""
+def _read_flows(records, table, n, summary, ready, closed, on_progress=None, evict=True):
+    """Both paths' reader: records -> flows. ``ready(flow, sample)`` once a flow holds its first ``n`` packets
+    (``sample`` = its packets and directions, taken from the flow, which is counted on); ``closed(flow,
+    sample)`` once a flow ends — a new SYN on its ports or an idle gap longer than its timeout — with
+    ``sample`` None when it was taken already. The caller closes the flows still open at the end
+    (``table.finish()``). ``on_progress(bytes_read)`` every 8192 records.
+
+    ``evict``: every ``udp_timeout / 4`` seconds of capture time, flows idle longer than their timeout
+    *at the current packet's time* are closed and dropped, so an endless stream holds only the flows still
+    open. That equals ``prepare``'s assembly (which closes an idle flow at its next packet) only while
+    timestamps never go back; a capture file whose clock jumps (merged or damaged captures) would get other
+    flows than ``prepare`` makes of it, so files are read with ``evict=False``."""
     from ..data.decode import Decoded, decode
 
+    skipped = summary["packets_skipped"]
+    taken = table.taken
+    sweep_every = table.udp_timeout / 4
     last_sweep = None
     with records:
         for ts, linktype, frame in records:
             summary["packets_total"] += 1
+            if on_progress is not None and not summary["packets_total"] & 8191:
+                on_progress(records.position() or 0)
             d = decode(linktype, frame)
             if type(d) is not Decoded:  # same reasons as prepare's report
                 skipped["not_tcp_udp" if type(d) is tuple else d] += 1
@@ -347,19 +379,17 @@ def _read_records(records, table, n, summary, skipped, emit, emitted, udp_timeou
             else:  # False: after the packets the model reads (still part of a classified flow)
                 skipped["beyond_max_packets" if kept is False else kept] += 1
             for flow in table.done:  # closed by a new SYN or an idle gap: final
-                emit(flow)
-                emitted.discard(flow.index)
+                closed(flow, None if flow.packets is taken else (flow.packets, flow.directions))
             table.done.clear()
-            key_flow = table.open.get(table.key(d))
-            if key_flow is not None and len(key_flow.packets) == n:
-                emit(key_flow)
-            if last_sweep is None or ts - last_sweep >= udp_timeout / 4:
+            flow = table.open.get(table.key(d))
+            if flow is not None and flow.packets is not taken and len(flow.packets) == n:
+                ready(flow, table.take_sample(flow))
+            if evict and (last_sweep is None or ts - last_sweep >= sweep_every):
                 last_sweep = ts
                 for key, flow in list(table.open.items()):
-                    if ts - flow.last > (tcp_timeout if flow.proto == 6 else udp_timeout):
-                        emit(flow)
-                        emitted.discard(flow.index)
+                    if ts - flow.last > (table.tcp_timeout if flow.proto == 6 else table.udp_timeout):
                         del table.open[key]
                         summary["flows_evicted"] += 1
-            summary["max_open_flows"] = max(summary["max_open_flows"], len(table.open))
-
+                        closed(flow, None if flow.packets is taken else (flow.packets, flow.directions))
+            if len(table.open) > summary["max_open_flows"]:
+                summary["max_open_flows"] = len(table.open)
