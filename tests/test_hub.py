@@ -141,6 +141,14 @@ REMOTE_SCRIPT = textwrap.dedent(
             assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
             out = model(**inputs)
             outputs[name] = out.last_hidden_state if name == "AutoModel" else out.logits
+    # the experts dispatch found its Triton sibling (copied with the remote code; used on CUDA)
+    dispatch = [m for n, m in sys.modules.items() if n.startswith("transformers_modules") and n.endswith(".moe_dispatch")]
+    assert dispatch and all(m._moe_triton is not None for m in dispatch), "remote code lost the Triton path"
+    # saved again from remote code: the same files, and the model card carried over
+    import os
+    resaved = os.path.join(os.path.dirname(out_file), "resaved")
+    model.save_pretrained(resaved)
+    assert {"moe_triton.py", "README.md", "moe_dispatch.py"} <= set(os.listdir(resaved)), os.listdir(resaved)
     outputs["tokenized"] = tokenizer([bytes(range(40)), bytes(range(40, 90))], directions=[0, 1], return_tensors="pt")["input_ids"]
     save_file({k: v.contiguous() for k, v in outputs.items()}, out_file)
     """
@@ -189,14 +197,44 @@ def test_text_classification_pipeline_reads_hex_packets(checkpoint, real_flows):
 
     folder, _, classifier = checkpoint
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    packets = real_flows["http"][0][0][:3]
-    text = "\n".join(p.hex() for p in packets)
+    packets, directions = (x[:3] for x in real_flows["http"][0])
+    assert 0 in directions and 1 in directions  # a real flow with both directions
+    # each line led by the packet's direction (> from the initiator, < to it): a pipeline passes text only,
+    # and without them every packet read as the initiator's (other verdicts than `predict`'s)
+    text = "\n".join(("<" if d else ">") + " " + p.hex() for p, d in zip(packets, directions))
     single = tokenizer(text, return_tensors="pt")
+    assert torch.equal(single["input_ids"], tokenizer([packets], directions=[directions], return_tensors="pt")["input_ids"])
+    assert torch.equal(single["direction_ids"], tokenizer([packets], directions=[directions], return_tensors="pt")["direction_ids"])
     assert single["input_ids"].shape[0] == 1 and single["input_ids"].shape == single["packet_ids"].shape
     assert tokenizer(text)["input_ids"] == single["input_ids"][0].tolist()  # no tensors: one unbatched sample
+    assert tokenizer(text=text)["direction_ids"] == single["direction_ids"][0].tolist()  # transformers' keyword
+    unmarked = tokenizer("\n".join(p.hex() for p in packets), return_tensors="pt")
+    assert not torch.equal(unmarked["direction_ids"], single["direction_ids"])
+    with pytest.raises(ValueError, match="mark every packet line"):
+        tokenizer("> " + packets[0].hex() + "\n" + packets[1].hex())
     with torch.no_grad():
         expected = classifier(**single).logits.softmax(-1)[0]
     result = pipeline("text-classification", model=str(folder), top_k=None)(text)
     result = result[0] if isinstance(result[0], list) else result  # every label's score, best first
     assert {r["label"]: round(r["score"], 5) for r in result} == {
         classifier.config.id2label[i]: round(float(p), 5) for i, p in enumerate(expected)}
+
+
+def test_saving_a_loaded_checkpoint_again_keeps_its_card(checkpoint, tmp_path):
+    """A checkpoint loaded and saved again as the same class (a dtype conversion, a copy) keeps its model
+    card — training data and test figures — with the usage path pointing at the new folder; it used to get
+    a fresh card reading "not recorded". Loaded as another class, it gets that class's own card."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    folder, _, _ = checkpoint
+    original = (folder / "README.md").read_text()
+    assert "loopback9 demo slice" in original and "pipeline_tag: text-classification" in original
+    copy = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(copy)
+    card = (copy / "README.md").read_text()
+    assert "loopback9 demo slice" in card and f"path = {str(copy)!r}" in card and str(folder) not in card
+    assert (folder / "README.md").read_text() == original
+    other = tmp_path / "mlm"
+    AutoModelForMaskedLM.from_pretrained(folder).save_pretrained(other)
+    card = (other / "README.md").read_text()
+    assert "loopback9 demo slice" not in card and "pipeline_tag: fill-mask" in card and "AutoModelForMaskedLM" in card

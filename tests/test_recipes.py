@@ -195,6 +195,22 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
     assert first["view_input_ids"] != second["view_input_ids"]  # ... with other views
 
 
+def run_card_snippet(card: str) -> tuple[str, str]:
+    """Runs a classifier card's Python snippet exactly as written; returns the label the pipeline gave and
+    the label from the tokenizer's tensors (the two lines it prints)."""
+    import ast
+    import contextlib
+    import io
+    import re
+
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})
+    first, second = printed.getvalue().splitlines()[:2]
+    return ast.literal_eval(first)[0]["label"], second
+
+
 def test_finetune_evaluate_predict(prepared, finetuned, tmp_path, monkeypatch):
     out, summary = finetuned
     assert summary["best_validation_macro_f1"] is not None
@@ -217,7 +233,9 @@ def test_finetune_evaluate_predict(prepared, finetuned, tmp_path, monkeypatch):
     assert Path(saved["plots"]["expert_load"]).stat().st_size > 1000
     card = (out / "README.md").read_text()
     assert "initialised from" in card and "validation macro-F1" in card
-    assert card.count("always tokenize with it") == 1
+    assert card.count("always tokenize with it") == 1 and "pipeline_tag: text-classification" in card
+    pipeline_label, tensor_label = run_card_snippet(card)  # the card's usage code runs as written
+    assert pipeline_label == tensor_label and tensor_label in dense_labels(out)
     # `evaluate --update-card`: the test figures go into the card's Evaluation section (on a copy)
     import shutil
 
@@ -340,7 +358,8 @@ def test_pretrained_start_reports_the_new_head_in_one_line(pretrained, capfd):
 
 
 def dense_labels(folder):
-    return set(json.loads((folder / "config.json").read_text())["id2label"].values())
+    """The label names a checkpoint folder's config holds."""
+    return set(json.loads((Path(folder) / "config.json").read_text())["id2label"].values())
 
 
 def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
@@ -362,13 +381,10 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     text = card.read_text()
     assert "BertForSequenceClassification" in text and f"macro-F1 {result['macro_f1']:.4f}" in text
     assert text.index("### test split") < text.index("## Limitations")
-    # its usage snippet runs as written (direction ids as BERT's token types)
-    import re
-
-    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    scope = {}
-    exec(snippet.replace("PATH", str(tmp_path / "dense")).replace('bytes.fromhex("4500003c...")', "bytes(range(60))"), scope)
-    assert scope["label"] in dense_labels(tmp_path / "dense")
+    # its usage snippet runs as written, the pipeline and the tensors agreeing (the folder's tokenizer gives
+    # BERT the directions as token types)
+    pipeline_label, tensor_label = run_card_snippet(text)
+    assert pipeline_label == tensor_label and tensor_label in dense_labels(tmp_path / "dense")
     # the checkpoint decides the model: a dense folder fine-tunes the dense baseline without --dense (was a
     # TypeError deep in loading), and --dense with a Traffic-MoE folder is refused
     again = finetune(str(prepared), str(tmp_path / "dense2"), init_from=str(tmp_path / "dense"), shots=2, min_steps=1,

@@ -183,6 +183,13 @@ def test_save_and_reload_keeps_settings(tmp_path, real_flows):
     legacy = AutoTokenizer.from_pretrained(tmp_path)
     assert (legacy.header_layout, legacy.capture_bytes) == ("full", 40)
     assert TrafficTokenizer().header_layout == "compact"
+    # a folder with no tokenizer files at all (a model saved alone): an error saying so, not the defaults
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        (tmp_path / name).unlink()
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "traffic_moe"}))
+    with pytest.raises(ValueError, match="no tokenizer saved here"):
+        AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.decode([CLS_ID, 6 + 0x45, -100, 6]) == "[CLS]4500"  # -100 (ignored label positions) skipped
     packets, directions = real_flows["smtp"][0]
     assert again(packets, directions=directions) == tokenizer(packets, directions=directions)
     assert torch.equal(

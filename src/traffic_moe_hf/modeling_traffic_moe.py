@@ -398,7 +398,12 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, card_data: dict | None = None, **kwargs):
         """Writes a Hub-style folder that loads with every Auto class, installed or via `trust_remote_code`:
         safetensors weights, config.json with an `auto_map` for all Auto classes, the remote-code files and
-        a README.md model card rendered from `model_card.md` (when the package's template is available)."""
+        a README.md model card rendered from `model_card.md` (when the package's template is available).
+
+        A checkpoint loaded and saved again as the same class without ``card_data`` (a dtype conversion, a
+        copy) keeps its card — the training data and the figures `evaluate --update-card` wrote — instead of
+        a new one reading "not recorded"; pass ``card_data`` to describe new training."""
+        source_architectures = list(self.config.architectures or [])
         self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
@@ -407,10 +412,17 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
         for name in REMOTE_CODE_FILES:
             if (here / name).is_file():
                 shutil.copyfile(here / name, Path(save_directory) / name)
+        readme = Path(save_directory) / "README.md"
+        data = card_data or getattr(self, "card_data", None)
+        source_card = Path(str(getattr(self.config, "name_or_path", "") or "")) / "README.md"
+        if data is None and source_card.is_file() and source_architectures == [type(self).__name__]:
+            if not (readme.exists() and readme.samefile(source_card)):
+                card = source_card.read_text()
+                readme.write_text(_CARD_PATH_LINE.sub(f"path = {str(save_directory)!r}  # this folder (its Hub id once uploaded)", card))
+            return
         template = here / "model_card.md"
         if template.is_file():
-            card = render_model_card(template.read_text(), self, card_data or getattr(self, "card_data", None))
-            (Path(save_directory) / "README.md").write_text(card)
+            readme.write_text(render_model_card(template.read_text(), self, data, save_directory))
 
 
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -434,11 +446,61 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, active
 
 
-def render_model_card(template: str, model: TrafficMoePreTrainedModel, card_data: dict | None) -> str:
+#: the usage example's flow: a TCP handshake and an HTTP request (documentation addresses, RFC 5737), one
+#: IP packet per line, each led by its direction (> from the initiator, < to it)
+EXAMPLE_FLOW = (
+    "> 4500002c000100004006f6c7c0000201c0000202c0000050000003e8000000006002faf054f90000020405b4",
+    "< 4500002c000100004006f6c7c0000202c00002010050c00000001388000003e96012faf041600000020405b4",
+    "> 45000028000100004006f6cbc0000201c0000202c0000050000003e9000013895010faf0591d0000",
+    "> 45000049000100004006f6aac0000201c0000202c0000050000003e9000013895018faf0e0ec0000474554202f20485454"
+    "502f312e310d0a486f73743a206578616d706c650d0a0d0a",
+)
+_CARD_PATH_LINE = __import__("re").compile(r"^path = .*$", flags=__import__("re").MULTILINE)
+
+
+def usage_snippet(model_class: str, path, remote_code: bool = True) -> tuple[str, str]:
+    """(Hub pipeline tag, Python code) of a model card's "Use" section; the code runs as written on the
+    folder ``path`` (a classifier: through transformers' pipeline and through the tokenizer and model)."""
+    trust = ", trust_remote_code=True" if remote_code else ""
+    flow = "\n".join(EXAMPLE_FLOW)
+    head = (f"path = {str(path)!r}  # this folder (its Hub id once uploaded)\n"
+            "# a flow: its first IP packets, one hex line each, led by the direction (> from the initiator, < to it)\n"
+            f"flow = {flow!r}\n")
+    if model_class.endswith("ForSequenceClassification"):
+        return "text-classification", (
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n" + head +
+            "\nclassify = pipeline(\"text-classification\", model=path, trust_remote_code=True)\n"
+            "print(classify(flow))  # [{'label': ..., 'score': ...}]\n\n"
+            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
+            f"model = AutoModelForSequenceClassification.from_pretrained(path{trust})\n"
+            "inputs = tokenizer(flow, return_tensors=\"pt\")  # or tokenizer([packets], directions=[[0, 1, ...]], ...)\n"
+            "print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])")
+    if model_class.endswith("ForMaskedLM"):
+        return "fill-mask", (
+            "from transformers import AutoModelForMaskedLM, AutoTokenizer\n\n" + head +
+            "\ntokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
+            f"model = AutoModelForMaskedLM.from_pretrained(path{trust})\n"
+            "inputs = tokenizer(flow, return_tensors=\"pt\")\n"
+            "logits = model(**inputs).logits  # per token: scores over the vocabulary (256 byte values + specials)\n"
+            "print(logits.shape)\n"
+            "# a pretrained encoder: fine-tune it on labelled captures with\n"
+            "#   traffic-moe finetune --data PREPARED --from " + str(path) + " --out CLASSIFIER")
+    return "feature-extraction", (
+        "from transformers import AutoModel, AutoTokenizer\n\n" + head +
+        "\ntokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
+        f"model = AutoModel.from_pretrained(path{trust})\n"
+        "inputs = tokenizer(flow, return_tensors=\"pt\")\n"
+        "print(model(**inputs).last_hidden_state.shape)  # one vector per token")
+
+
+def render_model_card(template: str, model: TrafficMoePreTrainedModel, card_data: dict | None, path=".") -> str:
     """Fill `{placeholders}` of the model-card template; unknown ones read "not recorded"."""
     config = model.config
     total, active = count_parameters(model)
+    pipeline_tag, usage = usage_snippet(type(model).__name__, path)
     fields = {
+        "pipeline_tag": pipeline_tag,
+        "usage": usage,
         "model_class": type(model).__name__,
         "num_parameters": f"{total / 1e6:.2f}M",
         "active_parameters": f"{active / 1e6:.2f}M",

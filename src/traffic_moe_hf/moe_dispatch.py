@@ -37,6 +37,9 @@ import torch
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 try:  # package import (and transformers' remote-code module layout)
+    # `from .moe_triton import ...`, not `from . import moe_triton`: transformers copies a remote-code
+    # file's siblings by that pattern only, and without the copy the Triton path was silently lost
+    from .moe_triton import available as _triton_available  # noqa: F401 - makes the sibling a dependency
     from . import moe_triton as _moe_triton
 except ImportError:  # pragma: no cover - file imported as a top-level module
     try:

@@ -48,8 +48,13 @@ def available(allow_interpreter: bool = False) -> bool:
 
 def _build() -> None:
     global triton, tl, _kernels
-    import triton as _triton  # noqa: PLC0415 - lazy, optional
-    import triton.language as _tl  # noqa: PLC0415
+    # lazy and optional; inside a `try` so that transformers' remote-code check (`check_imports`, which
+    # skips imports in try blocks) does not require triton where the file is only copied, not used
+    try:
+        import triton as _triton  # noqa: PLC0415
+        import triton.language as _tl  # noqa: PLC0415
+    except ImportError:
+        raise
 
     triton, tl = _triton, _tl
 

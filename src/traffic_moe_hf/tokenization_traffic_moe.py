@@ -61,6 +61,7 @@ PAD_VALUES = {
     "attention_mask": 0,
     "packet_ids": 0,
     "direction_ids": DIRECTION_NONE,
+    "token_type_ids": DIRECTION_NONE,  # the directions, for a BERT model (see __call__)
     "special_tokens_mask": 1,
     "labels": -100,
 }
@@ -166,6 +167,15 @@ class TrafficTokenizer(TokenizersBackend):
 
     def __init__(self, max_packets: int = 8, max_packet_bytes: int = 64, header_layout: str | None = None,
                  capture_bytes: int | None = None, **kwargs):
+        saved = any(kwargs.get(k) is not None for k in ("vocab", "tokenizer_file", "tokenizer_object", "pad_token",
+                                                        "model_max_length"))
+        if header_layout is None and "name_or_path" in kwargs and not saved:
+            # `from_pretrained` on a folder without tokenizer files (a model saved alone): the defaults would
+            # tokenize otherwise than the model was trained, silently
+            raise ValueError(f"{kwargs['name_or_path']}: no tokenizer saved here (tokenizer.json, tokenizer_config.json), "
+                          "so the input settings the model was trained with (packets, bytes per packet, header "
+                          "layout) are unknown; load the tokenizer of the folder it was trained in, or save that "
+                          "tokenizer beside the model (tokenizer.save_pretrained)")
         # The vocabulary is fixed by design; a saved tokenizer.json holds the same one.
         for key in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):
             kwargs.pop(key, None)
@@ -209,6 +219,14 @@ class TrafficTokenizer(TokenizersBackend):
         shutil.copyfile(Path(__file__).resolve(), Path(save_directory) / "tokenization_traffic_moe.py")
         return files
 
+    def set_bert_inputs(self) -> "TrafficTokenizer":
+        """Name the outputs for a BERT model (the dense baseline): the directions as ``token_type_ids``, no
+        ``packet_ids``. Saved with the tokenizer, so the baseline's folder tokenizes for BERT as it is
+        (``model(**tokenizer(...))``, ``pipeline``); without it BERT silently ignored ``direction_ids``."""
+        self.model_input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        self.init_kwargs["model_input_names"] = list(self.model_input_names)
+        return self
+
     # ------------------------------------------------------------------ vocabulary
     @property
     def packet_token_id(self) -> int:
@@ -247,23 +265,47 @@ class TrafficTokenizer(TokenizersBackend):
             return bytes(i - BYTE_OFFSET for i in ids)
         raise TypeError(f"a packet must be bytes or hex text, got {type(packet).__name__}")
 
-    def _normalize_batch(self, flows) -> tuple[list[list[bytes]], bool]:
-        """Returns (batch of flows, whether the input was a single sample)."""
+    def _hex_flow(self, text: str) -> tuple[list[bytes], list[int] | None]:
+        """One flow from hex text: one packet per line, optionally led by its direction, ``>`` (from the
+        initiator) or ``<`` (to it). Returns the packets and their directions (None: no line marked)."""
+        packets, directions = [], []
+        for line in text.splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            direction = {">": 0, "<": 1}.get(line[0])
+            directions.append(direction)
+            packets.append(self._as_packet(line if direction is None else line[1:]))
+        if all(d is None for d in directions):
+            return packets, None
+        if any(d is None for d in directions):
+            raise ValueError("hex text: mark every packet line with its direction ('>' or '<') or none")
+        return packets, directions
+
+    def _normalize_batch(self, flows) -> tuple[list[list[bytes]], bool, list | None]:
+        """Returns (batch of flows, whether the input was a single sample, per flow the directions its hex
+        text gave or None; None for the whole batch when no text gave any)."""
         if isinstance(flows, (bytes, bytearray, memoryview)):
-            return [[bytes(flows)]], True
+            return [[bytes(flows)]], True, None
         if isinstance(flows, str):  # one sample of hex text, one packet per line
-            packets = [line for line in flows.splitlines() if line.strip()]
-            return [[self._as_packet(p) for p in packets]], True
+            packets, directions = self._hex_flow(flows)
+            return [packets], True, None if directions is None else [directions]
         if not isinstance(flows, Sequence) or isinstance(flows, dict):
             raise TypeError(f"expected bytes, hex text, a flow (list of packets) or a batch of flows, got {type(flows).__name__}")
         if len(flows) == 0:
-            return [], False
+            return [], False, None
         first = flows[0]
         if isinstance(first, (bytes, bytearray, memoryview)):  # one flow: a list of packets
-            return [[self._as_packet(p) for p in flows]], True
+            return [[self._as_packet(p) for p in flows]], True, None
         if isinstance(first, str):  # a batch of hex-text samples
-            return [self._normalize_batch(text)[0][0] for text in flows], False
-        return [[self._as_packet(p) for p in flow] for flow in flows], False
+            parsed = [self._hex_flow(text) for text in flows]
+            directions = [d for _p, d in parsed]
+            if all(d is None for d in directions):
+                directions = None
+            else:  # unmarked samples of a marked batch: all packets from the initiator, as by default
+                directions = [[0] * len(p) if d is None else d for p, d in parsed]
+            return [p for p, _d in parsed], False, directions
+        return [[self._as_packet(p) for p in flow] for flow in flows], False, None
 
     def encode_flow(
         self,
@@ -302,9 +344,10 @@ class TrafficTokenizer(TokenizersBackend):
 
     def __call__(
         self,
-        flows,
+        flows=None,
         directions=None,
         *,
+        text=None,
         max_packets: int | None = None,
         max_packet_bytes: int | None = None,
         max_length: int | None = None,
@@ -318,16 +361,30 @@ class TrafficTokenizer(TokenizersBackend):
     ) -> BatchEncoding:
         """Tokenize flows.
 
-        ``flows`` is one sample (``bytes`` = one packet, a list of ``bytes`` = one flow, hex text with one
-        packet per line) or a batch (a list of flows, or a list of hex texts). ``directions`` mirrors it
-        (per packet 0 = initiator -> responder, 1 = responder -> initiator); default: all 0.
+        ``flows`` (or ``text=``, transformers' name) is one sample (``bytes`` = one packet, a list of ``bytes``
+        = one flow, hex text with one packet per line) or a batch (a list of flows, or a list of hex texts).
+        ``directions`` mirrors it (per packet 0 = initiator -> responder, 1 = responder -> initiator);
+        hex text can carry them itself, a line starting with ``>`` or ``<`` (what a ``pipeline`` needs: it
+        passes text only); default: all 0. A flow's verdict can depend on its directions: give them.
+        A tokenizer saved for a BERT model (``model_input_names`` with ``token_type_ids``) returns the
+        directions as ``token_type_ids`` and no ``packet_ids``.
         ``max_length`` (with ``truncation``, or alone) cuts the whole flow; ``padding`` is ``False``,
         ``True``/``"longest"`` or ``"max_length"``.
         """
         if kwargs:
             raise TypeError(f"TrafficTokenizer got unsupported arguments: {sorted(kwargs)}")
-        batch, single = self._normalize_batch(flows)
-        if directions is not None and single:
+        if flows is None:
+            flows = text
+        elif text is not None:
+            raise TypeError("give the flows once: positionally or as text=")
+        if flows is None:
+            raise TypeError("TrafficTokenizer needs flows (bytes, hex text, lists of packets)")
+        batch, single, text_directions = self._normalize_batch(flows)
+        if directions is None and text_directions is not None:
+            directions, single_directions = text_directions, False
+        else:
+            single_directions = single
+        if directions is not None and single_directions:
             directions = [directions]
         if directions is not None and len(directions) != len(batch):
             raise ValueError(f"{len(directions)} direction lists for {len(batch)} flows")
@@ -351,6 +408,11 @@ class TrafficTokenizer(TokenizersBackend):
         if not return_attention_mask:
             for sample in encoded:
                 del sample["attention_mask"]
+        if "token_type_ids" in self.model_input_names:  # saved for a BERT model: directions as token types
+            for sample in encoded:
+                sample["token_type_ids"] = sample.pop("direction_ids")
+                if "packet_ids" not in self.model_input_names:
+                    del sample["packet_ids"]
         columns = {key: [sample[key] for sample in encoded] for key in (encoded[0] if encoded else self.model_input_names)}
         if padding or return_tensors is not None:
             if padding is False and return_tensors is not None and len({len(x) for x in columns["input_ids"]}) > 1:
@@ -453,6 +515,8 @@ class TrafficTokenizer(TokenizersBackend):
                 current = []
             elif token >= BYTE_OFFSET:
                 current.append(f"{token - BYTE_OFFSET:02x}")
+            elif token < 0:  # -100: a position that loss ignores (labels), not a token
+                continue
             elif not skip_special_tokens:
                 current.append(SPECIAL_TOKENS[token])
         if current:

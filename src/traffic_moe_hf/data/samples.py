@@ -80,6 +80,8 @@ def get_tokenizer(path: str | None = None, settings: dict | None = None):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+            if "direction_ids" not in tok.model_input_names:  # a dense baseline's (BERT) folder: the
+                tok.model_input_names = ["input_ids", "attention_mask", "packet_ids", "direction_ids"]  # dataset's columns
         else:
             from traffic_moe_hf import TrafficTokenizer
 

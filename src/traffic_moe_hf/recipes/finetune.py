@@ -97,9 +97,12 @@ def run(args) -> int:
     return 0
 
 
-def dense_model_card(model, card: dict) -> str:
+def dense_model_card(model, card: dict, path=".") -> str:
     """A README.md for the dense BERT baseline's folder, with the sections `evaluate --update-card` fills."""
+    from ..modeling_traffic_moe import usage_snippet
     from .common import parameter_summary
+
+    pipeline_tag, usage = usage_snippet(type(model).__name__, path, remote_code=False)
 
     config = model.config
     params = parameter_summary(model)
@@ -111,7 +114,7 @@ tags:
 - network-traffic
 - traffic-classification
 - dense-baseline
-pipeline_tag: text-classification
+pipeline_tag: {pipeline_tag}
 ---
 
 # Dense BERT baseline ({type(model).__name__}) of traffic-moe-hf
@@ -124,14 +127,7 @@ the tokenizer saved beside it holds the input settings (load it with `trust_remo
 ## Use
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
-model = AutoModelForSequenceClassification.from_pretrained("PATH")
-flow = [bytes.fromhex("4500003c..."), bytes.fromhex("4500003c...")]   # IP packets, first one first
-x = tokenizer([flow], directions=[[0, 1]], padding=True, return_tensors="pt")
-logits = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], token_type_ids=x["direction_ids"]).logits
-label = model.config.id2label[logits.argmax(-1).item()]
+{usage}
 ```
 
 ## Model
@@ -409,9 +405,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     options = dataset_options(data)
     trainer.model.config.traffic_flow_options = {k: options[k] for k in ("normalize_tcp", "coalesce_tcp")}
     trainer.model.save_pretrained(out, **({} if dense else {"card_data": card}))
-    tokenizer.save_pretrained(out)
+    (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
     if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too
-        (out / "README.md").write_text(dense_model_card(trainer.model, card))
+        (out / "README.md").write_text(dense_model_card(trainer.model, card, out))
     summary = {
         "out": str(out),
         "model": type(trainer.model).__name__,
@@ -425,7 +421,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "steps": trainer.state.global_step,
         "best_validation_macro_f1": best,
         "best_validation_macro_f1_distinct": best_distinct,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        # the step whose weights OUT holds (its checkpoint folder is removed below unless --keep-checkpoints)
+        "best_checkpoint": trainer.state.best_model_checkpoint if keep_checkpoints else None,
+        "best_step": int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1]) if trainer.state.best_model_checkpoint else None,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "log_history": trainer.state.log_history,
     }

@@ -107,9 +107,10 @@ class Classifier:
     def __call__(self, flows: list[list[bytes]], directions: list[list[int]]) -> tuple[list[str], list[float]]:
         batch = self.tokenizer(flows, directions=directions, padding=True, pad_to_multiple_of=8, return_tensors="pt")
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        if self.dense:
-            batch.pop("packet_ids")
-            batch["token_type_ids"] = batch.pop("direction_ids")
+        if self.dense:  # the tokenizer of a dense folder names the directions token_type_ids (older ones did not)
+            batch.pop("packet_ids", None)
+            if "direction_ids" in batch:
+                batch["token_type_ids"] = batch.pop("direction_ids")
         probabilities = self.model(**batch).logits.float().softmax(-1)
         best = probabilities.max(-1)
         return [self.names[i] for i in best.indices.tolist()], best.values.tolist()

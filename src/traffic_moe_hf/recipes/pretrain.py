@@ -137,7 +137,9 @@ def add_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
-    p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
+    p.add_argument("--out", type=output_folder, required=True,
+                   help="output checkpoint folder (Hub layout); OUT/checkpoints holds the Trainer's checkpoints for "
+                        "--resume (optimizer state, pickles): share OUT without it")
     p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, small, base (default small)")
     p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
     p.add_argument("--match", choices=("active", "total"), default="active",
@@ -273,7 +275,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         model.save_pretrained(out)
     else:
         model.save_pretrained(out, card_data=card)
-    tokenizer.save_pretrained(out)
+    (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "out": str(out),
@@ -289,6 +291,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
         "log_history": trainer.state.log_history,
+        # kept for --resume (optimizer state, pickled Trainer files); OUT without it is the folder to share
+        "resume_checkpoints": str(out / "checkpoints") if (out / "checkpoints").is_dir() else None,
     }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return {k: v for k, v in summary.items() if k != "log_history"}
