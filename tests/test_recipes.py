@@ -793,3 +793,85 @@ def test_plain_trainer_example_runs_end_to_end(tmp_path):
     assert result["test_accuracy"] > 0.5 and result["test_macro_f1"] > 0.4
     model = AutoModelForSequenceClassification.from_pretrained(result["classifier"])
     assert type(model).__name__ == "TrafficMoeForSequenceClassification" and model.config.num_labels == 9
+
+
+def test_predict_reads_captures_with_the_models_ttl_anonymisation_and_level(prepared, finetuned, tmp_path, monkeypatch):
+    """predict assembles new captures with every option the model's training data had: a model trained with
+    `--ttl keep` gets TTLs (was: masked to 0 whatever the training data, every probability off), and a
+    packet-level model classifies each packet alone, the flow's verdict their mean (was: a whole flow fed to
+    a model trained on single packets). finetune records the options; evaluate names a mismatch."""
+    import shutil
+
+    from datasets import concatenate_datasets, load_from_disk
+
+    from traffic_moe_hf.recipes.evaluate import warn_flow_assembly
+    from traffic_moe_hf.recipes.predict import Classifier
+
+    out, _ = finetuned
+    saved = json.loads((out / "config.json").read_text())["traffic_flow_options"]
+    assert saved == {"normalize_tcp": True, "coalesce_tcp": False, "ttl": "mask", "level": "flow", "anonymize": True}
+    http = DEMO / "http.pcap"
+    kept = tmp_path / "ttl-keep-data"
+    prepare([str(http)], str(kept), labels="dir", split="none", ttl="keep", progress=False, **SMALL)
+    model = tmp_path / "ttl-keep-model"  # the same weights, recorded as trained on TTLs kept
+    shutil.copytree(out, model)
+    config = json.loads((model / "config.json").read_text())
+    config["traffic_flow_options"]["ttl"] = "keep"
+    (model / "config.json").write_text(json.dumps(config))
+    seen = []
+    real_call = Classifier._probabilities
+
+    def recording(self, flows, directions):
+        seen.extend((tuple(ids), len(flow)) for ids, flow in zip(self.tokenizer(flows, directions=directions)["input_ids"], flows))
+        return real_call(self, flows, directions)
+
+    monkeypatch.setattr(Classifier, "_probabilities", recording)
+    predict_files([str(http)], str(model), str(tmp_path / "keep.csv"), progress=False)
+    data = load_from_disk(str(kept))
+    stored = sorted(tuple(ids) for ids in concatenate_datasets([data[s] for s in data])["input_ids"])
+    assert sorted(ids for ids, _n in seen) == stored and len(stored) == 40
+    masked = load_from_disk(str(prepared))
+    masked = concatenate_datasets([masked[s] for s in masked])
+    assert sorted(tuple(i) for i, f in zip(masked["input_ids"], masked["source_file"]) if f.endswith("http.pcap")) != stored
+    # a packet-level model: one packet per forward sample, one row per flow
+    config["traffic_flow_options"].update(ttl="mask", level="packet")
+    (model / "config.json").write_text(json.dumps(config))
+    seen.clear()
+    summary = predict_files([str(http)], str(model), str(tmp_path / "packets.csv"), progress=False)
+    with open(tmp_path / "packets.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert summary["flows"] == len(rows) == 40 and all(n == 1 for _ids, n in seen) and len(seen) > 40
+    assert all(0 < float(r["probability"]) <= 1 for r in rows)
+    # evaluate says when the data was made otherwise than the model's training data
+    assert any(d.startswith("ttl: data keep, model mask") for d in warn_flow_assembly(str(kept), load_classifier_of(out), str(out)))
+
+
+def load_classifier_of(folder):
+    from traffic_moe_hf.recipes.evaluate import load_classifier
+
+    return load_classifier(str(folder))
+
+
+def test_predict_json_rows_hold_numbers(finetuned, tmp_path):
+    """`--out X.json` (any case) writes JSON with numbers as numbers (probability, start time, packets were
+    partly strings)."""
+    out, _ = finetuned
+    predict_files([str(DEMO / "dns.pcap")], str(out), str(tmp_path / "rows.JSON"), progress=False)
+    rows = json.loads((tmp_path / "rows.JSON").read_text())
+    assert len(rows) == 40 and all(isinstance(r[k], (int, float)) for r in rows for k in ("probability", "start_time", "packets"))
+
+
+def test_balanced_subset_covers_every_class(prepared):
+    """`robustness --max-samples N` evaluates on N flows covering the classes evenly (was the split's first N
+    rows: a split is sorted by label, so 3 meant 3 flows of one class scored 1.000)."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf.recipes.common import balanced_subset
+
+    test = load_from_disk(str(prepared))["test"]
+    classes = len(set(test["label"]))
+    assert len(set(test.select(range(9))["label"])) < classes  # the old way: the first rows
+    subset = balanced_subset(test, 9, seed=0)
+    assert len(subset) == 9 and len(set(subset["label"])) == min(9, classes)
+    assert balanced_subset(test, 9, seed=0)["flow_id"] == subset["flow_id"] != balanced_subset(test, 9, seed=1)["flow_id"]
+    assert len(balanced_subset(test, 10**6, seed=0)) == len(test)

@@ -83,6 +83,20 @@ def few_shot(dataset, shots: int, seed: int):
     return dataset.select(sorted(chosen))
 
 
+def balanced_subset(dataset, size: int, seed: int):
+    """At most ``size`` samples covering the classes as evenly as they allow (round robin over the classes,
+    random within each, ``seed``); a split is stored sorted by label, so its first N rows were one class."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset["label"])
+    queues = [list(rng.permutation(np.flatnonzero(labels == label))) for label in np.unique(labels)]
+    chosen = []
+    while len(chosen) < min(size, len(labels)):
+        for queue in queues:
+            if queue and len(chosen) < size:
+                chosen.append(int(queue.pop()))
+    return dataset.select(sorted(chosen))
+
+
 def class_weights(dataset, num_labels: int) -> torch.Tensor:
     """Inverse-frequency weights, normalised to mean 1 over the classes present."""
     counts = np.bincount(np.asarray(dataset["label"]), minlength=num_labels).astype(np.float64)

@@ -124,18 +124,19 @@ def warn_flow_assembly(data, model, model_path) -> list[str]:
     prepare option too. A model evaluated on flows assembled otherwise than its training flows is scored on
     input it was not trained on: said on stderr (``predict`` assembles new captures as the model's training
     data was, from the same record). Returns the differences."""
-    from ..robustness.attacks import dataset_options
+    from ..robustness.attacks import dataset_level, dataset_options
 
     trained = getattr(model.config, "traffic_flow_options", None)
     if not trained:  # checkpoints from before the record
         return []
     options = dataset_options(data)
-    differ = [f"{k}: data {options[k]}, model {bool(trained[k])}" for k in ("normalize_tcp", "coalesce_tcp")
-              if k in trained and options[k] != bool(trained[k])]
+    options.update(anonymize=options["anonymized"], level=dataset_level(data))
+    differ = [f"{k}: data {options[k]}, model {trained[k]}" for k in ("normalize_tcp", "coalesce_tcp", "ttl", "anonymize", "level")
+              if k in trained and options[k] != trained[k]]
     if differ:
         print(f"{data}: flows assembled otherwise than {model_path}'s training data ({'; '.join(differ)}); "
-              "prepare the data with the model's settings (--tcp-coalesce / --no-tcp-normalize) to score it on what "
-              "it was trained on", file=sys.stderr)
+              "prepare the data with the model's settings (--tcp-coalesce / --no-tcp-normalize / --ttl / "
+              "--no-anonymize / --level) to score it on what it was trained on", file=sys.stderr)
     return differ
 
 

@@ -3,8 +3,12 @@
     traffic-moe predict CAPTURE... --model CKPT --out FILE.csv      (or FILE.json)
     tcpdump -i eth0 -w - | traffic-moe predict - --model CKPT --out verdicts.csv
 
-Flows are assembled and anonymised exactly as `traffic-moe prepare` does, with the packet and byte
-limits of the model's tokenizer. From standard input (``-``) each flow's verdict is written as soon
+Flows are assembled and anonymised exactly as `traffic-moe prepare` made the model's training data
+(TCP normalisation and coalescing, TTL mode, anonymisation: recorded in the checkpoint by finetune), with
+the packet and byte limits of the model's tokenizer. A packet-level model classifies each of a flow's
+first N packets alone; the flow's label and probability are from the mean of their probabilities.
+The ``packets`` column: the flow's packet count — from a file its total; from a stream the count when
+its verdict was written (its first N packets, or all when it ended sooner). From standard input (``-``) each flow's verdict is written as soon
 as the flow has its first N packets, or when it goes idle or the stream ends; idle flows are evicted,
 so memory stays bounded on an endless stream. Progress and throughput go to standard error.
 """
@@ -88,11 +92,22 @@ class Classifier:
         return self.tokenizer.max_packets
 
     @property
+    def _saved_options(self) -> dict:
+        return getattr(self.model.config, "traffic_flow_options", None) or {}
+
+    @property
     def flow_options(self) -> dict:
-        """TCP normalisation / coalescing as in the checkpoint's training data (finetune records it in
-        the config as ``traffic_flow_options``; older checkpoints: prepare's defaults)."""
-        saved = getattr(self.model.config, "traffic_flow_options", None) or {}
-        return {"normalize_tcp": bool(saved.get("normalize_tcp", True)), "coalesce_tcp": bool(saved.get("coalesce_tcp", False))}
+        """Flow assembly and anonymisation as in the checkpoint's training data — TCP normalisation and
+        coalescing, TTL mode, anonymised or not (finetune records them in the config as
+        ``traffic_flow_options``; older checkpoints: prepare's defaults). ``FlowTable`` keywords."""
+        saved = self._saved_options
+        return {"normalize_tcp": bool(saved.get("normalize_tcp", True)), "coalesce_tcp": bool(saved.get("coalesce_tcp", False)),
+                "ttl": saved.get("ttl", "mask"), "anonymize_packets": bool(saved.get("anonymize", True))}
+
+    @property
+    def level(self) -> str:
+        """``flow`` or ``packet``: what one training sample of the checkpoint was."""
+        return self._saved_options.get("level", "flow")
 
     @property
     def max_packet_bytes(self) -> int:
@@ -105,22 +120,33 @@ class Classifier:
 
     @torch.inference_mode()
     def __call__(self, flows: list[list[bytes]], directions: list[list[int]]) -> tuple[list[str], list[float]]:
+        if self.level == "packet":  # a packet-level model: each packet alone, the flow's verdict their mean
+            owner = [i for i, flow in enumerate(flows) for _ in flow[: self.max_packets]]
+            probabilities = self._probabilities([[p] for flow in flows for p in flow[: self.max_packets]],
+                                                [[d] for ds in directions for d in ds[: self.max_packets]])
+            index = torch.tensor(owner)
+            sums = torch.zeros(len(flows), probabilities.shape[-1]).index_add_(0, index, probabilities)
+            probabilities = sums / torch.bincount(index, minlength=len(flows)).clamp(min=1).unsqueeze(-1)
+        else:
+            probabilities = self._probabilities(flows, directions)
+        best = probabilities.max(-1)
+        return [self.names[i] for i in best.indices.tolist()], best.values.tolist()
+
+    def _probabilities(self, flows, directions) -> torch.Tensor:
         batch = self.tokenizer(flows, directions=directions, padding=True, pad_to_multiple_of=8, return_tensors="pt")
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
         if self.dense:  # the tokenizer of a dense folder names the directions token_type_ids (older ones did not)
             batch.pop("packet_ids", None)
             if "direction_ids" in batch:
                 batch["token_type_ids"] = batch.pop("direction_ids")
-        probabilities = self.model(**batch).logits.float().softmax(-1)
-        best = probabilities.max(-1)
-        return [self.names[i] for i in best.indices.tolist()], best.values.tolist()
+        return self.model(**batch).logits.float().softmax(-1).cpu()
 
 
 class _Writer:
     """Rows to CSV (streamed, flushed per row) or JSON (written at the end)."""
 
     def __init__(self, out):
-        self.json = str(out).endswith(".json")
+        self.json = str(out).lower().endswith(".json")
         self.rows = []
         if out != "-":  # like evaluate --json: the folder is made, here before any work (JSON is written last)
             Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +159,8 @@ class _Writer:
         self.out = out
 
     def write(self, row):
-        if self.json:
-            self.rows.append(row)
+        if self.json:  # numbers as JSON numbers (the CSV's text keeps its fixed 6 decimals)
+            self.rows.append({**row, "start_time": float(row["start_time"]), "probability": float(row["probability"])})
         else:
             self.csv.writerow(row)
             self.file.flush()

@@ -628,3 +628,12 @@ def dataset_options(path) -> dict:
             "header_layout": opts.get("header_layout", "full"),
             "normalize_tcp": bool(opts.get("normalize_tcp", False)),
             "coalesce_tcp": bool(opts.get("coalesce_tcp", False))}
+
+
+def dataset_level(path) -> str:
+    """``flow`` or ``packet``: what one sample of a prepared dataset is (report.json; default flow)."""
+    import json
+    from pathlib import Path
+
+    report = Path(path) / "report.json"
+    return (json.loads(report.read_text()).get("options", {}) if report.is_file() else {}).get("level", "flow")

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..argtypes import at_least, comma_list, non_negative, output_file
 
 
@@ -46,7 +48,7 @@ def add_parser(subparsers):
     p.add_argument("--whitebox-steps", type=at_least(1), default=8)
     p.add_argument("--pgd-eps", type=comma_list(non_negative), default="",
                    help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
-    p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate on the first N flows only")
+    p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate on N flows only, the classes covered as evenly as they allow (chosen with --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tcp-normalize", dest="normalize_tcp", action="store_true", default=None,
                    help="TCP-normalise shaped flows as prepare did (default: what the dataset's report.json says)")
@@ -151,8 +153,10 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     if split not in prepared:
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     dataset = prepared[split]
-    if max_samples:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if max_samples and max_samples < len(dataset):
+        from ..recipes.common import balanced_subset
+
+        dataset = balanced_subset(dataset, max_samples, seed)
     options = dataset_options(data)
     if normalize_tcp is not None:
         options["normalize_tcp"] = bool(normalize_tcp)
@@ -163,7 +167,10 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
                   f"{options['max_packets']}: after TCP normalisation leaves chaff out, shaped flows have fewer real "
                   f"packets than the model's window (prepare with --store-packets {2 * options['max_packets']} to "
                   f"measure what the model would see on the wire)", file=sys.stderr)
+    label_names = dataset.features["label"].names
+    per_label = np.bincount(np.asarray(dataset["label"], dtype=np.int64), minlength=len(label_names))
     result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
+              "samples_per_label": {label_names[i]: int(c) for i, c in enumerate(per_label) if c},
               "budgets": {a: all_budgets[a] for a in attacks}, "seed": seed, "device": device_summary(), "models": {}}
     started = time.perf_counter()
     bar = None
