@@ -145,3 +145,23 @@ def test_every_long_running_command_has_progress_and_no_progress(line):
     robustness had neither)."""
     assert build_parser().parse_args(line.split()).progress is True
     assert build_parser().parse_args(line.split() + ["--no-progress"]).progress is False
+
+
+def test_every_option_is_explained_with_its_default():
+    """`traffic-moe CMD --help` explains every option and states its default (several had no help at all, so
+    --epochs 10, --lr 5e-4 or --split test were nowhere to be read)."""
+    import argparse
+
+    from traffic_moe_hf.argtypes import HelpFormatter
+    from traffic_moe_hf.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    formatter = HelpFormatter("x")
+    for name, command in commands.items():
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]}: no help"
+            if action.default not in (None, False, True, "", argparse.SUPPRESS):
+                assert "default" in formatter._get_help_string(action).lower(), f"{name} {action.option_strings[0]}"

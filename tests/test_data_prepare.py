@@ -377,12 +377,23 @@ def test_csv_rows_that_contradict_each_other_are_counted(tmp_path):
             if n < 3:  # a second opinion for three flows
                 w.writerow([proto, *b.split(":"), *a.split(":"), "tunnel"])
         w.writerow(["udp", "not-an-ip", "1", "127.0.0.1", "2", "dns"])
+        w.writerow(["udp", "127.0.0.1", "70000", "127.0.0.1", "53", "dns"])  # no such port: was accepted
+        w.writerow(["udp", "192.0.2.9", "5353", "192.0.2.10", "53", "dns"])  # endpoints of no flow here
+    with open(path, "a", newline="") as f:  # a time range that ends before it starts labels nothing: bad
+        csv.writer(f).writerow(["udp", "127.0.0.1", "1", "127.0.0.1", "2", "dns"])
+    timed = tmp_path / "timed.csv"
+    timed.write_text("proto,src_ip,src_port,dst_ip,dst_port,start,end,label\nudp,127.0.0.1,1,127.0.0.1,2,100,50,dns\n")
     r = prepare([DEMO / "dns.pcap"], None, labels=f"csv:{path}", split="none", progress=False, save=False)
-    assert r["label_csv"]["flows_ambiguous"] == 3 and r["label_csv"]["bad_rows"] == 1
+    assert r["label_csv"]["flows_ambiguous"] == 3 and r["label_csv"]["bad_rows"] == 2
+    # usable rows that labelled no flow of these captures are counted (the second-opinion rows match flows)
+    assert r["label_csv"]["rows_matching_no_flow"] == 2
     assert r["flows_used"] == len(tuples) and set(r["_dataset"]["test"]["label"]) == {0}  # first row's label kept
     text = format_report(r)
     assert "WARNING 3 flows matched label-CSV rows with different labels" in text
-    assert "1 of " in text and "rows unusable" in text
+    assert "2 of " in text and "rows unusable" in text and "2 of " in text and "rows matched no flow" in text
+    from traffic_moe_hf.data.labels import CsvLabels
+
+    assert CsvLabels(str(timed)).bad_rows == 1
 
 
 def test_same_file_name_in_two_folders_stays_two_captures(tmp_path):
@@ -398,7 +409,7 @@ def test_same_file_name_in_two_folders_stays_two_captures(tmp_path):
     inputs = [str(tmp_path / "a" / "x.pcap"), str(tmp_path / "b" / "x.pcap"), str(tmp_path / "a")]
     r = prepare(inputs, None, labels="dir", save=False, progress=False)
     assert sorted(r["per_file"]) == ["a/x.pcap", "b/x.pcap"]
-    assert r["files_total"] == 2 and r["files_repeated"] == ["a/x.pcap"]
+    assert r["files_total"] == 2 and r["files_repeated"] == [str(tmp_path / "a" / "x.pcap")]  # the path, not a name
     assert r["packets_total"] == sum(v["packets"] for v in r["per_file"].values())
     ds = r["_dataset"]
     ids = [f for s in ds for f in ds[s]["flow_id"]]
@@ -496,3 +507,29 @@ def test_named_pipe_and_dangling_link_in_a_folder_are_named_not_waited_on(tmp_pa
                          timeout=120)
     writer.wait(timeout=60)
     assert out.stdout.strip() == "80", out.stderr[-2000:]
+
+
+def test_prepare_says_what_it_did_not_write_and_skips_its_own_output(tmp_path, capsys):
+    """A run that keeps no sample says it wrote no dataset (it said "written" and finetune then called the
+    folder "not a dataset"); an --out inside an input folder is not read back as captures on the next run;
+    --split-ratios must sum to 1 (0.7,0.2,0.2 was renormalised silently) and a bad value is a usage error."""
+    import shutil
+
+    from traffic_moe_hf.cli import main
+    from traffic_moe_hf.recipes.common import load_prepared
+
+    shutil.copy(DEMO / "dns.pcap", tmp_path / "dns.pcap")
+    out = tmp_path / "ds"
+    assert main(["prepare", str(tmp_path), "--out", str(out), "--min-packets", "1000", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "no samples, so no dataset" in text and not (out / "dataset_dict.json").exists()
+    with pytest.raises(SystemExit, match="wrote no samples here .*40 too_short"):
+        load_prepared(out)
+    assert main(["prepare", str(tmp_path), "--out", str(out), "--labels", "file", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "files: 1 total, 1 read, 0 failed" in text and "lies inside an input folder" in text
+    for bad in ("0.7,0.2,0.2", "0.8,0.2", "a,b,c"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["prepare", str(tmp_path), "--out", str(out), "--split-ratios", bad])
+        assert exit_info.value.code == 2
+        assert "--split-ratios" in capsys.readouterr().err

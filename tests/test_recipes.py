@@ -578,11 +578,13 @@ def test_predict_assembles_flows_as_the_training_data_was(finetuned):
 
     out, _ = finetuned
     config = json.loads((out / "config.json").read_text())
-    assert config["traffic_flow_options"] == {"normalize_tcp": True, "coalesce_tcp": False}
+    assert config["traffic_flow_options"] == {"normalize_tcp": True, "coalesce_tcp": False, "ttl": "mask", "level": "flow",
+                                              "anonymize": True}
     classifier = Classifier(str(out))
-    assert classifier.flow_options == {"normalize_tcp": True, "coalesce_tcp": False}
-    classifier.model.config.traffic_flow_options = {"coalesce_tcp": True}
-    assert classifier.flow_options == {"normalize_tcp": True, "coalesce_tcp": True}
+    defaults = {"normalize_tcp": True, "coalesce_tcp": False, "ttl": "mask", "anonymize_packets": True}
+    assert classifier.flow_options == defaults and classifier.level == "flow"
+    classifier.model.config.traffic_flow_options = {"coalesce_tcp": True}  # older checkpoints: the rest as prepare's defaults
+    assert classifier.flow_options == {**defaults, "coalesce_tcp": True}
 
 
 def test_resume_continues_the_same_run(prepared, tmp_path):
@@ -875,3 +877,18 @@ def test_balanced_subset_covers_every_class(prepared):
     assert len(subset) == 9 and len(set(subset["label"])) == min(9, classes)
     assert balanced_subset(test, 9, seed=0)["flow_id"] == subset["flow_id"] != balanced_subset(test, 9, seed=1)["flow_id"]
     assert len(balanced_subset(test, 10**6, seed=0)) == len(test)
+
+
+def test_model_window_fits_the_data_or_is_said(capsys):
+    """A model built for data with a window larger than the preset's embeddings gets embeddings that hold it
+    (packet 40 or byte 300 used to share the last index silently); a checkpoint that is too small is said."""
+    from traffic_moe_hf import TrafficTokenizer
+    from traffic_moe_hf.recipes.common import moe_config, warn_window
+
+    wide = TrafficTokenizer(max_packets=40, max_packet_bytes=300)
+    config = moe_config("tiny", wide)
+    assert config.max_packets >= 40 and config.max_position_embeddings >= 301
+    assert moe_config("tiny", TrafficTokenizer()).to_dict() == moe_config("tiny").to_dict()  # default window: unchanged
+    assert not warn_window(config, wide, "x")
+    assert warn_window(moe_config("tiny"), wide, "ckpt")
+    assert "40 packets per flow" in capsys.readouterr().err

@@ -102,3 +102,16 @@ def _parent_is_a_folder(s: str) -> None:
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise argparse.ArgumentTypeError(f"{s}: {parent} is a file, not a folder")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The commands' help: descriptions as written, and every option's default shown unless its help
+    already states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, True, "", argparse.SUPPRESS)
+                and "default" not in text.lower()):
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
+            text = f"{text} (default: {shown})".strip()
+        return text

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .argtypes import at_least, output_file
+from .argtypes import HelpFormatter, at_least, output_file
 
 MODELS = ("dense-etbert", "dense-equal-total", "switch-base", "traffic-moe-base", "traffic-moe-small",
           "traffic-moe-tiny", "dense-tiny")
@@ -46,15 +46,15 @@ BASELINE = "dense-etbert"
 
 def add_parser(subparsers):
     p = subparsers.add_parser("bench", help="efficiency benchmark: Traffic-MoE vs dense and Switch encoders",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="flow length 128 only, fewer repetitions")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and activation dtype")
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, help="models to measure")
     p.add_argument("--lengths", nargs="*", type=at_least(1), default=None, help="flow lengths in tokens (default 128 256 512)")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="skip the layer-level benchmark")
-    p.add_argument("--json", dest="json_out", required=True, type=output_file)
-    p.add_argument("--png", default=None, type=output_file)
+    p.add_argument("--json", dest="json_out", required=True, type=output_file, help="write every figure, the machine and the configs here")
+    p.add_argument("--png", default=None, type=output_file, help="plot of the model-level figures")
     p.set_defaults(func=run)
     return p
 

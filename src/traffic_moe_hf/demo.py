@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import at_least, output_folder, positive
+from .argtypes import HelpFormatter, at_least, output_folder, positive
 from .configuration_traffic_moe import PRESETS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback9"
@@ -22,11 +22,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback
 
 def add_parser(subparsers):
     p = subparsers.add_parser("demo", help="the main job on the shipped real captures (<= 10 min on 2 CPU cores)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of captures, one file per class (default: shipped slice)")
     p.add_argument("--out", type=output_folder, default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="model size preset (default tiny)")
-    p.add_argument("--pretrain-steps", type=at_least(1), default=250)
+    p.add_argument("--pretrain-steps", type=at_least(1), default=250, help="pretraining steps of each model")
     p.add_argument("--finetune-epochs", type=positive, default=12.0,
                    help="all-data fine-tuning: at most this many epochs (default 12; validation macro-F1 on the slice "
                         "reaches 1.0 within 2-5 epochs)")
@@ -34,7 +34,7 @@ def add_parser(subparsers):
     p.add_argument("--seeds", type=at_least(1), default=2, help="few-shot rows: seeds averaged (default 2)")
     p.add_argument("--few-steps", type=at_least(1), default=100,
                    help="few-shot: training steps (default 100: ~90 epochs of the 18 flows at 2 per class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (split, initialisation, few-shot flows)")
     p.set_defaults(func=run)
     return p
 

@@ -87,6 +87,7 @@ class CsvLabels:
     def __init__(self, path: str, label_column: str | None = None):
         self.path = path
         self.rules: dict = {}
+        self.rule_count = 0  # rows that became rules (each has its number: which rows labelled a flow)
         self.rows = 0
         self.bad_rows = 0
         self.rows_skipped: Counter = Counter()  # reason -> rows that label nothing prepare classifies
@@ -126,11 +127,13 @@ class CsvLabels:
             return None if v in _UNSET else v
 
         try:
-            a = (ipaddress.ip_address(get("src_ip")).packed, int(get("src_port")))
-            b = (ipaddress.ip_address(get("dst_ip")).packed, int(get("dst_port")))
+            a = (ipaddress.ip_address(get("src_ip")).packed, _port(get("src_port")))
+            b = (ipaddress.ip_address(get("dst_ip")).packed, _port(get("dst_port")))
             start, end, duration = _time(get("start")), _time(get("end")), get("duration")
             if duration is not None and start is not None and end is None:
                 end = start + float(duration)
+            if start is not None and end is not None and end < start:
+                raise ValueError("time range ends before it starts")
         except (ValueError, TypeError):
             self.bad_rows += 1
             return
@@ -148,7 +151,8 @@ class CsvLabels:
         if slack and start is not None:
             start, end = start - slack, (end if end is not None else start) + slack
         key = (a, b) if a <= b else (b, a)
-        self.rules.setdefault(key, []).append((proto, start, end, label))
+        self.rules.setdefault(key, []).append((proto, start, end, label, self.rule_count))
+        self.rule_count += 1
 
     def summary(self) -> dict:
         """What the report says about the label file."""
@@ -156,27 +160,38 @@ class CsvLabels:
                 "bad_rows": self.bad_rows, "rows_skipped": dict(self.rows_skipped)}
 
     def lookup_all(self, proto: int, client, server, start: float, end: float):
-        """``(label, labels)``: the flow's label and the labels of every rule as good as the chosen one.
+        """``(label, labels, rules)``: the flow's label, the labels of every rule as good as the chosen one,
+        and the numbers of every rule that matches the flow at all (the report counts rows matching none).
         Rules whose time range holds the flow's start come first; then rules without a range or whose
         range merely overlaps the flow, in file order. More than one label among the rules of the
         winning kind means the CSV contradicts itself for this flow, which prepare counts
         (``flows_label_ambiguous``) instead of choosing silently."""
         key = (client, server) if client <= server else (server, client)
-        inside, other = [], []
-        for p, s, e, label in self.rules.get(key, ()):
+        inside, other, matched = [], [], []
+        for p, s, e, label, number in self.rules.get(key, ()):
             if p is not None and p != proto:
                 continue
             if s is None and e is None:
                 other.append(label)
+                matched.append(number)
                 continue
             lo = s if s is not None else float("-inf")
             hi = e if e is not None else float("inf")
             if lo <= start <= hi:
                 inside.append(label)  # the flow starts inside the rule's range: the best match
+                matched.append(number)
             elif start <= hi and end >= lo:
                 other.append(label)
+                matched.append(number)
         best = inside or other
-        return (best[0] if best else None), set(best)
+        return (best[0] if best else None), set(best), matched
+
+
+def _port(value) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return port
 
 
 def _columns(fields, label_column, path, fmt) -> dict:

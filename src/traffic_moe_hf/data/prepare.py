@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 
-from ..argtypes import at_least, output_folder, positive
+from ..argtypes import HelpFormatter, at_least, output_folder, positive
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
 
@@ -31,7 +31,7 @@ def add_parser(subparsers):
         "prepare",
         help="captures (pcap/pcapng/gz) -> tokenized, anonymised, leakage-safe datasets.DatasetDict",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
     p.add_argument("--out", type=output_folder, required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
@@ -44,7 +44,8 @@ def add_parser(subparsers):
     p.add_argument("--level", choices=("flow", "packet"), default="flow", help="one sample per flow (default) or per packet")
     p.add_argument("--split", choices=("flow", "file", "time", "none"), default="flow",
                    help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
-    p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,validation,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument("--split-ratios", type=_ratios, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
+                   help="train,validation,test fractions, summing to 1 (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
                    help="identical model inputs: group (split flows sharing an input together; default, "
@@ -86,14 +87,16 @@ def add_parser(subparsers):
 
 
 def _ratios(s: str):
+    """``--split-ratios``: three non-negative fractions summing to 1 (an argparse type: a usage error)."""
     try:
         r = tuple(float(x) for x in s.split(","))
     except ValueError:
-        raise SystemExit(f"--split-ratios: expected three numbers, got {s!r}") from None
-    if len(r) != 3 or any(x < 0 for x in r) or sum(r) <= 0:
-        raise SystemExit(f"--split-ratios: expected three non-negative numbers, got {s!r}")
-    t = sum(r)
-    return tuple(x / t for x in r)
+        raise argparse.ArgumentTypeError(f"expected three numbers such as 0.8,0.1,0.1, got {s!r}") from None
+    if len(r) != 3 or any(x < 0 for x in r):
+        raise argparse.ArgumentTypeError(f"expected three non-negative numbers such as 0.8,0.1,0.1, got {s!r}")
+    if abs(sum(r) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"train,validation,test fractions must sum to 1, {s!r} sums to {sum(r):g}")
+    return r
 
 
 def run(args) -> int:
@@ -116,7 +119,7 @@ def run(args) -> int:
 def _prepare_from_args(args) -> dict:
     return prepare(
         args.inputs, args.out, labels=args.labels, label_column=args.label_column, level=args.level, split=args.split,
-        ratios=_ratios(args.split_ratios), seed=args.seed, dedup=args.dedup, large_groups=args.large_groups,
+        ratios=args.split_ratios, seed=args.seed, dedup=args.dedup, large_groups=args.large_groups,
         max_packets=args.max_packets, max_bytes=args.max_bytes, packet_bytes=args.packet_bytes,
         header_layout=args.header_layout, min_packets=args.min_packets,
         store_packets=args.store_packets, normalize_tcp=args.normalize_tcp, coalesce_tcp=args.coalesce_tcp,
@@ -125,7 +128,7 @@ def _prepare_from_args(args) -> dict:
     )
 
 
-def collect_inputs(inputs):
+def collect_inputs(inputs, exclude=None):
     """Files to read: files given directly and, for directories, every non-hidden file below them
     (sorted; a non-capture file is reported as failed with its reason, never silently ignored).
     Returns ``([(path, display_name, root)], {not_read: reason}, repeated)``: not read are inputs that do
@@ -138,11 +141,12 @@ def collect_inputs(inputs):
     missing = {}  # input or file -> why it is not read
     repeated = []
     seen = set()
+    exclude = os.path.realpath(exclude) if exclude else None  # prepare's --out inside an input folder
 
     def add(p, name, root):
         real = os.path.realpath(p)
         if real in seen:
-            repeated.append(name)
+            repeated.append(p)  # the path as reached: a display name can be ambiguous here
             return
         seen.add(real)
         out.append((p, name, root))
@@ -152,7 +156,8 @@ def collect_inputs(inputs):
             root = os.path.abspath(inp)
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames.sort()
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                               and os.path.realpath(os.path.join(dirpath, d)) != exclude]
                 for fn in sorted(filenames):
                     if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
@@ -226,7 +231,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     mode, csv_path = parse_labels_option(labels)
     if label_column and mode != "csv":
         raise LabelCsvError(f"--label-column {label_column}: only with --labels csv:PATH (labels come from {mode} names)")
-    files, missing, repeated = collect_inputs(inputs)
+    files, missing, repeated = collect_inputs(inputs, exclude=out if save else None)
     if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
         from .samples import get_tokenizer
 
@@ -258,6 +263,9 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
         "files_failed": dict(missing), "files_warnings": {}, "files_split": {},
         "files_repeated": repeated,
     }
+    if save and out and os.path.isdir(out) and any(
+            os.path.isdir(i) and os.path.realpath(out).startswith(os.path.realpath(i) + os.sep) for i in inputs):
+        report["out_inside_input"] = f"{out} lies inside an input folder: not read as input"
     if mode == "csv":
         cfg.csv_labels = CsvLabels(csv_path, label_column)
         report["label_csv"] = cfg.csv_labels.summary()
@@ -383,6 +391,7 @@ def merge_shards(parts: list[dict]) -> dict:
         out[k] = sum(p.get(k, 0) for p in parts)
     for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped"):
         out[k] = sum((Counter(p[k]) for p in parts), Counter())
+    out["label_rows_matched"] = set().union(*(p.get("label_rows_matched", ()) for p in parts))
     out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
     out["shard_flows"] = [p["flows"] for p in parts]
     cols = [p["columns"] for p in parts]
@@ -521,6 +530,9 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     report["flows_skipped"] = dict(fskip)
     if "label_csv" in report:
         report["label_csv"]["flows_ambiguous"] = sum(r.get("flows_label_ambiguous", 0) for r in ok)
+        matched = set().union(*(r.get("label_rows_matched", ()) for r in ok))
+        # usable rows that matched no flow prepare kept (other captures, times, or only too-short flows)
+        report["label_csv"]["rows_matching_no_flow"] = cfg.csv_labels.rule_count - len(matched)
     report["per_file"] = {r["file"]: {"format": r.get("format"), "packets": r["packets_total"],
                                      "used": r["packets_used"], "flows": r["flows"],
                                      "seconds": round(r.get("seconds", 0.0), 4)} for r in ok}
@@ -646,7 +658,9 @@ def format_report(r: dict) -> str:
         w(f"  ... {len(r['files_warnings']) - 20} more in report.json")
     if r.get("files_repeated"):
         rep = r["files_repeated"]
-        w(f"  note: given more than once, read once: {', '.join(rep[:10])}{' ...' if len(rep) > 10 else ''}")
+        w(f"  note: reached more than once, read once: {', '.join(rep[:10])}{' ...' if len(rep) > 10 else ''}")
+    if r.get("out_inside_input"):
+        w(f"  note: {r['out_inside_input']}")
     tot = r.get("packets_total", 0)
     w(f"packets: {tot:>10} total")
     w(f"  used   {r.get('packets_used', 0):>10}")
@@ -667,6 +681,9 @@ def format_report(r: dict) -> str:
           "or time) and ignored")
     for why, n in r.get("label_csv", {}).get("rows_skipped", {}).items():
         w(f"  label CSV: {n} of {r['label_csv']['rows']} rows skipped: {why}")
+    if r.get("label_csv", {}).get("rows_matching_no_flow"):
+        w(f"  label CSV: {r['label_csv']['rows_matching_no_flow']} of {r['label_csv']['rows']} rows matched no flow "
+          "of these captures (other captures, time ranges or endpoints; or only flows shorter than --min-packets)")
     samples = r.get("samples", {})
     labels = r.get("labels", [])
     if samples:
@@ -679,6 +696,10 @@ def format_report(r: dict) -> str:
     for k, v in r.get("samples_removed", {}).items():
         w(f"  removed {k}: {v}")
     sr = r.get("split_report", {})
+    conflicts = sr.get("duplicates", {}).get("label_conflicts", 0)
+    if conflicts:
+        w(f"  WARNING {conflicts} model inputs occur with different labels (identical flows labelled otherwise: "
+          "no model can tell them apart; duplicates in split_report.json)")
     big = sr.get("groups", {}).get("large_groups_to_train")
     if big:
         w("  kept in train (groups of identical inputs larger than a validation/test share; --large-groups): "
@@ -696,6 +717,9 @@ def format_report(r: dict) -> str:
         w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
     if r.get("splits_replaced"):
         w(f"  note: splits of an earlier run in {r['out']} not written this time were removed: {', '.join(r['splits_replaced'])}")
-    if r.get("out"):
+    if r.get("out") and not r.get("samples_total"):
+        w(f"written: {r['out']} (report.json, split_report.json only: no samples, so no dataset; "
+          "see flows skipped and packets skipped above)")
+    elif r.get("out"):
         w(f"written: {r['out']} (report.json, split_report.json)")
     return "\n".join(lines)

@@ -283,9 +283,10 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
             skipped["flow_too_short"] += len(f.packets) + f.merged
             continue
         if cfg.csv_labels is not None:
-            label, matched = cfg.csv_labels.lookup_all(f.proto, f.client, f.server, f.start, f.last)
+            label, matched, rules = cfg.csv_labels.lookup_all(f.proto, f.client, f.server, f.start, f.last)
             if len(matched) > 1:
                 res["flows_label_ambiguous"] += 1
+            res.setdefault("label_rows_matched", set()).update(rules)
         else:
             label = file_label
         if label is None:

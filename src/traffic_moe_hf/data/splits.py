@@ -50,8 +50,9 @@ def _names(ratios):
     return [n for n, r in zip(SPLIT_ORDER, ratios) if r > 0]
 
 
-def _stratified(units, labels, ratios, seed, report):
-    """Return unit -> split name for ``units`` (list) with ``labels`` (parallel list)."""
+def _stratified(units, labels, ratios, seed, report, unit=None):
+    """Return unit -> split name for ``units`` (list) with ``labels`` (parallel list); ``unit``: what a unit
+    is, in the report's notes."""
     from sklearn.model_selection import train_test_split
 
     tr, va, te = ratios
@@ -59,7 +60,7 @@ def _stratified(units, labels, ratios, seed, report):
     counts = Counter(labels)
     small = {lab for lab, c in counts.items() if c < 3}
     if small:
-        unit = {"file": "capture files", "flow": "flows"}.get(report.get("mode"), "units")
+        unit = unit or {"file": "capture files", "flow": "flows"}.get(report.get("mode"), "units")
         report.setdefault("notes", []).append(
             f"labels with fewer than 3 {unit} (one per split) put in train only: {sorted(small)}"
             + ("; --split file needs several captures per label, --split flow splits the flows of one capture"
@@ -158,7 +159,8 @@ def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8
                 if size > 1 and size > min(shares) * per_label[major[g]]:
                     forced[g] = "train"
         rest = [g for g in units if g not in forced]
-        m = _stratified(rest, [major[g] for g in rest], ratios, seed, report)
+        m = _stratified(rest, [major[g] for g in rest], ratios, seed, report,
+                        unit="distinct inputs (groups of flows with identical model input, large ones aside)")
         m.update(forced)
         splits = [m[g] for g in groups]
         sizes = Counter(sum(members[g].values()) for g in units)

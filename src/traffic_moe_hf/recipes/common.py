@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,12 @@ def load_prepared(path: str | os.PathLike):
 
     path = Path(path)
     if not (path / "dataset_dict.json").is_file():
+        report = path / "report.json"
+        if report.is_file():  # prepare ran here and kept no sample
+            r = json.loads(report.read_text())
+            skipped = ", ".join(f"{v} {k}" for k, v in r.get("flows_skipped", {}).items()) or "none skipped"
+            raise SystemExit(f"{path}: `traffic-moe prepare` wrote no samples here ({r.get('files_read', 0)} files read, "
+                             f"{r.get('flows', 0)} flows, flows skipped: {skipped}; see its report.json)")
         raise SystemExit(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
     data = load_from_disk(str(path))
     for split in data.values():
@@ -127,8 +134,30 @@ class TrafficCollator:
 
 
 # ----------------------------------------------------------------------------------------- models
-def moe_config(name: str, **overrides) -> TrafficMoeConfig:
-    return TrafficMoeConfig.from_preset(name, **overrides)
+def moe_config(name: str, tokenizer: TrafficTokenizer | None = None, **overrides) -> TrafficMoeConfig:
+    """A preset's config; with ``tokenizer``, its packet-index and byte-offset embeddings sized to hold the
+    data's window (a 40-packet or 300-token window would otherwise share the last index / offset)."""
+    config = TrafficMoeConfig.from_preset(name, **overrides)
+    if tokenizer is not None:
+        config.max_packets = max(config.max_packets, tokenizer.max_packets)
+        config.max_position_embeddings = max(config.max_position_embeddings, tokenizer.max_packet_bytes + 1)
+    return config
+
+
+def warn_window(config, tokenizer: TrafficTokenizer, where) -> bool:
+    """Said on stderr when a checkpoint embeds fewer packet indices or byte offsets than the data's flows
+    take: later packets share the last packet index, later bytes the last offset (the model still runs)."""
+    short = []
+    if tokenizer.max_packets > config.max_packets:
+        short.append(f"{tokenizer.max_packets} packets per flow, {config.max_packets} packet indices embedded")
+    if tokenizer.max_packet_bytes + 1 > config.max_position_embeddings:
+        short.append(f"{tokenizer.max_packet_bytes} tokens per packet, {config.max_position_embeddings - 1} byte "
+                     "offsets embedded")
+    if short:
+        print(f"{where}: the data's window is larger than the model's ({'; '.join(short)}): the excess shares the "
+              "last index, so the model cannot tell those positions apart; prepare a smaller window or train a "
+              "model for this one", file=sys.stderr)
+    return bool(short)
 
 
 def dense_positions(tokenizer: TrafficTokenizer, multiple: int = 8) -> int:

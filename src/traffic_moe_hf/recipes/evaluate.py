@@ -21,20 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..argtypes import at_least, output_file, output_folder
+from ..argtypes import HelpFormatter, at_least, output_file, output_folder
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="accuracy, macro-F1, per-class scores, confusion matrix and expert-load plots",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to score")
     p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the metrics (JSON)")
     p.add_argument("--plots", default=None, type=output_folder, help="folder for the PNGs (default: beside --json)")
-    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="flows per forward pass")
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
     p.add_argument("--update-card", action="store_true",
                    help="add these results to the model folder's README.md (its Evaluation section)")

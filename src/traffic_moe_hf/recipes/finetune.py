@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..argtypes import at_least, non_negative, output_folder, positive
+from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive
 from ..configuration_traffic_moe import PRESETS
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "finetune", help="fine-tune a flow/packet classifier (Traffic-MoE or the dense BERT baseline)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
@@ -42,18 +42,18 @@ def add_parser(subparsers):
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense from scratch: match the MoE's active (default) or total parameters")
     p.add_argument("--shots", type=at_least(1), default=None, help="use only K training samples per class (few-shot)")
-    p.add_argument("--epochs", type=positive, default=10.0)
+    p.add_argument("--epochs", type=positive, default=10.0, help="passes over the training flows (early stopping may end sooner)")
     p.add_argument("--min-steps", type=at_least(0), default=300,
                    help="few-shot: train at least this many steps (60 left tiny models far from fitting 10 flows per class)")
-    p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--lr", type=positive, default=5e-4)
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="flows per step")
+    p.add_argument("--lr", type=positive, default=5e-4, help="peak learning rate")
     p.add_argument("--patience", type=at_least(1), default=3, help="early stopping: evaluations without improvement")
-    p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    p.add_argument("--no-class-weights", dest="class_weights", action="store_false", help="plain cross-entropy (default: classes weighted by inverse frequency)")
     p.add_argument("--head-init", choices=("auto", "random", "probe"), default="auto",
                    help="probe: start the classifier from a linear probe fitted on the frozen pretrained "
                         "encoder's features (LP-FT; needs --from); auto (default): probe for few-shot runs "
                         "(--shots with --from), random otherwise")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (initialisation, order, few-shot flows)")
     adv = p.add_argument_group("adversarial training (docs/robustness.md)")
     adv.add_argument("--adversarial", action="store_true",
                      help="shaping augmentation + embedding-space PGD adversarial training")
@@ -69,7 +69,7 @@ def add_parser(subparsers):
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by "
                         "default they are removed once the selected model is saved, so OUT is the shareable model")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
@@ -252,6 +252,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         parameter_summary,
         steps_for,
         trainer_metrics,
+        warn_window,
     )
 
     if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
@@ -330,8 +331,9 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
                                                                max_length=dense_positions(tokenizer), **labels))
     elif init_from:
         model = from_pretrained_quietly(TrafficMoeForSequenceClassification, init_from, **labels)
+        warn_window(model.config, tokenizer, init_from)
     else:
-        model = TrafficMoeForSequenceClassification(moe_config(config, **labels, **(config_overrides or {})))
+        model = TrafficMoeForSequenceClassification(moe_config(config, tokenizer, **labels, **(config_overrides or {})))
     if not dense:
         model.config.output_router_logits = True  # router losses join the loss computed below
     weights = class_weights(train, len(names)) if use_class_weights else None

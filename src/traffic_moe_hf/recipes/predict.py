@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..argtypes import at_least, output_file, positive
+from ..argtypes import HelpFormatter, at_least, output_file, positive
 
 
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
@@ -38,7 +38,7 @@ FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "predict", help="classify the flows of captures (or of a live pcap stream on stdin)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=HelpFormatter,
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files, directories, or - for stdin")
     p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
@@ -52,7 +52,7 @@ def add_parser(subparsers):
                         "(benchmarks/bench_predict.py)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
@@ -192,7 +192,9 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     for m, why in missing.items():
         print(f"predict: {m}: {why}", file=sys.stderr)
     if repeated:
-        print(f"predict: given more than once, read once: {', '.join(repeated)}", file=sys.stderr)
+        print(f"predict: reached more than once, read once: {', '.join(repeated)}", file=sys.stderr)
+    if not files and not missing:
+        print(f"predict: no files found in {', '.join(captures)} (empty folders; hidden files are not read)", file=sys.stderr)
     writer = _Writer(out)
     summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
-from ..argtypes import at_least, non_negative, output_folder, positive, probability, steps_or_unset
+from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive, probability, steps_or_unset
 from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
@@ -134,7 +134,7 @@ class _EpochCallback(TrainerCallback):
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "pretrain", help="masked-packet pretraining on prepared (unlabeled) traffic", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True,
@@ -145,13 +145,13 @@ def add_parser(subparsers):
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense: match the MoE's active (default) or total parameters")
     p.add_argument("--splits", default="train", help="comma-separated splits to read (default train; never test)")
-    p.add_argument("--epochs", type=positive, default=3.0)
-    p.add_argument("--max-steps", type=steps_or_unset, default=-1, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--lr", type=positive, default=1e-3)
-    p.add_argument("--mlm-probability", type=probability, default=0.15)
-    p.add_argument("--span-probability", type=probability, default=0.03)
-    p.add_argument("--packet-probability", type=probability, default=0.05)
+    p.add_argument("--epochs", type=positive, default=3.0, help="passes over the pretraining corpus")
+    p.add_argument("--max-steps", type=steps_or_unset, default=-1, help="stop after this many steps (overrides --epochs; default: unset)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="flows per step")
+    p.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate (linear schedule, 6%% warm-up)")
+    p.add_argument("--mlm-probability", type=probability, default=0.15, help="share of byte tokens masked (80/10/10 rule)")
+    p.add_argument("--span-probability", type=probability, default=0.03, help="share of tokens starting a masked span of bytes")
+    p.add_argument("--packet-probability", type=probability, default=0.05, help="share of packets masked whole")
     p.add_argument("--contrastive", type=non_negative, default=1.0,
                    help="weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")
     p.add_argument("--temperature", type=positive, default=0.1, help="NT-Xent temperature (default 0.1)")
@@ -159,10 +159,10 @@ def add_parser(subparsers):
                    help="shaped views made per flow (each flow appears once per view; default 1)")
     p.add_argument("--view-budgets", choices=("list", "ranges"), default="list",
                    help="shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
-    p.add_argument("--save-steps", type=at_least(1), default=200)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--save-steps", type=at_least(1), default=200, help="steps between checkpoints (for --resume)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
@@ -217,7 +217,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
                          + " — choose others with --splits (never a split you will test on)")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
 
-    cfg = moe_config(config, **(config_overrides or {}))
+    cfg = moe_config(config, tokenizer, **(config_overrides or {}))
     if dense:
         model = BertForMaskedLM(dense_config(cfg, match=match, max_length=dense_positions(tokenizer)))
     else:

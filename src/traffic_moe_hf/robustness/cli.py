@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..argtypes import at_least, comma_list, non_negative, output_file
+from ..argtypes import HelpFormatter, at_least, comma_list, non_negative, output_file
 
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
@@ -32,12 +32,12 @@ WHITEBOX_BUDGETS = {"whitebox_padding": [16, 1500], "whitebox_chaff": [1.0]}
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "robustness", help="accuracy / macro-F1 under traffic-shaping attacks (black-box, white-box, PGD)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--model", required=True, action="append", help="classifier checkpoint (repeat to compare)")
     p.add_argument("--name", action="append", default=None, help="display name per --model (default: folder name)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to attack")
     p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the results (JSON)")
     p.add_argument("--md", default=None, type=output_file, help="also write a Markdown table here")
     p.add_argument("--plot", default=None, type=output_file, help="also write a PNG plot here")
@@ -45,11 +45,11 @@ def add_parser(subparsers):
     p.add_argument("--budgets", default=None,
                    help='JSON {attack: [budgets]} overriding the defaults, e.g. \'{"padding": [64, 1500]}\'')
     p.add_argument("--whitebox", action="store_true", help="add HotFlip-optimised padding / chaff bytes")
-    p.add_argument("--whitebox-steps", type=at_least(1), default=8)
+    p.add_argument("--whitebox-steps", type=at_least(1), default=8, help="gradient steps of the white-box attack")
     p.add_argument("--pgd-eps", type=comma_list(non_negative), default="",
                    help="comma list of embedding-PGD radii (fraction of the byte-embedding norm)")
     p.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate on N flows only, the classes covered as evenly as they allow (chosen with --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the attacks and of --max-samples")
     p.add_argument("--tcp-normalize", dest="normalize_tcp", action="store_true", default=None,
                    help="TCP-normalise shaped flows as prepare did (default: what the dataset's report.json says)")
     p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
