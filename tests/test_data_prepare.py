@@ -533,3 +533,27 @@ def test_prepare_says_what_it_did_not_write_and_skips_its_own_output(tmp_path, c
             main(["prepare", str(tmp_path), "--out", str(out), "--split-ratios", bad])
         assert exit_info.value.code == 2
         assert "--split-ratios" in capsys.readouterr().err
+
+
+def test_a_skipped_flows_packets_are_all_counted_under_its_reason(tmp_path):
+    """Every packet of an unlabeled (or too short) flow is counted under that reason — the ones past the
+    sample too, which were counted as beyond_max_packets (ssh's flows: 8 of 16 packets as unlabeled)."""
+    dns = prepare([DEMO / "dns.pcap"], None, labels="file", split="none", progress=False, save=False)
+    path = tmp_path / "only-dns.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["proto", "src_ip", "src_port", "dst_ip", "dst_port", "label"])
+        for ft in dns["_dataset"]["test"]["five_tuple"]:
+            proto, eps = ft.split(" ")
+            a, b = eps.split("-")
+            w.writerow([proto, *a.split(":"), *b.split(":"), "dns"])
+    ssh = prepare([DEMO / "ssh.pcap"], None, labels="file", split="none", progress=False, save=False)
+    assert ssh["packets_skipped"].get("beyond_max_packets", 0) > 0  # long flows: packets past the sample
+    r = prepare([DEMO / "dns.pcap", DEMO / "ssh.pcap"], None, labels=f"csv:{path}", split="none", progress=False,
+                save=False)
+    normalised = sum(v for k, v in ssh["packets_skipped"].items() if k.startswith("tcp_"))
+    assert r["packets_skipped"]["flow_unlabeled"] == ssh["packets_total"] - normalised
+    assert "beyond_max_packets" not in r["packets_skipped"] or r["packets_skipped"]["beyond_max_packets"] == dns["packets_skipped"].get("beyond_max_packets", 0)
+    assert r["packets_used"] + sum(r["packets_skipped"].values()) == r["packets_total"]
+    short = prepare([DEMO / "ssh.pcap"], None, labels="file", split="none", min_packets=1000, progress=False, save=False)
+    assert short["packets_skipped"]["flow_too_short"] == ssh["packets_total"] - normalised

@@ -122,7 +122,7 @@ def tcp_payload_length(d: Decoded) -> int:
 class Flow:
     __slots__ = (
         "index", "proto", "version", "client", "server", "isn", "start", "last", "count", "nbytes",
-        "packets", "directions", "lengths", "times", "seqs", "header_fields", "tcp", "merged",
+        "packets", "directions", "lengths", "times", "seqs", "header_fields", "tcp", "merged", "dropped",
     )
 
     def __init__(self, index, proto, version, client, server, isn, ts):
@@ -142,6 +142,7 @@ class Flow:
         self.times = []
         self.seqs = []
         self.merged = 0  # segments coalesced into an earlier stored packet (see coalesce_tcp)
+        self.dropped = 0  # packets TCP normalisation left out of the sample (counted under their reason)
         self.header_fields = ()
         self.tcp = TcpNormalizer() if proto == 6 else None
 
@@ -349,6 +350,7 @@ class FlowTable:
                 if self.normalize_tcp:
                     reason = f.tcp.check(direction, d.seq, tcp_payload_length(d), d.flags)
                     if reason is not None:
+                        f.dropped += 1
                         return reason
                 rel = f.tcp.relative(direction, d.seq)
                 if self.coalesce_tcp and f.packets:

@@ -280,7 +280,7 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
     for f in flows:
         if f.count < cfg.min_packets:
             fskip["too_short"] += 1
-            skipped["flow_too_short"] += len(f.packets) + f.merged
+            _skip_flow_packets(skipped, f, "flow_too_short")
             continue
         if cfg.csv_labels is not None:
             label, matched, rules = cfg.csv_labels.lookup_all(f.proto, f.client, f.server, f.start, f.last)
@@ -291,7 +291,7 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
             label = file_label
         if label is None:
             fskip["unlabeled"] += 1
-            skipped["flow_unlabeled"] += len(f.packets) + f.merged
+            _skip_flow_packets(skipped, f, "flow_unlabeled")
             continue
         kept.append(f)
         labels.append(label)
@@ -320,6 +320,18 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
         for k, t in _arrow_types().items():
             if k in cols:
                 cols[k] = pa_chunked(arrow_chunks.get(k, []), t)
+
+
+def _skip_flow_packets(skipped: Counter, f, reason: str) -> None:
+    """A skipped flow's packets go under ``reason``: those in its sample and those counted only (past
+    ``max_packets``, which reading put under ``beyond_max_packets``); packets TCP normalisation left out
+    keep their own reason."""
+    beyond = f.count - len(f.packets) - f.merged - f.dropped
+    skipped[reason] += len(f.packets) + f.merged + beyond
+    if beyond:
+        skipped["beyond_max_packets"] -= beyond
+        if not skipped["beyond_max_packets"]:
+            del skipped["beyond_max_packets"]
 
 
 def _flow_rows(cols, f, label, cfg, name, positions_of=None):
