@@ -5,7 +5,7 @@ import struct
 import dpkt
 import pytest
 
-from _data_util import DEMO, SHARED, ether, tcp_packet, udp_packet, write_pcap, write_pcapng
+from _data_util import DEMO, SHARED, ether, tcp_packet, write_pcap, write_pcapng
 from traffic_moe_hf.data.decode import Decoded, decode, parse_ip
 from traffic_moe_hf.data.reader import CaptureError, iter_records, open_capture
 

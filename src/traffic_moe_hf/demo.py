@@ -8,9 +8,7 @@ Ends with a results table; everything lands in ``--out`` (default ``runs/demo``)
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 

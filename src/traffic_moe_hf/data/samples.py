@@ -17,7 +17,6 @@ Round trip for later pipeline stages (traffic-shaping attacks edit ``packets`` t
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 

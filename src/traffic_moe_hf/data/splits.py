@@ -35,7 +35,6 @@ Identical inputs carrying different labels are reported as conflicts.
 
 from __future__ import annotations
 
-import random
 from collections import Counter, defaultdict
 
 __all__ = ["assign_splits", "check_large_groups", "dedup_across_splits", "duplicate_groups", "LARGE_GROUPS",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import TrafficMoeConfig, TrafficMoeForMaskedLM, TrafficMoeForSequenceClassification, TrafficTokenizer
+from .. import TrafficMoeConfig, TrafficMoeForMaskedLM, TrafficTokenizer
 from ..modeling_traffic_moe import count_parameters
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "packet_ids", "direction_ids")

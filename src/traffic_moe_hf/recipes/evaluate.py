@@ -12,7 +12,6 @@ be evaluated on captures prepared separately (``prepare --split none``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

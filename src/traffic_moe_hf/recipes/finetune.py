@@ -15,7 +15,6 @@ from a linear probe on the frozen encoder (LP-FT, ``--head-init``), which measur
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

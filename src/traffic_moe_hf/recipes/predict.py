@@ -15,7 +15,6 @@ so memory stays bounded on an endless stream. Progress and throughput go to stan
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -26,7 +25,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..argtypes import HelpFormatter, at_least, output_file, positive

@@ -24,7 +24,6 @@ pretraining.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass

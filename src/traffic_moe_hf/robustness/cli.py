@@ -14,7 +14,6 @@ not traffic) under ``pgd``. See docs/robustness.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
