@@ -57,7 +57,7 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     src, dst = sys.argv[1], sys.argv[2]
-    flows = int(sys.argv[3]) if len(sys.argv) > 3 else 24
+    flows = int(sys.argv[3]) if len(sys.argv) > 3 else 40  # what data/demo/ holds: 40 flows x 16 packets
     packets = int(sys.argv[4]) if len(sys.argv) > 4 else 16
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):

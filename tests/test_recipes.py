@@ -892,3 +892,23 @@ def test_model_window_fits_the_data_or_is_said(capsys):
     assert not warn_window(config, wide, "x")
     assert warn_window(moe_config("tiny"), wide, "ckpt")
     assert "40 packets per flow" in capsys.readouterr().err
+
+
+def test_predict_piped_into_head_ends_quietly_and_split_none_says_the_audit_is_missing(finetuned, tmp_path):
+    """`predict ... --out - | head -1` ends with status 0 and no traceback (was BrokenPipeError); evaluating on
+    `prepare --split none` data says the shortcut audit was not measured (it was left out silently)."""
+    from traffic_moe_hf.data.prepare import prepare
+
+    out, _ = finetuned
+    process = subprocess.Popen(
+        [sys.executable, "-m", "traffic_moe_hf.cli", "predict", str(DEMO / "ftp.pcap"), "--model", str(out), "--out", "-",
+         "--no-progress", "--batch-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert process.stdout.readline().startswith(b"file,")
+    process.stdout.close()  # what `head -1` does
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and b"Traceback" not in err, err[-2000:]
+    data = tmp_path / "elsewhere"
+    prepare([str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap")], str(data), labels="file", split="none", progress=False)
+    result = evaluate(str(data), str(out), split="test")
+    assert "shortcut_audit" not in result and "not measured" in result["shortcut_audit_skipped"]

@@ -110,8 +110,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.option_strings and action.default not in (None, False, True, "", argparse.SUPPRESS)
-                and "default" not in text.lower()):
+        if (action.option_strings and not _unset(action.default) and "default" not in text.lower()):
             shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
             text = f"{text} (default: {shown})".strip()
         return text
+
+
+def _unset(default) -> bool:
+    """Defaults not worth stating: none, flags (True/False; by identity, 0 and 1 are numbers), empty text."""
+    return default is None or default is True or default is False or default == "" or default is argparse.SUPPRESS

@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "progress", True) is False:
         _no_library_bars()
-    status = int(args.func(args) or 0)
+    try:
+        status = int(args.func(args) or 0)
+    except BrokenPipeError:  # `traffic-moe predict - --out - | head`: the reader left; end quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     _leave_process_group()
     return status
 

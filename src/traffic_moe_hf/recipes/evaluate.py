@@ -227,6 +227,9 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     if audit and "train" in prepared:
         result["shortcut_audit"] = shortcut_audit(prepared["train"], dataset.select(keep), labels[keep], names_model,
                                                   mapping)
+    elif audit:  # the audit's forest learns from the data's train split; `prepare --split none` has none
+        result["shortcut_audit_skipped"] = (f"{data} has no train split (prepare --split none?) for the audit's "
+                                            "forest to learn from: not measured")
     if json_out:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +391,8 @@ def format_result(result: dict) -> str:
     if "shortcut_audit" in result:
         a = result["shortcut_audit"]
         lines.append(f"  shortcut audit (random forest on hidden header fields only): macro-F1 {a['macro_f1']:.3f}")
+    elif "shortcut_audit_skipped" in result:
+        lines.append(f"  shortcut audit: {result['shortcut_audit_skipped']}")
     if result.get("plots"):
         lines.append("  plots: " + ", ".join(result["plots"].values()))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from a linear probe on the frozen encoder (LP-FT, ``--head-init``), which measur
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def run(args) -> int:
                          attacks=attacks)
         if args.adversarial else None, head_init=args.head_init, keep_checkpoints=args.keep_checkpoints,
     )
-    print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; rank 0's summary is the saved one
+        print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
     return 0
 
 

@@ -46,7 +46,7 @@ def add_parser(subparsers):
                         "is what arrived within 20 ms, and 16 measured the same flows/s as 64 at 2/3 the memory)")
     p.add_argument("--bf16", action="store_true",
                    help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs); on a 2-core AVX-512 BF16 CPU "
-                        "measured -1%% to +13%% flows/s for 3x the peak memory on a large capture "
+                        "measured -1%% to +13%% flows/s for 2.5-3x the peak memory on a large capture in three runs "
                         "(benchmarks/bench_predict.py)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")

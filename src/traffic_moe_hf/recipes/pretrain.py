@@ -25,6 +25,7 @@ pretraining.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,8 @@ def run(args) -> int:
         save_steps=args.save_steps, progress=args.progress, contrastive=args.contrastive,
         temperature=args.temperature, view_copies=args.view_copies, view_budgets=args.view_budgets,
     )
-    print(json.dumps(result, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; rank 0's summary is the saved one
+        print(json.dumps(result, indent=2))
     return 0
 
 
