@@ -8,6 +8,7 @@ every saved checkpoint, so it imports only its sibling files, torch and transfor
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -455,7 +456,7 @@ EXAMPLE_FLOW = (
     "> 45000049000100004006f6aac0000201c0000202c0000050000003e9000013895018faf0e0ec0000474554202f20485454"
     "502f312e310d0a486f73743a206578616d706c650d0a0d0a",
 )
-_CARD_PATH_LINE = __import__("re").compile(r"^path = .*$", flags=__import__("re").MULTILINE)
+_CARD_PATH_LINE = re.compile(r"^path = .*$", flags=re.MULTILINE)
 
 
 def usage_snippet(model_class: str, path, remote_code: bool = True) -> tuple[str, str]:
