@@ -104,6 +104,25 @@ def balanced_subset(dataset, size: int, seed: int):
     return dataset.select(sorted(chosen))
 
 
+def save_final_model(trainer, model, out, **kwargs) -> None:
+    """The trained model into OUT as a Hub folder (``kwargs``: ``save_pretrained``'s, e.g. ``card_data``).
+    Under FSDP every rank holds a shard of the parameters, so ``model.save_pretrained`` would write a
+    part: the Trainer gathers the full state dict (accelerate's ``FULL_STATE_DICT``; a sharded one loads
+    only into FSDP again) and rank 0 then writes the folder once more through the model class's own
+    ``save_pretrained`` (card, ``auto_map``, remote code). The FSDP branch has not been run (no multi-GPU
+    machine here); DDP and one process take the plain path, which the tests run."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(out))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():  # FSDP2 subclasses the module's class: find the model's own
+            cls = next(c for c in type(trainer.accelerator.unwrap_model(model)).__mro__
+                       if c.__module__.startswith(("traffic_moe_hf", "transformers.models")))
+            cls.from_pretrained(out).save_pretrained(out, **kwargs)
+        return
+    model.save_pretrained(out, **kwargs)
+
+
 def class_weights(dataset, num_labels: int) -> torch.Tensor:
     """Inverse-frequency weights, normalised to mean 1 over the classes present."""
     counts = np.bincount(np.asarray(dataset["label"]), minlength=num_labels).astype(np.float64)

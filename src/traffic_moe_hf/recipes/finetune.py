@@ -251,6 +251,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         model_view,
         moe_config,
         parameter_summary,
+        save_final_model,
         steps_for,
         trainer_metrics,
         warn_window,
@@ -409,7 +410,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     trainer.model.config.traffic_flow_options = {
         **{k: options[k] for k in ("normalize_tcp", "coalesce_tcp", "ttl")}, "level": dataset_level(data),
         "anonymize": options["anonymized"]}
-    trainer.model.save_pretrained(out, **({} if dense else {"card_data": card}))
+    save_final_model(trainer, trainer.model, out, **({} if dense else {"card_data": card}))
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
     if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too
         (out / "README.md").write_text(dense_model_card(trainer.model, card, out))

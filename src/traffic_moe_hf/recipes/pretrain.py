@@ -189,7 +189,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
     from .. import TrafficMoeForMaskedLM
-    from .common import data_tokenizer, dense_config, dense_positions, load_prepared, model_view, moe_config, parameter_summary
+    from .common import (data_tokenizer, dense_config, dense_positions, load_prepared, model_view, moe_config,
+                         parameter_summary, save_final_model)
     from .expert_load import ExpertLoadCallback
 
     if view_copies < 1:
@@ -272,10 +273,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         f"(splits: {', '.join(splits)})",
         "evaluation": "pretraining only; see the fine-tuned checkpoints",
     }
-    if dense:
-        model.save_pretrained(out)
-    else:
-        model.save_pretrained(out, card_data=card)
+    save_final_model(trainer, model, out, **({} if dense else {"card_data": card}))
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
