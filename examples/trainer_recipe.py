@@ -60,6 +60,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.no_progress:  # also the libraries' own bars ("Loading weights", "Saving the dataset")
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
     out = Path(args.out)
     common_args = dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, report_to="none",
                        seed=args.seed, disable_tqdm=args.no_progress, use_cpu=not torch.cuda.is_available(),
