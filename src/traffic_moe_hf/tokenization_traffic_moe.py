@@ -380,11 +380,9 @@ class TrafficTokenizer(TokenizersBackend):
         if flows is None:
             raise TypeError("TrafficTokenizer needs flows (bytes, hex text, lists of packets)")
         batch, single, text_directions = self._normalize_batch(flows)
-        if directions is None and text_directions is not None:
-            directions, single_directions = text_directions, False
-        else:
-            single_directions = single
-        if directions is not None and single_directions:
+        if directions is None:
+            directions = text_directions  # per flow, from hex text's direction marks (or None)
+        elif single:
             directions = [directions]
         if directions is not None and len(directions) != len(batch):
             raise ValueError(f"{len(directions)} direction lists for {len(batch)} flows")

@@ -376,6 +376,10 @@ class FlowTable:
         f.packets = f.directions = f.lengths = f.times = f.seqs = self.taken  # len() == max_packets: full
         return sample
 
+    def sample_left(self, f: Flow) -> tuple[list, list] | None:
+        """A flow's packets and directions, or None when :meth:`take_sample` already handed them over."""
+        return None if f.packets is self.taken else (f.packets, f.directions)
+
     def finish(self) -> list[Flow]:
         """All flows (closed and still open), in order of their first packet."""
         flows = self.done + list(self.open.values())

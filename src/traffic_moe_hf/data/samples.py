@@ -79,8 +79,8 @@ def get_tokenizer(path: str | None = None, settings: dict | None = None):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-            if "direction_ids" not in tok.model_input_names:  # a dense baseline's (BERT) folder: the
-                tok.model_input_names = ["input_ids", "attention_mask", "packet_ids", "direction_ids"]  # dataset's columns
+            if "direction_ids" not in tok.model_input_names:  # a dense baseline's (BERT) folder: the dataset's
+                tok.model_input_names = list(type(tok).model_input_names)  # columns, the class's own names
         else:
             from traffic_moe_hf import TrafficTokenizer
 
@@ -184,7 +184,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
         "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(),
         "ip_protocols_skipped": Counter(), "link_types": Counter(),
         "flows": 0, "flows_used": 0, "flows_skipped": Counter(), "columns": _empty_columns(),
-        "flows_label_ambiguous": 0,
+        "flows_label_ambiguous": 0, "label_rows_matched": set(),
     }
     try:
         rs = open_capture(path)
@@ -285,7 +285,7 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
             label, matched, rules = cfg.csv_labels.lookup_all(f.proto, f.client, f.server, f.start, f.last)
             if len(matched) > 1:
                 res["flows_label_ambiguous"] += 1
-            res.setdefault("label_rows_matched", set()).update(rules)
+            res["label_rows_matched"].update(rules)
         else:
             label = file_label
         if label is None:

@@ -247,7 +247,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
 
         _read_flows(records, table, n, summary, ready, closed, on_progress if progress else None, evict=False)
         for flow in table.finish():
-            closed(flow, None if flow.packets is table.taken else (flow.packets, flow.directions))
+            closed(flow, table.sample_left(flow))
         classify_pending()
         summary["files_read"] += 1
         if records.warning:  # read up to the damage: its flows are classified, the file is named
@@ -361,7 +361,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
             summary["files_warnings"]["-"] = records.warning
             print(f"predict: -: {records.warning}", file=sys.stderr)
         for flow in table.finish():
-            closed(flow, None if flow.packets is table.taken else (flow.packets, flow.directions))
+            closed(flow, table.sample_left(flow))
     finally:
         if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
             hand_over(None)
@@ -406,7 +406,7 @@ def _read_flows(records, table, n, summary, ready, closed, on_progress=None, evi
             else:  # False: after the packets the model reads (still part of a classified flow)
                 skipped["beyond_max_packets" if kept is False else kept] += 1
             for flow in table.done:  # closed by a new SYN or an idle gap: final
-                closed(flow, None if flow.packets is taken else (flow.packets, flow.directions))
+                closed(flow, table.sample_left(flow))
             table.done.clear()
             flow = table.open.get(table.key(d))
             if flow is not None and flow.packets is not taken and len(flow.packets) == n:
@@ -417,6 +417,6 @@ def _read_flows(records, table, n, summary, ready, closed, on_progress=None, evi
                     if ts - flow.last > (table.tcp_timeout if flow.proto == 6 else table.udp_timeout):
                         del table.open[key]
                         summary["flows_evicted"] += 1
-                        closed(flow, None if flow.packets is taken else (flow.packets, flow.directions))
+                        closed(flow, table.sample_left(flow))
             if len(table.open) > summary["max_open_flows"]:
                 summary["max_open_flows"] = len(table.open)

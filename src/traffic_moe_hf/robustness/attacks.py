@@ -617,11 +617,7 @@ def dataset_options(path) -> dict:
     """max_packets / max_bytes / ttl / anonymize / packet_bytes / header_layout / normalize_tcp a prepared
     dataset was written with (report.json; datasets from before header layouts: full layout, max_bytes
     tokens; from before TCP normalisation: none)."""
-    import json
-    from pathlib import Path
-
-    report = Path(path) / "report.json"
-    opts = json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
+    opts = _prepare_options(path)
     return {"max_packets": int(opts.get("max_packets", 8)), "max_bytes": int(opts.get("max_bytes", 64)),
             "ttl": opts.get("ttl", "mask"), "anonymized": bool(opts.get("anonymize", True)),
             "packet_bytes": int(opts.get("packet_bytes", opts.get("max_bytes", 64))),
@@ -632,8 +628,13 @@ def dataset_options(path) -> dict:
 
 def dataset_level(path) -> str:
     """``flow`` or ``packet``: what one sample of a prepared dataset is (report.json; default flow)."""
+    return _prepare_options(path).get("level", "flow")
+
+
+def _prepare_options(path) -> dict:
+    """The options `traffic-moe prepare` recorded in a dataset's report.json ({} without one)."""
     import json
     from pathlib import Path
 
     report = Path(path) / "report.json"
-    return (json.loads(report.read_text()).get("options", {}) if report.is_file() else {}).get("level", "flow")
+    return json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
