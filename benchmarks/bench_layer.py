@@ -275,6 +275,7 @@ def main(argv=None) -> int:
     p.add_argument("--experts", type=int, nargs="*")
     p.add_argument("--topk", type=int, nargs="*")
     p.add_argument("--reps", type=int)
+    p.add_argument("--modes", nargs="*", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--threads", type=int)
     p.add_argument("--json", dest="json_out")
     p.add_argument("--png")
@@ -283,7 +284,7 @@ def main(argv=None) -> int:
     info = machine_info(a.device)
     print(json.dumps(info))
     res = run_benchmark(quick=a.quick, device=a.device, dtype=a.dtype, tokens=a.tokens, experts=a.experts,
-                        topk=a.topk, reps=a.reps, threads=a.threads)
+                        topk=a.topk, reps=a.reps, threads=a.threads, modes=tuple(a.modes))
     info["torch_threads"] = torch.get_num_threads()
     md_text = markdown(res, info)
     print(md_text)

@@ -42,3 +42,19 @@ def test_quick_measurement_and_ratios():
     assert r["model"] == "traffic-moe-small"
     assert abs(r["throughput_x"] - rows[1]["throughput_flows_per_s"] / rows[0]["throughput_flows_per_s"]) < 1e-9
     assert "traffic-moe-small" in markdown({"machine": {}, "models": rows, "ratios": [r]})
+
+
+def test_model_spec_names_an_experts_implementation():
+    import argparse
+
+    import pytest
+
+    from traffic_moe_hf.bench import model_spec
+
+    assert model_spec("traffic-moe-base:grouped_mm") == "traffic-moe-base:grouped_mm"
+    assert model_spec("dense-etbert") == "dense-etbert"
+    for bad in ("dense-etbert:grouped_mm", "traffic-moe-base:fast", "bert"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            model_spec(bad)
+    row = measure("traffic-moe-tiny:eager", 16, "cpu", "float32", quick=True)
+    assert row["experts_implementation"] == "eager" and row["model"] == "traffic-moe-tiny:eager"

@@ -243,3 +243,102 @@ def test_compile_fullgraph_inductor_forward():
 def test_triton_path_not_used_on_cpu():
     cfg, m, x, idx, w = _make(8, 16, 24, 4, 2, torch.float32)
     assert not md._triton_ok(x, m)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fused inference kernels (CUDA): when they are chosen, which activations they reproduce, and -- where Triton's
+# CPU interpreter runs (triton installed, numpy < 2.4) -- that both Triton paths equal the eager module.
+# ---------------------------------------------------------------------------------------------------------
+mt = md._moe_triton
+
+
+@pytest.mark.parametrize("act,code", [("gelu", 0), ("gelu_pytorch_tanh", 1), ("silu", 2), ("swish", 2), ("relu", 3)])
+def test_fused_activation_probe(act, code):
+    assert mt._act_code(ACT2FN[act]) == code
+
+
+def test_fused_not_used_for_unknown_activation_or_training():
+    cfg, m, x, idx, w = _make(8, 16, 24, 4, 2, torch.float32)
+    m.act_fn = nn.Tanh()  # no in-kernel version: the module must take the differentiable path
+    assert not mt.fused_inference_ok(m)
+    m.act_fn = ACT2FN["gelu"]
+    assert mt.fused_inference_ok(m)
+    assert not md._fused_inference(m, x, w)  # grad enabled and the weights require grad: training
+    with torch.no_grad():
+        assert md._fused_inference(m, x, w)
+    m.requires_grad_(False)
+    assert md._fused_inference(m, x, w)  # frozen module, nothing needs a gradient
+    m._is_expert_parallel = True  # sentinel rows are not handled by the fused kernels
+    assert not mt.fused_inference_ok(m)
+
+
+def test_default_implementation_per_device():
+    assert md.default_experts_implementation("cpu", torch.bfloat16) == "dropless"
+    assert md.default_experts_implementation("cuda", torch.bfloat16) == "grouped_mm"
+    expected = "dropless" if (mt is not None and mt.available()) else "grouped_mm"
+    assert md.default_experts_implementation("cuda", torch.float32) == expected
+
+
+def _interpreter_works() -> bool:
+    """Triton's CPU interpreter runs a trivial kernel here (it breaks with numpy >= 2.4)."""
+    import os
+    import subprocess
+
+    code = ("import os; os.environ['TRITON_INTERPRET']='1'\n"
+            "import torch, triton, triton.language as tl\n"
+            "@triton.jit\n"
+            "def k(X, N, B: tl.constexpr):\n"
+            "    s = tl.zeros((B,), dtype=tl.float32)\n"
+            "    for i in range(0, N, B):\n"
+            "        s += 1\n"
+            "    tl.store(X + tl.arange(0, B), s)\n"
+            "x = torch.zeros(4); k[(1,)](x, 8, B=4); assert x.tolist() == [2.0] * 4\n")
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                              env={**os.environ, "TRITON_INTERPRET": "1"}).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+INTERPRETER_SCRIPT = r'''
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, sys.argv[1])
+import torch
+from transformers.activations import ACT2FN
+import test_dispatch as t
+mt = t.md._moe_triton
+assert mt.available(allow_interpreter=True)
+for T, H, I, E, k, used in [(1, 32, 48, 4, 1, None), (7, 32, 64, 8, 2, 3), (133, 32, 48, 6, 3, 5)]:
+    for act in ("gelu", "silu"):
+        cfg, m, x, idx, w = t._make(T, H, I, E, k, torch.float32, act=act, used=used)
+        cfg._experts_implementation = "eager"
+        with torch.no_grad():
+            ref = m(x, idx, w)
+            torch.testing.assert_close(mt.fused_experts_inference(m, x, idx, w), ref, rtol=1e-5, atol=1e-5)
+        xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = mt.triton_experts_forward(m, xx, idx, ww)
+        out.square().sum().backward()
+        grads = [xx.grad, ww.grad, m.gate_up_proj.grad, m.down_proj.grad]
+        m.zero_grad(set_to_none=True)
+        xe, we = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        m(xe, idx, we).square().sum().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        for got, exp in zip(grads, [xe.grad, we.grad, m.gate_up_proj.grad, m.down_proj.grad]):
+            torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5)
+        m.zero_grad(set_to_none=True)
+print("INTERPRETER_OK")
+'''
+
+
+def test_triton_kernels_on_the_cpu_interpreter(tmp_path):
+    pytest.importorskip("triton")
+    if not _interpreter_works():
+        pytest.skip("Triton's CPU interpreter does not run here (numpy >= 2.4?)")
+    import subprocess
+
+    script = tmp_path / "interp.py"
+    script.write_text(INTERPRETER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(pathlib.Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=600)
+    assert "INTERPRETER_OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]

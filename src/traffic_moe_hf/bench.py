@@ -50,7 +50,9 @@ def add_parser(subparsers):
     p.add_argument("--quick", action="store_true", help="flow length 128 only, fewer repetitions")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and activation dtype")
-    p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, help="models to measure")
+    p.add_argument("--models", nargs="*", default=list(MODELS), type=model_spec,
+                   help=f"models to measure: {', '.join(MODELS)}; a Traffic-MoE name may end in :IMPL to force an "
+                        "experts implementation (e.g. traffic-moe-base:grouped_mm)")
     p.add_argument("--lengths", nargs="*", type=at_least(1), default=None, help="flow lengths in tokens (default 128 256 512)")
     p.add_argument("--no-layer", dest="layer", action="store_false", help="skip the layer-level benchmark")
     p.add_argument("--json", dest="json_out", required=True, type=output_file, help="write every figure, the machine and the configs here")
@@ -60,6 +62,19 @@ def add_parser(subparsers):
 
 
 # ------------------------------------------------------------------------------------------ models
+IMPLS = ("dropless", "grouped_mm", "eager", "batched_mm")
+
+
+def model_spec(text: str) -> str:
+    """A model name, optionally ``traffic-moe-*:IMPL`` (argparse type)."""
+    name, _, impl = text.partition(":")
+    if name not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if impl and (impl not in IMPLS or not name.startswith("traffic-moe")):
+        raise argparse.ArgumentTypeError(f"{text!r}: ':IMPL' is for traffic-moe-* models, IMPL one of {', '.join(IMPLS)}")
+    return text
+
+
 def build(name: str):
     """A model by name, in eval mode, and whether it takes Traffic-MoE's structure inputs."""
     from transformers import BertConfig, BertModel, SwitchTransformersConfig, SwitchTransformersEncoderModel
@@ -111,16 +126,18 @@ def measure(name: str, length: int, device: str, dtype: str, quick: bool) -> dic
 
     torch.manual_seed(0)
     rss_before = _peak_rss_mb()
-    model, structured = build(name)
+    cuda = torch.device(device).type == "cuda"
+    base_name, _, impl = name.partition(":")
+    with torch.device(device if cuda else "cpu"):  # on a GPU, initialise there (seconds less per model)
+        model, structured = build(base_name)
     total = sum(p.numel() for p in model.parameters())
     active = count_parameters(model)[1] if structured else total
     model = model.to(device=device, dtype=getattr(torch, dtype))
-    if structured:  # the path the library picks for this device and dtype
+    if structured:  # the path the library picks for this device and dtype, unless the name forces one
         from .moe_dispatch import default_experts_implementation
 
-        model.set_experts_implementation(default_experts_implementation(device, getattr(torch, dtype)))
-    cuda = torch.device(device).type == "cuda"
-    batches = (1, 8, 32, 128) if cuda else (1, 8, 32)
+        model.set_experts_implementation(impl or default_experts_implementation(device, getattr(torch, dtype)))
+    batches = (1, 8, 32, 128, 512) if cuda else (1, 8, 32)
     reps = 3 if quick else (10 if cuda else 5)
     result = {"model": name, "length": length, "parameters_total": total, "parameters_active": active,
               "experts_implementation": getattr(model.config, "_experts_implementation", None) if structured else None}
@@ -219,8 +236,8 @@ def markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["models"]:
         lines.append(f"| {r['model']} | {r['length']} | {r['parameters_total'] / 1e6:.1f}M | {r['parameters_active'] / 1e6:.1f}M | "
-                     f"{r['throughput_flows_per_s']:.1f} ({r['best_batch']}) | {r['latency_p50_ms']:.1f} | "
-                     f"{r['latency_p99_ms']:.1f} | {r['peak_memory_mb']:.0f} |")
+                     f"{r['throughput_flows_per_s']:.1f} ({r['best_batch']}) | {r['latency_p50_ms']:.2f} | "
+                     f"{r['latency_p99_ms']:.2f} | {r['peak_memory_mb']:.0f} |")
     lines += ["", f"against `{BASELINE}` at the same length (targets: throughput >= 2.0x, latency <= 0.5x, memory <= 0.6x):", "",
               "| model | length | throughput x | latency x | peak memory x |", "|---|---:|---:|---:|---:|"]
     for r in report["ratios"]:
@@ -236,7 +253,7 @@ def plot(report: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     lengths = sorted({r["length"] for r in report["models"]})
-    names = [m for m in MODELS if any(r["model"] == m for r in report["models"])]
+    names = list(dict.fromkeys(r["model"] for r in report["models"]))
     width = 0.8 / max(1, len(names))
     for k, (metric, title) in enumerate([("throughput_flows_per_s", "throughput, flows/s (log)"),
                                          ("latency_p50_ms", "batch-1 latency p50, ms (log)"),

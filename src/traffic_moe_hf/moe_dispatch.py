@@ -36,6 +36,11 @@ from __future__ import annotations
 import torch
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
+try:
+    from transformers.integrations.moe import grouped_mm_experts_forward as _hf_grouped_mm
+except ImportError:  # pragma: no cover - a transformers without it
+    _hf_grouped_mm = None
+
 try:  # package import (and transformers' remote-code module layout)
     # `from .moe_triton import ...`, not `from . import moe_triton`: transformers copies a remote-code
     # file's siblings by that pattern only, and without the copy the Triton path was silently lost
@@ -61,6 +66,8 @@ DROPLESS = "dropless"
 
 # Set to False to force the portable path on CUDA (used by tests / benchmarks).
 USE_TRITON = True
+# Set to False to use the differentiable Triton path for inference too (benchmarks compare the two).
+USE_FUSED_INFERENCE = True
 
 
 # ---------------------------------------------------------------------------
@@ -228,6 +235,17 @@ def _triton_ok(hidden_states: torch.Tensor, module) -> bool:
     )
 
 
+def _fused_inference(module, hidden_states: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
+    """Nothing needs a gradient and nothing is being compiled: the fused (non-differentiable) kernels apply."""
+    if not USE_FUSED_INFERENCE or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and (
+        hidden_states.requires_grad or top_k_weights.requires_grad or any(p.requires_grad for p in module.parameters())
+    ):
+        return False
+    return _moe_triton.fused_inference_ok(module)
+
+
 def dropless_experts_forward(
     self: torch.nn.Module,
     hidden_states: torch.Tensor,
@@ -236,6 +254,12 @@ def dropless_experts_forward(
 ) -> torch.Tensor:
     """Dropless experts forward: one sort, grouped GEMMs over expert segments, one scatter-add."""
     if _triton_ok(hidden_states, self):
+        if _fused_inference(self, hidden_states, top_k_weights):
+            return _moe_triton.fused_experts_inference(self, hidden_states, top_k_index, top_k_weights)
+        if hidden_states.dtype != torch.float32 and _hf_grouped_mm is not None:
+            # training in bf16/fp16: transformers' grouped_mm (cuBLAS/CUTLASS grouped GEMM) was as fast or
+            # faster than our differentiable Triton kernels on an H200 (benchmarks/results/gpu.md)
+            return _hf_grouped_mm(self, hidden_states, top_k_index, top_k_weights)
         return _moe_triton.triton_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
     has_gate = getattr(self, "has_gate", True)
@@ -290,10 +314,12 @@ def default_experts_implementation(device=None, dtype=None) -> str:
 
     From the layer benchmark (benchmarks/results/cpu.md, benchmarks/results/gpu.md):
     * CPU: "dropless" (grouped-GEMM path; no host sync, compiles with fullgraph=True);
-    * CUDA, fp32: "dropless" (Triton kernels) when triton imports; it beat transformers'
-      "grouped_mm" at 32 experts on an H100 and was slower at 8 experts;
-    * CUDA, bf16/fp16 (or dtype unknown): transformers' "grouped_mm", which was ~2x faster than
-      our Triton path on an H100 at the benchmarked sizes (all launch-overhead bound, <= 16k tokens).
+    * CUDA, fp32, triton importable: "dropless" (fused Triton kernels for inference, its differentiable
+      Triton kernels for training; both checked against eager on an H200);
+    * CUDA, bf16/fp16 (or dtype unknown): transformers' "grouped_mm". "dropless" inference was
+      1.35-1.62x faster than it in bf16 on an H200, but its bf16 numerics have not been checked on
+      a GPU yet (the check timed out in that session), so it is opt-in there:
+      ``model.set_experts_implementation("dropless")``.
     """
     if device is None:
         return DROPLESS

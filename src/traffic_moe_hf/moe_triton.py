@@ -23,11 +23,14 @@ is read back to the host; surplus programs exit at once. Both products are custo
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 triton = None
 tl = None
 _kernels = None
+_fused: dict = {}
 _state = {"tried": False, "ok": False}
 
 
@@ -47,7 +50,8 @@ def available(allow_interpreter: bool = False) -> bool:
 
 
 def _build() -> None:
-    global triton, tl, _kernels
+    # the @triton.jit helpers called from kernels must be module globals (Triton resolves callees there)
+    global triton, tl, _kernels, _block_of, _act
     # lazy and optional; inside a `try` so that transformers' remote-code check (`check_imports`, which
     # skips imports in try blocks) does not require triton where the file is only copied, not used
     try:
@@ -59,21 +63,36 @@ def _build() -> None:
     triton, tl = _triton, _tl
 
     @triton.jit
+    def _block_of(SEG_END, pid_m, E, E_P2: tl.constexpr, BM: tl.constexpr):
+        """(expert, first row, segment end, valid) of row block ``pid_m`` from the segment ends alone."""
+        offs_e = tl.arange(0, E_P2)
+        emask = offs_e < E
+        ends = tl.load(SEG_END + offs_e, mask=emask, other=0)
+        starts = tl.load(SEG_END + offs_e - 1, mask=emask & (offs_e > 0), other=0)
+        nblk = tl.where(emask, (ends - starts + BM - 1) // BM, 0)
+        cum = tl.cumsum(nblk, 0)
+        total = tl.sum(nblk, 0)
+        e = tl.sum((cum <= pid_m).to(tl.int32), 0)
+        sel = offs_e == e
+        first = tl.sum(tl.where(sel, cum - nblk, 0), 0)
+        start = tl.sum(tl.where(sel, starts, 0), 0)
+        end = tl.sum(tl.where(sel, ends, 0), 0)
+        return e, start + (pid_m - first) * BM, end, pid_m < total
+
+    @triton.jit
     def _gmm_kernel(
-        A, B, C, A_IDX, C_IDX, BLK_E, BLK_ROW, BLK_END,
+        A, B, C, A_IDX, C_IDX, SEG_END,
         N, K,
         stride_am, stride_ak,
         stride_be, stride_bk, stride_bn,
         stride_cm, stride_cn,
-        HAS_A_IDX: tl.constexpr, HAS_C_IDX: tl.constexpr,
+        HAS_A_IDX: tl.constexpr, HAS_C_IDX: tl.constexpr, E, E_P2: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
-        e = tl.load(BLK_E + pid_m)
-        if e >= 0:
-            row0 = tl.load(BLK_ROW + pid_m)
-            end = tl.load(BLK_END + pid_m)
+        e, row0, end, valid = _block_of(SEG_END, pid_m, E, E_P2, BM)
+        if valid:
             rows = row0 + tl.arange(0, BM)
             rmask = rows < end
             if HAS_A_IDX:
@@ -145,6 +164,119 @@ def _build() -> None:
 
     _kernels = (_gmm_kernel, _wgrad_kernel)
 
+    # ---- fused inference kernels (no autograd)
+    @triton.jit
+    def _act(x, ACT: tl.constexpr):
+        if ACT == 0:  # gelu (erf)
+            return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        elif ACT == 1:  # gelu, tanh approximation
+            inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            return 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+        elif ACT == 2:  # silu
+            return x * tl.sigmoid(x)
+        else:  # relu
+            return tl.maximum(x, 0.0)
+
+    @triton.jit
+    def _up_gate_kernel(
+        X, W, HOUT, PERM, SEG_END,
+        N, K, TOPK, S_BUCKET,
+        stride_xm, stride_xk,
+        stride_we, stride_wn, stride_wk,
+        stride_hm, stride_hn,
+        E, E_P2: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """HOUT[r] = act(X[tok(r)] @ Wg[e]^T) * (X[tok(r)] @ Wu[e]^T), rows r in expert-sorted order."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        e, row0, end, valid = _block_of(SEG_END, pid_m, E, E_P2, BM)
+        if valid:
+            rows = row0 + tl.arange(0, BM)
+            rmask = rows < end
+            tok = (tl.load(PERM + rows, mask=rmask, other=0) // TOPK).to(tl.int64)
+            offs_n = pid_n * BN + tl.arange(0, BN)
+            nmask = offs_n < N
+            offs_k = tl.arange(0, BK)
+            x_ptrs = X + tok[:, None] * stride_xm + offs_k[None, :] * stride_xk
+            wg_ptrs = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+            wu_ptrs = wg_ptrs + N * stride_wn
+            acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+            acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kmask = (k0 + offs_k) < K
+                x = tl.load(x_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                wmask = kmask[:, None] & nmask[None, :]
+                acc_g = tl.dot(x, tl.load(wg_ptrs, mask=wmask, other=0.0), acc_g, input_precision=PREC)
+                acc_u = tl.dot(x, tl.load(wu_ptrs, mask=wmask, other=0.0), acc_u, input_precision=PREC)
+                x_ptrs += BK * stride_xk
+                wg_ptrs += BK * stride_wk
+                wu_ptrs += BK * stride_wk
+            h = _act(acc_g, ACT) * acc_u
+            h_ptrs = HOUT + rows.to(tl.int64)[:, None] * stride_hm + offs_n[None, :] * stride_hn
+            tl.store(h_ptrs, h.to(HOUT.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+    @triton.jit
+    def _down_scatter_kernel(
+        HIN, W, Y, PERM, WTS, SEG_END,
+        N, K, S_BUCKET,
+        stride_hm, stride_hk,
+        stride_we, stride_wn, stride_wk,
+        stride_ym, stride_yn,
+        E, E_P2: tl.constexpr, PREC: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """Y[slot(r)] = w[slot(r)] * (HIN[r] @ Wd[e]^T): the routing weight and the scatter back to
+        (token, slot) order fused into the down projection (no atomics)."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        e, row0, end, valid = _block_of(SEG_END, pid_m, E, E_P2, BM)
+        if valid:
+            rows = row0 + tl.arange(0, BM)
+            rmask = rows < end
+            offs_n = pid_n * BN + tl.arange(0, BN)
+            nmask = offs_n < N
+            offs_k = tl.arange(0, BK)
+            h_ptrs = HIN + rows.to(tl.int64)[:, None] * stride_hm + offs_k[None, :] * stride_hk
+            w_ptrs = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kmask = (k0 + offs_k) < K
+                a = tl.load(h_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(w_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PREC)
+                h_ptrs += BK * stride_hk
+                w_ptrs += BK * stride_wk
+            slot = tl.load(PERM + rows, mask=rmask, other=0).to(tl.int64)
+            wt = tl.load(WTS + slot, mask=rmask, other=0.0).to(tl.float32)
+            acc = acc * wt[:, None]
+            y_ptrs = Y + slot[:, None] * stride_ym + offs_n[None, :] * stride_yn
+            tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+    _fused["up"] = _autotuned(_up_gate_kernel)
+    _fused["down"] = _autotuned(_down_scatter_kernel)
+
+
+def _fused_configs():
+    """Tile candidates for the fused inference kernels: two (each costs a compile on first use per model
+    shape); one fixed tile under the CPU interpreter or with ``TRAFFIC_MOE_TRITON_AUTOTUNE=0``."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return [triton.Config({"BM": 32, "BN": 32, "BK": 32}, num_warps=4, num_stages=1)]
+    shapes = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3)]
+    if os.environ.get("TRAFFIC_MOE_TRITON_AUTOTUNE", "1") == "0":
+        shapes = shapes[:1]
+    return [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=st) for bm, bn, bk, w, st in shapes]
+
+
+def _autotuned(kernel):
+    """The kernel under ``triton.autotune``, keyed on the GEMM shape and the power-of-two bucket of rows
+    (a new bucket, e.g. a new batch size, is tuned once: ~0.1 s with the short timing below)."""
+    configs = _fused_configs()
+    try:
+        return triton.autotune(configs=configs, key=["N", "K", "S_BUCKET"], warmup=5, rep=20)(kernel)
+    except TypeError:  # a Triton without the warmup/rep arguments
+        return triton.autotune(configs=configs, key=["N", "K", "S_BUCKET"])(kernel)
+
 
 # ---------------------------------------------------------------------------
 # launch helpers
@@ -159,24 +291,6 @@ def _tiles(dtype: torch.dtype):
     if dtype == torch.float32:
         return 64, 64, 32, 4, 2  # BM, BN, BK, warps, stages
     return 64, 128, 64, 4, 3
-
-
-def _schedule(seg_end: torch.Tensor, n_rows: int, bm: int):
-    """Per row-block: expert id (-1 = no work), first row, segment end. Device-side, static size."""
-    n_exp = seg_end.numel()
-    end = seg_end.to(torch.int64)
-    start = torch.cat([end.new_zeros(1), end[:-1]])
-    nblk = torch.div(end - start + (bm - 1), bm, rounding_mode="floor")
-    cum = torch.cumsum(nblk, 0)
-    n_blocks = -(-n_rows // bm) + n_exp
-    b = torch.arange(n_blocks, device=seg_end.device, dtype=torch.int64)
-    e = torch.searchsorted(cum, b, right=True)
-    valid = e < n_exp
-    ec = e.clamp(max=n_exp - 1)
-    first = cum[ec] - nblk[ec]
-    row = start[ec] + (b - first) * bm
-    blk_e = torch.where(valid, ec, torch.full_like(ec, -1)).to(torch.int32)
-    return blk_e, row.to(torch.int32), end[ec].to(torch.int32), n_blocks
 
 
 def _bmat_strides(b: torch.Tensor, trans: bool):
@@ -195,19 +309,19 @@ def _tgmm_impl(a, b, a_idx, c_idx, seg_end, n_out_rows: int, trans: bool):
     if n_rows == 0 or n == 0:
         return c
     bm, bn, bk, warps, stages = _tiles(a.dtype)
-    blk_e, blk_row, blk_end, n_blocks = _schedule(seg_end, n_rows, bm)
-    dummy = blk_e
-    grid = (n_blocks, triton.cdiv(n, bn))
+    n_exp = seg_end.numel()
+    # static upper bound on row blocks; each program finds its expert and rows from seg_end, surplus ones exit
+    grid = (triton.cdiv(n_rows, bm) + n_exp, triton.cdiv(n, bn))
     gmm_kernel[grid](
         a, b, c,
-        a_idx if a_idx is not None else dummy,
-        c_idx if c_idx is not None else dummy,
-        blk_e, blk_row, blk_end,
+        a_idx if a_idx is not None else seg_end,
+        c_idx if c_idx is not None else seg_end,
+        seg_end,
         n, k,
         a.stride(0), a.stride(1),
         s_be, s_bk, s_bn,
         c.stride(0), c.stride(1),
-        HAS_A_IDX=a_idx is not None, HAS_C_IDX=c_idx is not None,
+        HAS_A_IDX=a_idx is not None, HAS_C_IDX=c_idx is not None, E=n_exp, E_P2=triton.next_power_of_2(n_exp),
         BM=bm, BN=bn, BK=bk, PREC=_prec(a.dtype),
         num_warps=warps, num_stages=stages,
     )
@@ -339,3 +453,116 @@ def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):
         w = w.masked_fill((top_k_index >= num_experts).unsqueeze(-1), 0.0)
     out = (y.view(num_tokens, k, hidden_dim).float() * w).sum(dim=1)
     return out.to(dtype)
+
+
+# ---------------------------------------------------------------------------
+# fused inference forward (no autograd): 2 GEMM kernels + sort/searchsorted + one sum
+# ---------------------------------------------------------------------------
+_ACT_CODES = {"gelu": 0, "gelu_tanh": 1, "silu": 2, "relu": 3}
+_act_cache: dict = {}
+
+
+def _act_code(act_fn) -> int | None:
+    """Which in-kernel activation equals ``act_fn`` (checked numerically once per activation type)."""
+    key = (type(act_fn), repr(act_fn))
+    if key not in _act_cache:
+        t = torch.linspace(-6.0, 6.0, 241, dtype=torch.float64)
+        refs = {
+            "gelu": torch.nn.functional.gelu(t),
+            "gelu_tanh": torch.nn.functional.gelu(t, approximate="tanh"),
+            "silu": torch.nn.functional.silu(t),
+            "relu": torch.relu(t),
+        }
+        code = None
+        try:
+            got = act_fn(t)
+            for name, ref in refs.items():
+                if torch.allclose(got, ref, atol=1e-9, rtol=0):
+                    code = _ACT_CODES[name]
+                    break
+        except Exception:  # noqa: BLE001 - an activation we cannot probe is not fused
+            code = None
+        _act_cache[key] = code
+    return _act_cache[key]
+
+
+def fused_inference_ok(module) -> bool:
+    """The fused kernels handle this module: gated experts in transformers' layout ``[E, 2I, H]`` (gate rows
+    first, the default ``_apply_gate``), a known activation, no expert-parallel sentinels."""
+    if not getattr(module, "has_gate", True) or getattr(module, "is_transposed", False):
+        return False
+    if getattr(module, "_is_expert_parallel", False):
+        return False
+    apply_gate = getattr(type(module), "_apply_gate", None)
+    if apply_gate is not None:
+        try:
+            from transformers.integrations.moe import _default_apply_gate  # noqa: PLC0415
+        except ImportError:
+            return False
+        if apply_gate is not _default_apply_gate:
+            return False
+    return _act_code(module.act_fn) is not None
+
+
+def _fused_prec(dtype: torch.dtype) -> str:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "ieee"
+    return _prec(dtype)
+
+
+def fused_experts_inference(self, hidden_states, top_k_index, top_k_weights):
+    """Experts forward for inference on CUDA: one sort of the token-expert pairs, then
+
+    * up kernel: gathers each pair's token row, both halves of the gated up-projection and
+      ``act(gate) * up`` in one pass (the ``[S, 2I]`` intermediate is never written);
+    * down kernel: down-projection, times the pair's routing weight, stored straight into
+      ``(token, slot)`` order;
+    * one sum over the k slots.
+
+    Row blocks are mapped to experts inside each program from the segment ends (no schedule tensors,
+    no host synchronisation). Not differentiable: callers use it under ``no_grad``/``inference_mode``.
+    """
+    up, down = _fused["up"], _fused["down"]
+    w_up, w_down = self.gate_up_proj, self.down_proj
+    num_experts, two_i, hidden_dim = w_up.shape
+    inter = two_i // 2
+    num_tokens = hidden_states.size(0)
+    k = top_k_index.size(-1)
+    n_pairs = num_tokens * k
+    dtype = hidden_states.dtype
+    if n_pairs == 0:
+        return hidden_states.new_zeros(num_tokens, hidden_dim)
+
+    eid = top_k_index.reshape(-1)
+    sorted_eid, perm = torch.sort(eid, stable=True)
+    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
+    seg_end = torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+
+    x = hidden_states.to(w_up.dtype)
+    prec = _fused_prec(x.dtype)
+    e_p2 = triton.next_power_of_2(num_experts)
+    bucket = max(1, n_pairs).bit_length()
+    h = torch.empty(n_pairs, inter, device=x.device, dtype=w_down.dtype)
+    grid = lambda meta: (triton.cdiv(n_pairs, meta["BM"]) + num_experts, triton.cdiv(inter, meta["BN"]))  # noqa: E731
+    up[grid](
+        x, w_up, h, perm, seg_end,
+        inter, hidden_dim, k, bucket,
+        x.stride(0), x.stride(1),
+        w_up.stride(0), w_up.stride(1), w_up.stride(2),
+        h.stride(0), h.stride(1),
+        E=num_experts, E_P2=e_p2, ACT=_act_code(self.act_fn), PREC=prec,
+    )
+    y = torch.empty(n_pairs, hidden_dim, device=x.device, dtype=dtype)
+    weights = top_k_weights.reshape(-1)
+    grid = lambda meta: (triton.cdiv(n_pairs, meta["BM"]) + num_experts, triton.cdiv(hidden_dim, meta["BN"]))  # noqa: E731
+    down[grid](
+        h, w_down, y, perm, weights, seg_end,
+        hidden_dim, inter, bucket,
+        h.stride(0), h.stride(1),
+        w_down.stride(0), w_down.stride(1), w_down.stride(2),
+        y.stride(0), y.stride(1),
+        E=num_experts, E_P2=e_p2, PREC=prec,
+    )
+    if k == 1:
+        return y
+    return y.view(num_tokens, k, hidden_dim).sum(dim=1)
