@@ -159,13 +159,14 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     options = dataset_options(data)
     if normalize_tcp is not None:
         options["normalize_tcp"] = bool(normalize_tcp)
+    window_note = None
     if options["normalize_tcp"]:
         stored = max((len(p) for p in dataset["packets"]), default=0)
         if stored <= options["max_packets"]:
-            print(f"traffic-moe robustness: {data} stores at most {stored} packets per flow and the model reads "
-                  f"{options['max_packets']}: after TCP normalisation leaves chaff out, shaped flows have fewer real "
-                  f"packets than the model's window (prepare with --store-packets {2 * options['max_packets']} to "
-                  f"measure what the model would see on the wire)", file=sys.stderr)
+            window_note = (f"traffic-moe robustness: {data} stores at most {stored} packets per flow and the model reads "
+                           f"{options['max_packets']}: after TCP normalisation leaves chaff out, shaped flows have fewer "
+                           f"real packets than the model's window (prepare with --store-packets "
+                           f"{2 * options['max_packets']} to measure what the model would see on the wire)")
     label_names = dataset.features["label"].names
     per_label = np.bincount(np.asarray(dataset["label"], dtype=np.int64), minlength=len(label_names))
     result = {"data": str(data), "split": split, "samples": len(dataset), "options": options,
@@ -185,6 +186,9 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
         model = load_classifier(path)
         _mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
         view = dataset.select(keep) if len(keep) < len(dataset) else dataset
+        if window_note:  # printed once a model has passed its checks: a fatal error is not preceded by a caveat
+            print(window_note, file=sys.stderr)
+            window_note = None
         res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
                              whitebox_steps=whitebox_steps, pgd_eps=pgd_eps, seed=seed, bar=bar)
         result["models"][name] = {"model": str(path), "type": model.config.model_type,
