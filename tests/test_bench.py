@@ -58,3 +58,21 @@ def test_model_spec_names_an_experts_implementation():
             model_spec(bad)
     row = measure("traffic-moe-tiny:eager", 16, "cpu", "float32", quick=True)
     assert row["experts_implementation"] == "eager" and row["model"] == "traffic-moe-tiny:eager"
+
+
+def test_confusion_plot_labels_are_drawable(tmp_path, recwarn):
+    """A label the plot font cannot draw (CJK without a CJK font) is written with escapes, not as empty boxes."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from traffic_moe_hf.recipes.evaluate import plot_confusion, plot_labels
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    names = ["http", "café", "中文"]
+    shown = plot_labels(names)
+    assert shown[:2] == ["http", "café"]
+    assert shown[2] == ("中文" if font.get_char_index(ord("中")) else "\\u4e2d\\u6587")
+    metrics = {"labels": names, "confusion_matrix": [[3, 0, 0], [0, 2, 1], [0, 0, 4]], "accuracy": 0.9, "macro_f1": 0.9}
+    plot_confusion(metrics, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    assert not [w for w in recwarn if "missing from" in str(w.message)], [str(w.message) for w in recwarn]

@@ -324,6 +324,21 @@ def shortcut_audit(train, evaluated, labels, names, mapping) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- plots
+def plot_labels(names) -> list[str]:
+    """Tick labels the plot's font can draw: a name with a character the font lacks (CJK labels on a machine
+    without a CJK font render as empty boxes) is written with Python escapes instead, e.g. ``\\u4e2d``."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    out = []
+    for name in names:
+        name = str(name)
+        drawable = all(ch.isspace() or font.get_char_index(ord(ch)) for ch in name)
+        out.append(name if drawable else name.encode("ascii", "backslashreplace").decode("ascii"))
+    return out
+
+
 def plot_confusion(metrics: dict, path: Path) -> Path:
     import matplotlib
 
@@ -332,7 +347,7 @@ def plot_confusion(metrics: dict, path: Path) -> Path:
 
     matrix = np.asarray(metrics["confusion_matrix"], dtype=np.float64)
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    names = metrics["labels"]
+    names = plot_labels(metrics["labels"])
     size = max(4.0, 0.55 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
