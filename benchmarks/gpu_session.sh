@@ -18,7 +18,7 @@ PY="${PYTHON:-python3}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
   $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
   echo "== correctness $(date -u +%T)"
-  TRAFFIC_MOE_TRITON_AUTOTUNE=0 timeout 130 $PY benchmarks/gpu_correctness.py "$OUT/gpu_correctness.json"; echo "correctness rc=$?"
+  TRAFFIC_MOE_TRITON_AUTOTUNE=0 timeout 170 $PY benchmarks/gpu_correctness.py "$OUT/gpu_correctness.json"; echo "correctness rc=$?"
   echo "== model bf16 $(date -u +%T)"
   timeout 150 $PY -m traffic_moe_hf.bench --device cuda --dtype bfloat16 --no-layer \
       --models dense-etbert traffic-moe-base traffic-moe-base:grouped_mm traffic-moe-small traffic-moe-small:grouped_mm \
