@@ -128,7 +128,7 @@ def _prepare_from_args(args) -> dict:
     )
 
 
-def collect_inputs(inputs, exclude=None):
+def collect_inputs(inputs, exclude=None, excluded=None):
     """Files to read: files given directly and, for directories, every non-hidden file below them
     (sorted; a non-capture file is reported as failed with its reason, never silently ignored).
     Returns ``([(path, display_name, root)], {not_read: reason}, repeated)``: not read are inputs that do
@@ -142,6 +142,7 @@ def collect_inputs(inputs, exclude=None):
     repeated = []
     seen = set()
     exclude = os.path.realpath(exclude) if exclude else None  # prepare's --out inside an input folder
+    # (`excluded`, a list, receives each folder left out for it: the one place that decides this)
 
     def add(p, name, root):
         real = os.path.realpath(p)
@@ -156,8 +157,11 @@ def collect_inputs(inputs, exclude=None):
             root = os.path.abspath(inp)
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames.sort()
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                               and os.path.realpath(os.path.join(dirpath, d)) != exclude]
+                if exclude and any(os.path.realpath(os.path.join(dirpath, d)) == exclude for d in dirnames):
+                    if excluded is not None:
+                        excluded.append(exclude)
+                    dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != exclude]
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 for fn in sorted(filenames):
                     if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
@@ -231,7 +235,8 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     mode, csv_path = parse_labels_option(labels)
     if label_column and mode != "csv":
         raise LabelCsvError(f"--label-column {label_column}: only with --labels csv:PATH (labels come from {mode} names)")
-    files, missing, repeated = collect_inputs(inputs, exclude=out if save else None)
+    out_excluded = []
+    files, missing, repeated = collect_inputs(inputs, exclude=out if save else None, excluded=out_excluded)
     if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
         from .samples import get_tokenizer
 
@@ -263,8 +268,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
         "files_failed": dict(missing), "files_warnings": {}, "files_split": {},
         "files_repeated": repeated,
     }
-    if save and out and os.path.isdir(out) and any(
-            os.path.isdir(i) and os.path.realpath(out).startswith(os.path.realpath(i) + os.sep) for i in inputs):
+    if out_excluded:
         report["out_inside_input"] = f"{out} lies inside an input folder: not read as input"
     if mode == "csv":
         cfg.csv_labels = CsvLabels(csv_path, label_column)
