@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from traffic_moe_hf import TrafficMoeConfig
+from traffic_moe_hf.cli import no_library_bars
 from traffic_moe_hf.data.prepare import format_report, prepare
 from traffic_moe_hf.recipes.common import TrafficCollator, data_tokenizer, model_view, trainer_metrics
 from traffic_moe_hf.recipes.pretrain import MaskedPacketCollator
@@ -60,12 +61,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.no_progress:  # also the libraries' own bars ("Loading weights", "Saving the dataset")
-        import datasets
-        from transformers.utils import logging as hf_logging
-
-        datasets.disable_progress_bars()
-        hf_logging.disable_progress_bar()
+    if args.no_progress:  # also the libraries' own bars ("Loading weights", "Saving the dataset"), as the CLI does
+        no_library_bars()
     out = Path(args.out)
     common_args = dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, report_to="none",
                        seed=args.seed, disable_tqdm=args.no_progress, use_cpu=not torch.cuda.is_available(),

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if getattr(args, "progress", True) is False:
-        _no_library_bars()
+        no_library_bars()
     try:
         status = int(args.func(args) or 0)
     except BrokenPipeError:  # `traffic-moe predict - --out - | head`: the reader left; end quietly, as Unix tools do
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _no_library_bars() -> None:
+def no_library_bars() -> None:
     """``--no-progress`` means no bars at all: also transformers' ("Loading weights", "Writing model shards")
     and datasets' ("Saving the dataset"), which a sub-command's own flag does not reach."""
     import datasets

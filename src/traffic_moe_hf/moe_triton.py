@@ -418,6 +418,15 @@ def _define_ops() -> None:
 # ---------------------------------------------------------------------------
 # experts forward
 # ---------------------------------------------------------------------------
+def _sort_pairs(top_k_index: torch.Tensor, num_experts: int):
+    """One stable sort of the token-expert pairs by expert: ``perm`` (sorted row -> flat ``t*k + j`` slot) and
+    the int32 end of each expert's segment, all on device."""
+    eid = top_k_index.reshape(-1)
+    sorted_eid, perm = torch.sort(eid, stable=True)
+    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
+    return perm, torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+
+
 def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     """Dropless experts forward with Triton grouped GEMMs (gather and scatter fused)."""
     has_gate = getattr(self, "has_gate", True)
@@ -429,10 +438,7 @@ def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     n_pairs = num_tokens * k
     dtype = hidden_states.dtype
 
-    eid = top_k_index.reshape(-1)
-    sorted_eid, perm = torch.sort(eid, stable=True)
-    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
-    seg_end = torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+    perm, seg_end = _sort_pairs(top_k_index, num_experts)
     tok = torch.div(perm, k, rounding_mode="floor")
 
     x = hidden_states.to(w_up.dtype)
@@ -504,12 +510,6 @@ def fused_inference_ok(module) -> bool:
     return _act_code(module.act_fn) is not None
 
 
-def _fused_prec(dtype: torch.dtype) -> str:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "ieee"
-    return _prec(dtype)
-
-
 def fused_experts_inference(self, hidden_states, top_k_index, top_k_weights):
     """Experts forward for inference on CUDA: one sort of the token-expert pairs, then
 
@@ -533,13 +533,10 @@ def fused_experts_inference(self, hidden_states, top_k_index, top_k_weights):
     if n_pairs == 0:
         return hidden_states.new_zeros(num_tokens, hidden_dim)
 
-    eid = top_k_index.reshape(-1)
-    sorted_eid, perm = torch.sort(eid, stable=True)
-    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
-    seg_end = torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+    perm, seg_end = _sort_pairs(top_k_index, num_experts)
 
     x = hidden_states.to(w_up.dtype)
-    prec = _fused_prec(x.dtype)
+    prec = _prec(x.dtype)
     e_p2 = triton.next_power_of_2(num_experts)
     bucket = max(1, n_pairs).bit_length()
     h = torch.empty(n_pairs, inter, device=x.device, dtype=w_down.dtype)

@@ -157,11 +157,10 @@ def collect_inputs(inputs, exclude=None, excluded=None):
             root = os.path.abspath(inp)
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames.sort()
-                if exclude and any(os.path.realpath(os.path.join(dirpath, d)) == exclude for d in dirnames):
-                    if excluded is not None:
-                        excluded.append(exclude)
-                    dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != exclude]
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                kept = [d for d in dirnames if not exclude or os.path.realpath(os.path.join(dirpath, d)) != exclude]
+                if len(kept) < len(dirnames) and excluded is not None:
+                    excluded.append(exclude)
+                dirnames[:] = [d for d in kept if not d.startswith(".")]
                 for fn in sorted(filenames):
                     if not fn.startswith("."):
                         p = os.path.join(dirpath, fn)
