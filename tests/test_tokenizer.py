@@ -114,6 +114,26 @@ def test_compact_ranges_never_fail_on_arbitrary_bytes():
     check()
 
 
+def test_encode_flat_equals_the_per_flow_encoding(real_flows):
+    """What prepare stores (flat buffers -> Arrow) is token for token what the tokenizer returns per flow."""
+    flows = [f for name in sorted(real_flows) for f in real_flows[name]] + [(_ipv6_packets(), [0, 1]), ([b""], [1])]
+    for tokenizer in (TrafficTokenizer(), TrafficTokenizer(header_layout="full", max_packets=3, max_packet_bytes=20)):
+        packets, directions = [f for f, _ in flows], [d for _, d in flows]
+        flat = tokenizer.encode_flat(packets, directions)
+        ref = tokenizer(packets, directions=directions)
+        offsets = flat["offsets"].tolist()
+        assert offsets[0] == 0 and offsets[-1] == len(flat["input_ids"]) and len(offsets) == len(flows) + 1
+        for key in ("input_ids", "packet_ids", "direction_ids"):
+            assert [flat[key][a:b].tolist() for a, b in zip(offsets, offsets[1:])] == ref[key]
+        without = tokenizer.encode_flat(packets)  # no directions: every packet from the initiator, as __call__
+        assert without["direction_ids"].tolist() == [d for row in tokenizer(packets)["direction_ids"] for d in row]
+    assert TrafficTokenizer().encode_flat([])["offsets"].tolist() == [0]
+    with pytest.raises(ValueError, match="direction must be 0 or 1"):
+        TrafficTokenizer().encode_flat([flows[0][0]], [[0, 2] + [0] * len(flows[0][0])])
+    with pytest.raises(ValueError, match="directions for"):
+        TrafficTokenizer().encode_flat([flows[0][0]], [[]])
+
+
 def test_batch_padding_and_tensors(real_flows):
     tokenizer = TrafficTokenizer()
     flows = [real_flows["dns"][0], real_flows["ssh"][0]]

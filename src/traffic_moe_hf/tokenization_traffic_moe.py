@@ -33,8 +33,8 @@ skip it on purpose: for binary input the id of byte ``b`` is ``b + 6``, a lookup
 string tokenizer would first need every packet hex-encoded (twice the data, one Python string per
 packet) only to split it again. Both paths give identical ids (tested).
 
-This file is shipped as remote code in saved checkpoints: it imports only transformers, tokenizers
-and torch (all installed with transformers).
+This file is shipped as remote code in saved checkpoints: it imports only transformers, tokenizers,
+torch and numpy (all installed with transformers).
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def compact_ranges(packet: bytes) -> list[tuple[int, int]]:
     ranges.append((start, n))
     merged: list[tuple[int, int]] = []
     for s, e in ranges:
-        s, e = min(s, n), min(e, n)
-        if e <= s:
+        if e > n:
+            e = n
+        if e <= s:  # also every range starting past the end
             continue
         if merged and merged[-1][1] == s:
             merged[-1] = (merged[-1][0], e)
@@ -340,6 +341,67 @@ class TrafficTokenizer(TokenizersBackend):
             "attention_mask": [1] * len(input_ids),
             "packet_ids": packet_ids,
             "direction_ids": direction_ids,
+        }
+
+    def encode_flat(
+        self,
+        flows: Sequence[Sequence[bytes]],
+        directions: Sequence[Sequence[int]] | None = None,
+        max_packets: int | None = None,
+        max_packet_bytes: int | None = None,
+    ) -> dict:
+        """A batch of flows encoded as :meth:`encode_flow` encodes each one, as flat numpy buffers instead of
+        lists: ``offsets`` (int64, one more than there are flows; flow i's tokens are
+        ``offsets[i]:offsets[i + 1]``) and the concatenated ``input_ids`` (int32), ``packet_ids`` (int16) and
+        ``direction_ids`` (int8); the attention mask is all ones. Python touches each packet once (its
+        layout); the per-token work is a few array operations on the whole batch. ``prepare`` builds its
+        Arrow columns from these buffers (list-of-int columns cost a Python object per token there).
+        numpy, not torch: ``prepare`` calls this in forked worker processes, where torch's thread pool,
+        started in the parent, can deadlock."""
+        import numpy as np  # a dependency of transformers
+
+        max_packets = self.max_packets if max_packets is None else max_packets
+        max_packet_bytes = self.max_packet_bytes if max_packet_bytes is None else max_packet_bytes
+        layout = self.layout
+        payloads: list[bytes] = []  # per unit: the [CLS] of a flow (no bytes) or one packet's bytes
+        unit_packet: list[int] = []
+        unit_direction: list[int] = []
+        flow_units: list[int] = []
+        for i, flow in enumerate(flows):
+            packets = flow[:max_packets]
+            payloads.append(b"")
+            payloads.extend([layout(p)[:max_packet_bytes] for p in packets])
+            unit_packet.extend(range(len(packets) + 1))
+            unit_direction.append(DIRECTION_NONE)
+            if directions is None:
+                unit_direction.extend([DIRECTION_FORWARD] * len(packets))
+            else:
+                if len(directions[i]) < len(packets):
+                    raise ValueError(f"{len(directions[i])} directions for {len(flow)} packets")
+                unit_direction.extend([DIRECTION_FORWARD + int(d) for d in directions[i][: len(packets)]])
+            flow_units.append(len(packets) + 1)
+        unit_packet_a = np.array(unit_packet, dtype=np.int16)
+        unit_direction_a = np.array(unit_direction, dtype=np.int64)
+        bad = (unit_packet_a > 0) & (unit_direction_a != DIRECTION_FORWARD) & (unit_direction_a != DIRECTION_BACKWARD)
+        if bad.any():
+            raise ValueError(f"direction must be 0 or 1, got {int(unit_direction_a[bad][0]) - DIRECTION_FORWARD}")
+        unit_len = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads)) + 1
+        unit_end = np.cumsum(unit_len)
+        starts = unit_end - unit_len
+        total = int(unit_end[-1]) if len(payloads) else 0
+        input_ids = np.empty(total, dtype=np.int32)
+        is_byte = np.ones(total, dtype=bool)
+        is_byte[starts] = False
+        input_ids[is_byte] = np.frombuffer(b"".join(payloads), dtype=np.uint8).astype(np.int32) + BYTE_OFFSET
+        input_ids[starts] = np.where(unit_packet_a == 0, CLS_ID, PKT_ID)
+        offsets = np.zeros(len(flow_units) + 1, dtype=np.int64)
+        if flow_units:
+            offsets[1:] = unit_end[np.cumsum(flow_units) - 1]
+        return {
+            "offsets": offsets,
+            "input_ids": input_ids,
+            "packet_ids": np.repeat(unit_packet_a, unit_len),
+            "direction_ids": np.repeat(unit_direction_a.astype(np.int8), unit_len),
         }
 
     def __call__(

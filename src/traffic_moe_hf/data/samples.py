@@ -305,8 +305,10 @@ def _build_rows(res, flows, cfg, name, path, positions=False, chunk=None):
         for j in range(lo, min(lo + step, len(kept))):
             _flow_rows(part, kept[j], labels[j], cfg, name, res if positions else None)
             kept[j] = None
-        _tokenize_rows(part, cfg)
-        if chunk:
+        if not chunk:
+            _tokenize_rows(part, cfg)
+        else:
+            _tokenize_rows_arrow(part, cfg)
             columns_to_arrow(part)
             for k, v in part.items():
                 if hasattr(v, "type"):  # a pyarrow array
@@ -378,6 +380,31 @@ def _tokenize_rows(cols, cfg):
             cols.pop(k, None)
 
 
+def _tokenize_rows_arrow(cols, cfg):
+    """As :func:`_tokenize_rows`, but the token columns become Arrow arrays straight from the tokenizer's
+    flat buffers (``encode_flat``), with each row's dedup key (``_key``, as :func:`columns_to_arrow`
+    computes it) taken from the same buffers: no Python int per token. A tokenizer folder saved by an
+    older version (remote code without ``encode_flat``) goes the list way."""
+    tok = get_tokenizer(cfg.tokenizer, tokenizer_settings(cfg)) if cfg.tokenize else None
+    if tok is None or not hasattr(tok, "encode_flat") or not cols["packets"]:
+        _tokenize_rows(cols, cfg)
+        return
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+
+    enc = tok.encode_flat(cols["packets"], cols["directions"])
+    offsets, ids, dirs = enc["offsets"], enc["input_ids"], enc["direction_ids"]
+    cols["_key"] = [hashlib.blake2b(ids[a:b].tobytes() + dirs[a:b].tobytes(), digest_size=16).digest()
+                    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    types = _arrow_types()
+    arrow_offsets = pa.array(offsets.astype("int32"))
+    for k, values in (("input_ids", ids), ("attention_mask", np.ones(len(ids), dtype=np.int8)),
+                      ("packet_ids", enc["packet_ids"]), ("direction_ids", dirs)):
+        cols[k] = pa.ListArray.from_arrays(arrow_offsets, pa.array(values), type=types[k])
+
+
 #: the bulky columns, as Arrow types: their Python lists are most of a capture's memory, and Arrow
 #: buffers also pickle (worker -> main process) far faster than lists of ints / bytes
 _ARROW_TYPES = None
@@ -416,7 +443,9 @@ def columns_to_arrow(cols):
 
     import pyarrow as pa
 
-    if cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
+    if "_key" in cols:  # set with the tokens (_tokenize_rows_arrow)
+        keys = cols["_key"]
+    elif cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
         keys = [hashlib.blake2b(array("i", ids).tobytes() + bytes(dr), digest_size=16).digest()
                 for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
     else:
@@ -424,5 +453,5 @@ def columns_to_arrow(cols):
                 for pk, dr in zip(cols["packets"], cols["directions"])]
     cols["_key"] = keys
     for k, t in _arrow_types().items():
-        if k in cols:
+        if k in cols and not hasattr(cols[k], "type"):  # not already an Arrow array
             cols[k] = pa.array(cols[k], type=t)
