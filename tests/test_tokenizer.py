@@ -128,6 +128,13 @@ def test_encode_flat_equals_the_per_flow_encoding(real_flows):
         without = tokenizer.encode_flat(packets)  # no directions: every packet from the initiator, as __call__
         assert without["direction_ids"].tolist() == [d for row in tokenizer(packets)["direction_ids"] for d in row]
     assert TrafficTokenizer().encode_flat([])["offsets"].tolist() == [0]
+    # padded tensors (what predict asks for) come from the flat buffers: the same as padding the lists
+    for tokenizer in (TrafficTokenizer(), TrafficTokenizer().set_bert_inputs()):
+        for multiple in (None, 8):
+            fast = tokenizer(packets, directions=directions, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
+            lists = tokenizer(packets, directions=directions)
+            ref = tokenizer.pad(lists, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
+            assert list(fast) == list(ref) and all(torch.equal(fast[k], ref[k]) and fast[k].dtype == ref[k].dtype for k in ref)
     with pytest.raises(ValueError, match="direction must be 0 or 1"):
         TrafficTokenizer().encode_flat([flows[0][0]], [[0, 2] + [0] * len(flows[0][0])])
     with pytest.raises(ValueError, match="directions for"):

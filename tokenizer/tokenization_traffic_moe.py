@@ -373,12 +373,13 @@ class TrafficTokenizer(TokenizersBackend):
             payloads.extend([layout(p)[:max_packet_bytes] for p in packets])
             unit_packet.extend(range(len(packets) + 1))
             unit_direction.append(DIRECTION_NONE)
-            if directions is None:
+            flow_directions = None if directions is None else directions[i]
+            if flow_directions is None:
                 unit_direction.extend([DIRECTION_FORWARD] * len(packets))
             else:
-                if len(directions[i]) < len(packets):
-                    raise ValueError(f"{len(directions[i])} directions for {len(flow)} packets")
-                unit_direction.extend([DIRECTION_FORWARD + int(d) for d in directions[i][: len(packets)]])
+                if len(flow_directions) < len(packets):
+                    raise ValueError(f"{len(flow_directions)} directions for {len(flow)} packets")
+                unit_direction.extend([DIRECTION_FORWARD + int(d) for d in flow_directions[: len(packets)]])
             flow_units.append(len(packets) + 1)
         unit_packet_a = np.array(unit_packet, dtype=np.int16)
         unit_direction_a = np.array(unit_direction, dtype=np.int64)
@@ -452,6 +453,9 @@ class TrafficTokenizer(TokenizersBackend):
             max_length_cut = None
         else:
             max_length_cut = max_length
+        if (batch and padding in (True, "longest") and return_tensors == "pt" and max_length_cut is None
+                and return_attention_mask and not return_special_tokens_mask):
+            return self._padded_tensors(batch, directions, max_packets, max_packet_bytes, pad_to_multiple_of)
         encoded = [
             self.encode_flow(
                 flow,
@@ -487,6 +491,35 @@ class TrafficTokenizer(TokenizersBackend):
             )
         if single:
             columns = {key: value[0] for key, value in columns.items()}
+        return BatchEncoding(columns)
+
+    def _padded_tensors(self, batch, directions, max_packets, max_packet_bytes, pad_to_multiple_of) -> BatchEncoding:
+        """``__call__(..., padding=True, return_tensors="pt")`` from :meth:`encode_flat`: the padded tensors are
+        filled from the flat buffers in one scatter each, not from per-token Python lists (what ``predict``
+        calls for every batch). Same values and dtypes as the list path (tested)."""
+        import numpy as np
+
+        flat = self.encode_flat(batch, directions, max_packets, max_packet_bytes)
+        offsets = flat["offsets"]
+        lengths = np.diff(offsets)
+        target = int(lengths.max())
+        if pad_to_multiple_of:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        cols = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
+
+        def grid(values, key):
+            out = np.full((len(lengths), target), PAD_VALUES[key], dtype=np.int64)
+            out[rows, cols] = values
+            return torch.from_numpy(out)
+
+        columns = {"input_ids": grid(flat["input_ids"], "input_ids"), "attention_mask": grid(1, "attention_mask"),
+                   "packet_ids": grid(flat["packet_ids"], "packet_ids"),
+                   "direction_ids": grid(flat["direction_ids"], "direction_ids")}
+        if "token_type_ids" in self.model_input_names:  # saved for a BERT model, as in __call__
+            columns["token_type_ids"] = columns.pop("direction_ids")
+            if "packet_ids" not in self.model_input_names:
+                del columns["packet_ids"]
         return BatchEncoding(columns)
 
     def pad(
