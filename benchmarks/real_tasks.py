@@ -98,6 +98,11 @@ def main() -> int:
     parser.add_argument("--lpft-row", action="store_true",
                         help="add rows fine-tuned from a linear-probe head (finetune --head-init probe), MoE and, "
                              "where a dense checkpoint exists, dense")
+    parser.add_argument("--self-train-row", action="store_true",
+                        help="add a few-shot-only row: the pretrained MoE with LP-FT and self-training on the rest of the "
+                             "train split as unlabeled flows (finetune --self-train, 50 per class, confidence >= 0.9)")
+    parser.add_argument("--few-shot-only", action="store_true",
+                        help="train no all-data rows in this run (cached ones are still tabulated)")
     parser.add_argument("--augmented-row", type=int, default=0, metavar="COPIES",
                         help="add a few-shot-only row: the pretrained MoE fine-tuned with COPIES shaped copies of each "
                              "training flow (finetune --adversarial --adv-eps 0); 0: no such row")
@@ -181,6 +186,12 @@ def main() -> int:
         models[name] = dict(init_from=str(out / "pretrained-moe"), adversarial=dict(copies=args.augmented_row, eps=0.0))
         few_only.add(name)
 
+    if args.self_train_row:
+        name = "Traffic-MoE pretrained, LP-FT + self-training"
+        models[name] = dict(init_from=str(out / "pretrained-moe"), head_init="probe",
+                            self_train=dict(per_class=50, threshold=0.9))
+        few_only.add(name)
+
     for kwargs in models.values():  # rows are trained with a random classifier head unless they say otherwise
         kwargs.setdefault("head_init", "random")  # (finetune's few-shot default is the LP-FT row's)
 
@@ -203,7 +214,8 @@ def main() -> int:
                 finetune(str(data[task]), str(folder), epochs=args.epochs, batch_size=32, lr=2e-3, patience=3, progress=False, **kwargs)
                 return evaluate(str(data[task]), str(folder), split="test", audit=(name == "Traffic-MoE pretrained"))
 
-            result = None if name in few_only else run(runs / task / f"{slug(name)}-all.json", full_run)
+            all_run = run if not args.few_shot_only else lambda path, _fn: json.loads(path.read_text()) if path.is_file() else None
+            result = None if name in few_only else all_run(runs / task / f"{slug(name)}-all.json", full_run)
             row = {"all": "few-shot only" if name in few_only else
                    None if result is None else {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}}
             if result is not None and "shortcut_audit" in result:

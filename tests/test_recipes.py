@@ -394,6 +394,38 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
         finetune(str(prepared), str(tmp_path / "x"), init_from=str(tmp_path / "few"), dense=True, progress=False)
 
 
+def test_self_training_labels_the_pool_with_the_teachers_confident_verdicts(prepared, finetuned, tmp_path):
+    """pseudo_label takes, per predicted class, the most confident distinct inputs above the threshold and
+    labels them with the teacher's verdict (not the pool's label); finetune --self-train trains the model on
+    the shots plus those, from the same start, and removes the teacher folder."""
+    from traffic_moe_hf.recipes.common import few_shot_indices, model_view
+    from traffic_moe_hf.recipes.evaluate import load_classifier, predict_logits
+    from traffic_moe_hf.recipes.finetune import pseudo_label
+
+    train = datasets.load_from_disk(str(prepared))["train"]
+    chosen = few_shot_indices(train, 2, 0)
+    pool = train.select(sorted(set(range(len(train))) - set(chosen)))
+    rows, info = pseudo_label(finetuned[0], pool, False, 9, per_class=3, threshold=0.5)
+    probabilities = torch.from_numpy(predict_logits(load_classifier(finetuned[0]), model_view(pool))).softmax(-1)
+    confident = probabilities.max(-1).values >= 0.5
+    assert 0 < info["chosen"] == len(rows) <= 27 and all(0 < n <= 3 for n in info["per_class"].values())
+    by_input = {(tuple(ids), tuple(d)): int(p) for ids, d, p in zip(pool["input_ids"], pool["direction_ids"],
+                                                                     probabilities.argmax(-1))}
+    assert [by_input[(tuple(ids), tuple(d))] for ids, d in zip(rows["input_ids"], rows["direction_ids"])] == rows["label"]
+    assert len({tuple(ids) for ids in rows["input_ids"]}) == len(rows)  # distinct inputs
+    assert info["chosen"] <= int(confident.sum())
+    assert rows.features["label"] == train.features["label"]
+    # the recipe: shots + pseudo-labels, the teacher's summary kept, its folder removed
+    summary = finetune(str(prepared), str(tmp_path / "st"), config="tiny", shots=2, min_steps=3, epochs=1, batch_size=8,
+                       progress=False, self_train=dict(per_class=3, threshold=0.0))
+    st = summary["self_training"]
+    assert st["pool"] == len(pool) and summary["train_samples"] == 18 + st["chosen"] and st["chosen"] > 0
+    assert st["teacher"]["train_samples"] == 18 and 0 <= st["agreement_with_pool_labels"] <= 1
+    assert not (tmp_path / "st" / "self-training-teacher").exists()
+    with pytest.raises(SystemExit, match="--self-train is for few-shot runs"):
+        finetune(str(prepared), str(tmp_path / "x"), config="tiny", progress=False, self_train=dict(per_class=3, threshold=0.9))
+
+
 def test_shots_beyond_a_class_size_is_said(prepared, tmp_path, capsys):
     """--shots K on classes with fewer training flows uses all of them (as before) and says so."""
     summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=10_000, min_steps=1, batch_size=8,

@@ -81,13 +81,18 @@ def model_view(dataset, dense: bool = False, extra=()):
 
 def few_shot(dataset, shots: int, seed: int):
     """`shots` samples per class (all of a class when it has fewer), chosen at random with `seed`."""
+    return dataset.select(few_shot_indices(dataset, shots, seed))
+
+
+def few_shot_indices(dataset, shots: int, seed: int) -> list[int]:
+    """The rows :func:`few_shot` selects, in order."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset["label"])
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         chosen.extend(rng.choice(members, size=min(shots, len(members)), replace=False).tolist())
-    return dataset.select(sorted(chosen))
+    return sorted(chosen)
 
 
 def balanced_subset(dataset, size: int, seed: int):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive
+from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive, probability
 from ..configuration_traffic_moe import PRESETS
 
 
@@ -66,6 +66,15 @@ def add_parser(subparsers):
                      help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD)")
     adv.add_argument("--adv-steps", type=at_least(1), default=1, help="PGD ascent steps per batch")
     adv.add_argument("--adv-weight", type=non_negative, default=0.5, help="weight of the adversarial loss")
+    st = p.add_argument_group("self-training (few-shot: --shots K)")
+    st.add_argument("--self-train", action="store_true",
+                    help="few-shot with the rest of the train split as unlabeled flows: a first model trained on the K "
+                         "labeled flows per class labels the others, and the final model is trained on the K flows plus "
+                         "its most confident labels (the true labels of those flows are never read)")
+    st.add_argument("--self-train-per-class", type=at_least(1), default=50,
+                    help="pseudo-labeled flows per predicted class, most confident first, distinct inputs (default 50)")
+    st.add_argument("--self-train-threshold", type=probability, default=0.9,
+                    help="least confidence of a pseudo-label (default 0.9)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by "
                         "default they are removed once the selected model is saved, so OUT is the shareable model")
@@ -92,6 +101,7 @@ def run(args) -> int:
         adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight,
                          attacks=attacks)
         if args.adversarial else None, head_init=args.head_init, keep_checkpoints=args.keep_checkpoints,
+        self_train=dict(per_class=args.self_train_per_class, threshold=args.self_train_threshold) if args.self_train else None,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; rank 0's summary is the saved one
         print(json.dumps({k: v for k, v in result.items() if k != "log_history"}, indent=2))
@@ -222,10 +232,52 @@ def probe_head(model, dataset, class_weight=None, c=1.0) -> dict:
     return {"probe_train_accuracy": float(probe.score((x - mean) / std, y)), "features": int(x.shape[1])}
 
 
+def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 50, threshold: float = 0.9):
+    """The pool's flows labeled by the ``teacher`` checkpoint: per predicted class the ``per_class`` most
+    confident distinct model inputs with confidence ≥ ``threshold``. Returns (those rows with the teacher's
+    labels in ``label``, a report: sizes, per class, and — for the record only — how many agree with the
+    labels the pool carried)."""
+    import hashlib
+
+    from .common import model_view
+    from .evaluate import load_classifier, predict_logits
+
+    info = {"pool": len(pool), "per_class_limit": per_class, "threshold": threshold}
+    if len(pool) == 0:
+        return pool, {**info, "chosen": 0, "per_class": {}, "agreement_with_pool_labels": None}
+    model = load_classifier(str(teacher))
+    logits = predict_logits(model, model_view(pool, dense=dense))
+    probabilities = torch.from_numpy(logits).softmax(-1).numpy()
+    predicted, confidence = probabilities.argmax(-1), probabilities.max(-1)
+    keys = [hashlib.blake2b(np.asarray(ids, dtype=np.int32).tobytes() + bytes(d), digest_size=16).digest()
+            for ids, d in zip(pool["input_ids"], pool["direction_ids"])]
+    chosen, per = [], {}
+    for label in range(num_labels):
+        seen = set()
+        members = np.flatnonzero((predicted == label) & (confidence >= threshold))
+        for i in members[np.argsort(-confidence[members], kind="stable")]:
+            if keys[i] not in seen and len(seen) < per_class:
+                seen.add(keys[i])
+                chosen.append(int(i))
+        if seen:
+            per[model.config.id2label[label]] = len(seen)
+    chosen.sort()
+    rows = pool.select(chosen)
+    labels = predicted[chosen].tolist()
+    agreement = float(np.mean(np.asarray(rows["label"]) == np.asarray(labels))) if chosen else None
+    rows = rows.remove_columns("label").add_column("label", labels).cast_column("label", pool.features["label"])
+    return rows, {**info, "chosen": len(chosen), "per_class": per, "agreement_with_pool_labels": agreement}
+
+
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
              config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",
-             keep_checkpoints=False) -> dict:
+             keep_checkpoints=False, self_train=None) -> dict:
+    """``self_train`` (few-shot only): ``{"per_class": M, "threshold": p}`` — a teacher fine-tuned on the
+    ``shots`` flows per class (same recipe, saved under ``OUT/self-training-teacher``) labels the train split's
+    other flows; the model in OUT is then fine-tuned from ``init_from`` again on the shots plus, per predicted
+    class, the M most confident distinct inputs with confidence ≥ p. The pool's true labels are read only to
+    report how many pseudo-labels were right (``summary["self_training"]``), never to train or select."""
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,
@@ -244,8 +296,8 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         data_tokenizer,
         distinct_weights,
         dense_config,
+        few_shot_indices,
         dense_positions,
-        few_shot,
         label_names,
         load_prepared,
         model_view,
@@ -278,6 +330,14 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         raise SystemExit(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
     if head_init == "probe" and not init_from:
         raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
+    if self_train is not None and shots is None:
+        raise SystemExit("--self-train is for few-shot runs: give --shots K (the flows beyond K per class are its "
+                         "unlabeled pool)")
+    teacher_kwargs = dict(init_from=init_from, config=config, dense=dense, match=match, shots=shots, epochs=epochs,
+                          min_steps=min_steps, batch_size=batch_size, lr=lr, patience=patience,
+                          use_class_weights=use_class_weights, seed=seed, progress=progress,
+                          config_overrides=config_overrides, eval_split=eval_split, adversarial=adversarial,
+                          head_init=head_init)
     set_seed(seed)
     prepared = load_prepared(data)
     if "train" not in prepared:
@@ -306,7 +366,18 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         if short:  # said, not silent: "--shots 50" on a class with 12 flows is a 12-shot run for that class
             print(f"finetune: --shots {shots}: fewer training flows than that, all of them used, for "
                   + ", ".join(f"{k} ({v})" for k, v in sorted(short.items())), file=sys.stderr)
-        prepared["train"] = few_shot(prepared["train"], shots, seed)
+        chosen = few_shot_indices(prepared["train"], shots, seed)
+        pool = prepared["train"].select(sorted(set(range(len(prepared["train"]))) - set(chosen)))
+        prepared["train"] = prepared["train"].select(chosen)
+        if self_train is not None:
+            from datasets import concatenate_datasets
+
+            teacher_out = Path(out) / "self-training-teacher"
+            teacher = finetune(data, teacher_out, **teacher_kwargs)
+            set_seed(seed)  # the student starts as the teacher did
+            pseudo, self_train_info = pseudo_label(teacher_out, pool, dense, len(names), **self_train)
+            self_train_info["teacher"] = {k: teacher[k] for k in ("train_samples", "steps", "head_init")}
+            prepared["train"] = concatenate_datasets([prepared["train"], pseudo])
     if adversarial is not None and adversarial.get("copies", 1) > 0:  # shaping augmentation (robustness/)
         from ..robustness.adversarial import augment_split, training_ranges
 
@@ -399,6 +470,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     card = {
         "training_data": f"{len(train)} flows of {data} (train split"
         + (f", {shots} per class" if shots is not None else "")
+        + (f" + {self_train_info['chosen']} self-training pseudo-labels from the rest of it" if self_train is not None else "")
         + f"); classes: {', '.join(names)}"
         + (f"; initialised from {init_from}" if init_from else "; trained from scratch"),
         "evaluation": f"best validation macro-F1 {best:.4f}" if best is not None else "no validation split used",
@@ -424,6 +496,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "adversarial": adversarial,
         "head_init": head_init,
         **({"probe": probe} if probe else {}),
+        **({"self_training": self_train_info} if self_train is not None else {}),
         "steps": trainer.state.global_step,
         "best_validation_macro_f1": best,
         "best_validation_macro_f1_distinct": best_distinct,
@@ -441,5 +514,6 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         import shutil
 
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "self-training-teacher", ignore_errors=True)  # its summary is in this run's
     (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
