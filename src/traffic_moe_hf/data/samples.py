@@ -380,6 +380,13 @@ def _tokenize_rows(cols, cfg):
             cols.pop(k, None)
 
 
+def input_key(ids: bytes, directions: bytes) -> bytes:
+    """The dedup key of one model input: a digest of its token ids (int32 bytes) and direction ids (bytes)."""
+    import hashlib
+
+    return hashlib.blake2b(ids + directions, digest_size=16).digest()
+
+
 def _tokenize_rows_arrow(cols, cfg):
     """As :func:`_tokenize_rows`, but the token columns become Arrow arrays straight from the tokenizer's
     flat buffers (``encode_flat``), with each row's dedup key (``_key``, as :func:`columns_to_arrow`
@@ -389,15 +396,12 @@ def _tokenize_rows_arrow(cols, cfg):
     if tok is None or not hasattr(tok, "encode_flat") or not cols["packets"]:
         _tokenize_rows(cols, cfg)
         return
-    import hashlib
-
     import numpy as np
     import pyarrow as pa
 
     enc = tok.encode_flat(cols["packets"], cols["directions"])
     offsets, ids, dirs = enc["offsets"], enc["input_ids"], enc["direction_ids"]
-    cols["_key"] = [hashlib.blake2b(ids[a:b].tobytes() + dirs[a:b].tobytes(), digest_size=16).digest()
-                    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    cols["_key"] = [input_key(ids[a:b].tobytes(), dirs[a:b].tobytes()) for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
     types = _arrow_types()
     arrow_offsets = pa.array(offsets.astype("int32"))
     for k, values in (("input_ids", ids), ("attention_mask", np.ones(len(ids), dtype=np.int8)),
@@ -446,8 +450,7 @@ def columns_to_arrow(cols):
     if "_key" in cols:  # set with the tokens (_tokenize_rows_arrow)
         keys = cols["_key"]
     elif cols.get("input_ids") and len(cols["input_ids"]) == len(cols["packets"]):
-        keys = [hashlib.blake2b(array("i", ids).tobytes() + bytes(dr), digest_size=16).digest()
-                for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
+        keys = [input_key(array("i", ids).tobytes(), bytes(dr)) for ids, dr in zip(cols["input_ids"], cols["direction_ids"])]
     else:
         keys = [hashlib.blake2b(b"".join(len(p).to_bytes(2, "big") + p for p in pk) + bytes(dr), digest_size=16).digest()
                 for pk, dr in zip(cols["packets"], cols["directions"])]

@@ -237,8 +237,7 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 5
     confident distinct model inputs with confidence ≥ ``threshold``. Returns (those rows with the teacher's
     labels in ``label``, a report: sizes, per class, and — for the record only — how many agree with the
     labels the pool carried)."""
-    import hashlib
-
+    from ..data.samples import input_key
     from .common import model_view
     from .evaluate import load_classifier, predict_logits
 
@@ -249,8 +248,7 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 5
     logits = predict_logits(model, model_view(pool, dense=dense))
     probabilities = torch.from_numpy(logits).softmax(-1).numpy()
     predicted, confidence = probabilities.argmax(-1), probabilities.max(-1)
-    keys = [hashlib.blake2b(np.asarray(ids, dtype=np.int32).tobytes() + bytes(d), digest_size=16).digest()
-            for ids, d in zip(pool["input_ids"], pool["direction_ids"])]
+    keys = [input_key(np.asarray(ids, dtype=np.int32).tobytes(), bytes(d)) for ids, d in zip(pool["input_ids"], pool["direction_ids"])]
     chosen, per = [], {}
     for label in range(num_labels):
         seen = set()
