@@ -597,11 +597,38 @@ def test_predict_stream_ctrl_c_classifies_the_open_flows(finetuned, tmp_path):
         time.sleep(0.2)
     time.sleep(3)  # the records are read
     proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)  # it ends on the signal alone: the stream is still open (closing it first was a race)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert json.loads(err.decode().strip().splitlines()[-1])["interrupted"] is True
     with open(csv_out) as f:
         assert len(list(csv.DictReader(f))) == 40
+
+
+def test_predict_stream_ctrl_c_after_the_stream_ended_loses_nothing(finetuned, tmp_path, monkeypatch):
+    """Ctrl-C on `tcpdump -w - | predict -` also stops tcpdump, whose end can close the stream before predict
+    handles the signal: a SIGINT that arrives once reading is over is recorded, and the open flows are
+    still classified and written (it used to be able to interrupt their classification)."""
+    import io
+    import signal
+
+    from traffic_moe_hf.data.flows import FlowTable
+    from traffic_moe_hf.recipes import predict as predict_mod
+
+    original = FlowTable.finish
+
+    def finish_after_ctrl_c(self):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at once, in this (main) thread
+        return original(self)
+
+    monkeypatch.setattr(FlowTable, "finish", finish_after_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    summary = predict_mod.predict_stream(io.BytesIO((DEMO / "dns.pcap").read_bytes()), str(finetuned[0]),
+                                         str(tmp_path / "dns.csv"))
+    assert summary["interrupted"] is True and summary["flows"] == 40
+    with open(tmp_path / "dns.csv") as f:
+        assert len(list(csv.DictReader(f))) == 40
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 
 
 def test_predict_assembles_flows_as_the_training_data_was(finetuned):

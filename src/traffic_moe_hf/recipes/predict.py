@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -351,11 +352,27 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         return summary
     summary["files_read"] = 1
     worker.start()
+    # Ctrl-C on `tcpdump -w - | traffic-moe predict -` reaches both: tcpdump's exit may close the stream before
+    # this process handles its SIGINT. While reading, SIGINT ends the reading (KeyboardInterrupt, caught
+    # below); once reading is over it is only recorded, so it cannot cut the classification of the open flows
+    reading = [True]
+
+    def on_sigint(_signum, _frame):
+        summary["interrupted"] = True
+        if reading[0]:
+            raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         try:
-            _read_flows(records, table, n, summary, ready, closed)
+            try:
+                _read_flows(records, table, n, summary, ready, closed)
+            finally:
+                reading[0] = False
         except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
             summary["interrupted"] = True
+        if summary.get("interrupted"):
             print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
         if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
             summary["files_warnings"]["-"] = records.warning
@@ -366,6 +383,8 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
             hand_over(None)
             worker.join()
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     if failure:
         raise failure[0]
     writer.close()
