@@ -195,6 +195,9 @@ def main() -> int:
     for kwargs in models.values():  # rows are trained with a random classifier head unless they say otherwise
         kwargs.setdefault("head_init", "random")  # (finetune's few-shot default is the LP-FT row's)
 
+    def cached_only(path, _fn):  # a cached result or None ("not measured"); nothing is trained
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def slug(text):
         return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -207,14 +210,14 @@ def main() -> int:
         for name, kwargs in models.items():
             folder = out / "ckpt" / task / slug(name)
             train = args.models is None or any(m in name for m in args.models)
-            run = cached if train else lambda path, _fn: json.loads(path.read_text()) if path.is_file() else None
+            run = cached if train else cached_only
 
             def full_run():
                 log(task, name, "all data")
                 finetune(str(data[task]), str(folder), epochs=args.epochs, batch_size=32, lr=2e-3, patience=3, progress=False, **kwargs)
                 return evaluate(str(data[task]), str(folder), split="test", audit=(name == "Traffic-MoE pretrained"))
 
-            all_run = run if not args.few_shot_only else lambda path, _fn: json.loads(path.read_text()) if path.is_file() else None
+            all_run = cached_only if args.few_shot_only else run
             result = None if name in few_only else all_run(runs / task / f"{slug(name)}-all.json", full_run)
             row = {"all": "few-shot only" if name in few_only else
                    None if result is None else {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}}

@@ -317,31 +317,18 @@ class TrafficTokenizer(TokenizersBackend):
         max_length: int | None = None,
     ) -> dict[str, list[int]]:
         """Encode one flow. ``directions[i]`` is 0 (initiator -> responder) or 1 (responder -> initiator)."""
-        max_packets = self.max_packets if max_packets is None else max_packets
-        max_packet_bytes = self.max_packet_bytes if max_packet_bytes is None else max_packet_bytes
-        if directions is not None and len(directions) < min(len(packets), max_packets):
-            raise ValueError(f"{len(directions)} directions for {len(packets)} packets")
-        input_ids = [CLS_ID]
-        packet_ids = [0]
-        direction_ids = [DIRECTION_NONE]
-        for index, packet in enumerate(packets[:max_packets]):
-            payload = self.layout(packet)[:max_packet_bytes]
-            direction = DIRECTION_FORWARD if directions is None else DIRECTION_FORWARD + int(directions[index])
-            if direction not in (DIRECTION_FORWARD, DIRECTION_BACKWARD):
-                raise ValueError(f"direction must be 0 or 1, got {directions[index]}")
-            n = len(payload) + 1
-            input_ids.append(PKT_ID)
-            input_ids.extend([b + BYTE_OFFSET for b in payload])
-            packet_ids.extend([index + 1] * n)
-            direction_ids.extend([direction] * n)
-        if max_length is not None and len(input_ids) > max_length:
-            input_ids, packet_ids, direction_ids = input_ids[:max_length], packet_ids[:max_length], direction_ids[:max_length]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": [1] * len(input_ids),
-            "packet_ids": packet_ids,
-            "direction_ids": direction_ids,
-        }
+        flat = self.encode_flat([packets], None if directions is None else [directions], max_packets, max_packet_bytes)
+        return {key: value[0] for key, value in self._split_flat(flat, max_length).items()}
+
+    @staticmethod
+    def _split_flat(flat: dict, max_length: int | None = None) -> dict[str, list[list[int]]]:
+        """:meth:`encode_flat`'s buffers as one list per flow and field, each flow cut to ``max_length``."""
+        bounds = list(zip(flat["offsets"][:-1].tolist(), flat["offsets"][1:].tolist()))
+        if max_length is not None:
+            bounds = [(a, min(b, a + max_length)) for a, b in bounds]
+        columns = {key: [flat[key][a:b].tolist() for a, b in bounds] for key in ("input_ids", "packet_ids", "direction_ids")}
+        return {"input_ids": columns["input_ids"], "attention_mask": [[1] * (b - a) for a, b in bounds],
+                "packet_ids": columns["packet_ids"], "direction_ids": columns["direction_ids"]}
 
     def encode_flat(
         self,
@@ -350,8 +337,8 @@ class TrafficTokenizer(TokenizersBackend):
         max_packets: int | None = None,
         max_packet_bytes: int | None = None,
     ) -> dict:
-        """A batch of flows encoded as :meth:`encode_flow` encodes each one, as flat numpy buffers instead of
-        lists: ``offsets`` (int64, one more than there are flows; flow i's tokens are
+        """A batch of flows encoded (the one encoding: :meth:`encode_flow` and ``__call__`` read it), as flat
+        numpy buffers: ``offsets`` (int64, one more than there are flows; flow i's tokens are
         ``offsets[i]:offsets[i + 1]``) and the concatenated ``input_ids`` (int32), ``packet_ids`` (int16) and
         ``direction_ids`` (int8); the attention mask is all ones. Python touches each packet once (its
         layout); the per-token work is a few array operations on the whole batch. ``prepare`` builds its
@@ -453,31 +440,18 @@ class TrafficTokenizer(TokenizersBackend):
             max_length_cut = None
         else:
             max_length_cut = max_length
+        flat = self.encode_flat(batch, directions, max_packets, max_packet_bytes)
         if (batch and padding in (True, "longest") and return_tensors == "pt" and max_length_cut is None
                 and return_attention_mask and not return_special_tokens_mask):
-            return self._padded_tensors(batch, directions, max_packets, max_packet_bytes, pad_to_multiple_of)
-        encoded = [
-            self.encode_flow(
-                flow,
-                None if directions is None else directions[i],
-                max_packets=max_packets,
-                max_packet_bytes=max_packet_bytes,
-                max_length=max_length_cut,
-            )
-            for i, flow in enumerate(batch)
-        ]
+            return BatchEncoding(self._model_names(self._padded_tensors(flat, pad_to_multiple_of)))
+        columns = self._split_flat(flat, max_length_cut)
         if return_special_tokens_mask:
-            for sample in encoded:
-                sample["special_tokens_mask"] = [int(t < BYTE_OFFSET) for t in sample["input_ids"]]
+            columns["special_tokens_mask"] = [[int(t < BYTE_OFFSET) for t in ids] for ids in columns["input_ids"]]
         if not return_attention_mask:
-            for sample in encoded:
-                del sample["attention_mask"]
-        if "token_type_ids" in self.model_input_names:  # saved for a BERT model: directions as token types
-            for sample in encoded:
-                sample["token_type_ids"] = sample.pop("direction_ids")
-                if "packet_ids" not in self.model_input_names:
-                    del sample["packet_ids"]
-        columns = {key: [sample[key] for sample in encoded] for key in (encoded[0] if encoded else self.model_input_names)}
+            del columns["attention_mask"]
+        columns = self._model_names(columns)
+        if not batch:
+            columns = {key: [] for key in self.model_input_names}
         if padding or return_tensors is not None:
             if padding is False and return_tensors is not None and len({len(x) for x in columns["input_ids"]}) > 1:
                 raise ValueError("flows of different lengths cannot become one tensor without padding=True")
@@ -493,13 +467,21 @@ class TrafficTokenizer(TokenizersBackend):
             columns = {key: value[0] for key, value in columns.items()}
         return BatchEncoding(columns)
 
-    def _padded_tensors(self, batch, directions, max_packets, max_packet_bytes, pad_to_multiple_of) -> BatchEncoding:
-        """``__call__(..., padding=True, return_tensors="pt")`` from :meth:`encode_flat`: the padded tensors are
-        filled from the flat buffers in one scatter each, not from per-token Python lists (what ``predict``
-        calls for every batch). Same values and dtypes as the list path (tested)."""
+    def _model_names(self, columns: dict) -> dict:
+        """A BERT model's names (``set_bert_inputs``): the directions as ``token_type_ids``, no ``packet_ids``."""
+        if "token_type_ids" in self.model_input_names:
+            columns["token_type_ids"] = columns.pop("direction_ids")
+            if "packet_ids" not in self.model_input_names:
+                del columns["packet_ids"]
+        return columns
+
+    @staticmethod
+    def _padded_tensors(flat: dict, pad_to_multiple_of: int | None) -> dict[str, torch.Tensor]:
+        """``__call__(..., padding=True, return_tensors="pt")``: the padded tensors filled from :meth:`encode_flat`'s
+        buffers in one scatter each, not from per-token Python lists (what ``predict`` calls for every batch).
+        Same values and dtypes as padding the lists (tested)."""
         import numpy as np
 
-        flat = self.encode_flat(batch, directions, max_packets, max_packet_bytes)
         offsets = flat["offsets"]
         lengths = np.diff(offsets)
         target = int(lengths.max())
@@ -513,14 +495,8 @@ class TrafficTokenizer(TokenizersBackend):
             out[rows, cols] = values
             return torch.from_numpy(out)
 
-        columns = {"input_ids": grid(flat["input_ids"], "input_ids"), "attention_mask": grid(1, "attention_mask"),
-                   "packet_ids": grid(flat["packet_ids"], "packet_ids"),
-                   "direction_ids": grid(flat["direction_ids"], "direction_ids")}
-        if "token_type_ids" in self.model_input_names:  # saved for a BERT model, as in __call__
-            columns["token_type_ids"] = columns.pop("direction_ids")
-            if "packet_ids" not in self.model_input_names:
-                del columns["packet_ids"]
-        return BatchEncoding(columns)
+        return {"input_ids": grid(flat["input_ids"], "input_ids"), "attention_mask": grid(1, "attention_mask"),
+                "packet_ids": grid(flat["packet_ids"], "packet_ids"), "direction_ids": grid(flat["direction_ids"], "direction_ids")}
 
     def pad(
         self,

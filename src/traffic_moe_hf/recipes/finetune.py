@@ -365,7 +365,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
             print(f"finetune: --shots {shots}: fewer training flows than that, all of them used, for "
                   + ", ".join(f"{k} ({v})" for k, v in sorted(short.items())), file=sys.stderr)
         chosen = few_shot_indices(prepared["train"], shots, seed)
-        pool = prepared["train"].select(sorted(set(range(len(prepared["train"]))) - set(chosen)))
+        pool = None if self_train is None else prepared["train"].select(sorted(set(range(len(prepared["train"]))) - set(chosen)))
         prepared["train"] = prepared["train"].select(chosen)
         if self_train is not None:
             from datasets import concatenate_datasets
