@@ -42,6 +42,45 @@ def log(*args):
 REPORT_ONLY = False
 
 
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` holding this host and pid. A lock left by a process of this host that is no
+    longer alive (a killed run: ``finally`` never ran) is stale: it is reported and taken over, so a
+    later run does not skip the work silently."""
+    import os
+    import socket
+
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, _, pid = lock.read_text().strip().rpartition(" ")
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile
+                continue
+            alive = True
+            if host == socket.gethostname() and pid.isdigit():
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    pass
+            elif not host:  # no owner recorded (an older version of this script, or one being written)
+                alive = age < 10
+            if alive:
+                log(f"skipped {lock.with_suffix('')}: claimed by {host or '?'} pid {pid}")
+                return False
+            log(f"stale lock {lock} (owner {host or '?'} pid {pid or '?'} is gone): taking it over")
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, me.encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def cached(path: Path, fn):
     """Result of ``fn`` stored at ``path``. Several processes may run this script on the same OUT at
     once (e.g. one per core): a run another process has claimed (``path.lock``) is skipped here and
@@ -54,9 +93,7 @@ def cached(path: Path, fn):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
-    try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
+    if not _claim(lock):
         return None
     try:
         result = fn()
