@@ -123,6 +123,8 @@ def main() -> int:
     parser.add_argument("--stop-after", choices=("data", "pretrain"), default=None)
     parser.add_argument("--contrastive", type=float, default=1.0, help="pretraining: flow-contrastive weight (0: MLM only)")
     parser.add_argument("--pretrain-batch", type=int, default=32)
+    parser.add_argument("--pretrain-seed", type=int, default=0,
+                        help="pretraining seed (initialisation, masking, views); use another --out for another seed")
     parser.add_argument("--packet-bytes", type=int, default=64, help="prepare: byte tokens per packet (compact layout)")
     parser.add_argument("--max-packets", type=int, default=8, help="prepare: packets per flow the model reads")
     parser.add_argument("--tcp-coalesce", action="store_true", help="prepare --tcp-coalesce (merge the segments of a TCP write)")
@@ -198,7 +200,7 @@ def main() -> int:
         cached(runs / f"pretrain-{kind}.json", lambda: (log("pretrain", kind), pretrain(
             sources, str(folder), config=args.config, dense=dense, max_steps=args.pretrain_steps,
             batch_size=args.pretrain_batch, lr=1e-3, progress=False, save_steps=10_000, contrastive=args.contrastive,
-            view_copies=args.pretrain_view_copies, view_budgets=args.pretrain_view_budgets))[1])
+            view_copies=args.pretrain_view_copies, view_budgets=args.pretrain_view_budgets, seed=args.pretrain_seed))[1])
     if args.stop_after == "pretrain":
         return 0
 
@@ -298,7 +300,8 @@ def main() -> int:
     report = {"config": args.config, "input": {"packet_bytes": args.packet_bytes, "max_packets": args.max_packets,
                                                "tcp_coalesce": args.tcp_coalesce, "large_groups": args.large_groups},
               "pretrain_steps": args.pretrain_steps, "contrastive": args.contrastive,
-              "pretrain_views": [args.pretrain_view_copies, args.pretrain_view_budgets], "shots": args.shots, "seeds": args.seeds,
+              "pretrain_views": [args.pretrain_view_copies, args.pretrain_view_budgets],
+              "pretrain_seed": args.pretrain_seed, "shots": args.shots, "seeds": args.seeds,
               "per_class": args.per_class, "epochs": args.epochs, "few_steps": args.few_steps, "few_lr": args.few_lr,
               "machine": _machine(), "tasks": table, "seconds": time.perf_counter() - started}
     (out / "real_tasks.json").write_text(json.dumps(report, indent=1))
@@ -329,6 +332,7 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}. Model size preset `{report['config']}`, pretraining "
              f"{report['pretrain_steps']} steps (batch 32"
              + (", {} shaped view(s) per flow, budgets from the {}".format(*report["pretrain_views"]) if "pretrain_views" in report else "")
+             + (f", pretraining seed {report['pretrain_seed']}" if report.get("pretrain_seed") else "")
              + f"), fine-tuning up to {report['epochs']} epochs on at most "
              f"{report['per_class']} training flows per class; few-shot: {report['few_steps']} steps at lr {report['few_lr']}, "
              f"mean ± std over {report['seeds']} seed(s) (random forest: same flows). "
