@@ -50,7 +50,7 @@ def _claim(lock: Path) -> bool:
     import socket
 
     me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    while True:  # until this process holds the lock, or a live owner is found
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
@@ -78,15 +78,12 @@ def _claim(lock: Path) -> bool:
         os.write(fd, me.encode())
         os.close(fd)
         return True
-    return False
 
 
 def cached(path: Path, fn):
     """Result of ``fn`` stored at ``path``. Several processes may run this script on the same OUT at
     once (e.g. one per core): a run another process has claimed (``path.lock``) is skipped here and
     picked up by a final ``--report-only`` pass."""
-    import os
-
     if path.is_file():
         return json.loads(path.read_text())
     if REPORT_ONLY:
