@@ -20,6 +20,7 @@ import time
 from collections import Counter
 
 from ..argtypes import HelpFormatter, at_least, output_folder, positive
+from ..progress import library_bars
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
 
@@ -316,7 +317,8 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
         os.makedirs(out, exist_ok=True)
         if ds is not None:  # a run that produced nothing (e.g. a mistyped input) leaves an earlier dataset alone
             report["splits_replaced"] = _remove_stale_splits(out, list(ds))
-            ds.save_to_disk(out)
+            with library_bars(progress, transformers=False):
+                ds.save_to_disk(out)
     elapsed = time.perf_counter() - t0
     report["timing"] = {"read_and_samples_s": round(t_read, 3), "split_and_arrow_s": round(t_assemble, 3),
                         "total_s": round(elapsed, 3),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..argtypes import HelpFormatter, at_least, output_file, output_folder
+from ..progress import honours_progress
 
 
 def add_parser(subparsers):
@@ -167,6 +168,7 @@ def known_labels(dataset, model, where: str):
     return mapping, labels, keep
 
 
+@honours_progress
 def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True,
              progress=False) -> dict:
     from .common import (

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive, probability
+from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
 
 
@@ -267,6 +268,7 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 5
     return rows, {**info, "chosen": len(chosen), "per_class": per, "agreement_with_pool_labels": agreement}
 
 
+@honours_progress
 def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
              config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..argtypes import HelpFormatter, at_least, output_file, positive
+from ..progress import honours_progress
 
 
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
@@ -171,6 +172,7 @@ class _Writer:
             self.file.close()
 
 
+@honours_progress
 def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0,
                   bf16=False, pool=None) -> dict:
     """Classify every flow of capture files; rows in each file's flow order (first packets).

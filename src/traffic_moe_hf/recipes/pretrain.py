@@ -37,6 +37,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive, probability, steps_or_unset
+from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
@@ -181,6 +182,7 @@ def run(args) -> int:
     return 0
 
 
+@honours_progress
 def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
              seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
