@@ -971,3 +971,68 @@ def test_predict_piped_into_head_ends_quietly_and_split_none_says_the_audit_is_m
     prepare([str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap")], str(data), labels="file", split="none", progress=False)
     result = evaluate(str(data), str(out), split="test")
     assert "shortcut_audit" not in result and "not measured" in result["shortcut_audit_skipped"]
+
+
+def test_predict_ensemble_averages_members_aligned_by_label_name(finetuned, tmp_path):
+    """`predict --model A --model B`: each flow's probabilities are the members' mean, with the members' classes
+    matched by name (a member may order its labels otherwise); members that read flows otherwise or know other
+    labels are refused before any capture is read."""
+    import argparse
+
+    from conftest import read_demo_flows
+    from transformers import AutoTokenizer
+
+    from traffic_moe_hf import TrafficMoeForSequenceClassification
+    from traffic_moe_hf.recipes.predict import Classifier, Ensemble, add_parser
+
+    out, _ = finetuned
+    model = TrafficMoeForSequenceClassification.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    n = model.config.num_labels
+    perm = list(reversed(range(n)))
+
+    def variant(name, bias_shift=0.0, rename=None):
+        m = TrafficMoeForSequenceClassification.from_pretrained(out)
+        with torch.no_grad():  # the same classifier with its rows in reversed label order
+            m.classifier.weight.copy_(model.classifier.weight[perm])
+            m.classifier.bias.copy_(model.classifier.bias[perm] + bias_shift * torch.arange(n))
+        names = [model.config.id2label[p] for p in perm]
+        if rename:
+            names[0] = rename
+        m.config.id2label = dict(enumerate(names))
+        m.config.label2id = {v: k for k, v in m.config.id2label.items()}
+        m.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    reordered, shifted = variant("reordered"), variant("shifted", bias_shift=0.5)
+    flows = read_demo_flows(DEMO / "http.pcap", 4) + read_demo_flows(DEMO / "ssh.pcap", 4)
+    packets, directions = [f[0] for f in flows], [f[1] for f in flows]
+    single = Classifier(str(out))._probabilities(packets, directions)
+    assert torch.allclose(Ensemble([str(out), reordered])._probabilities(packets, directions), single, atol=1e-6)
+    other = Classifier(shifted)
+    other_aligned = other._probabilities(packets, directions)[:, [other.names.index(x) for x in single_names(out)]]
+    mixed = Ensemble([str(out), shifted])._probabilities(packets, directions)
+    assert not torch.allclose(other_aligned, single, atol=1e-3)  # the second member really differs
+    assert torch.allclose(mixed, (single + other_aligned) / 2, atol=1e-6)
+
+    # files: an ensemble of a model and its reordered copy gives the model's own verdicts
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    predict_files([str(DEMO / "dns.pcap")], str(out), str(one), progress=False)
+    predict_files([str(DEMO / "dns.pcap")], [str(out), reordered], str(two), progress=False)
+    with open(one) as a, open(two) as b:
+        assert [(r["label"], r["probability"][:6]) for r in csv.DictReader(a)] == \
+            [(r["label"], r["probability"][:6]) for r in csv.DictReader(b)]
+
+    with pytest.raises(SystemExit, match="differs from .* in labels"):
+        Ensemble([str(out), variant("renamed", rename="not-a-class")])
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert parser.parse_args(["predict", "x.pcap", "--model", "A", "--model", "B", "--out", "o.csv"]).model == ["A", "B"]
+
+
+def single_names(path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return [config.id2label[i] for i in range(config.num_labels)]
