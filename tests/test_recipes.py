@@ -973,17 +973,15 @@ def test_predict_piped_into_head_ends_quietly_and_split_none_says_the_audit_is_m
     assert "shortcut_audit" not in result and "not measured" in result["shortcut_audit_skipped"]
 
 
-def test_predict_ensemble_averages_members_aligned_by_label_name(finetuned, tmp_path):
+def test_predict_ensemble_averages_members_aligned_by_label_name(prepared, finetuned, tmp_path):
     """`predict --model A --model B`: each flow's probabilities are the members' mean, with the members' classes
     matched by name (a member may order its labels otherwise); members that read flows otherwise or know other
     labels are refused before any capture is read."""
-    import argparse
-
     from conftest import read_demo_flows
     from transformers import AutoTokenizer
 
     from traffic_moe_hf import TrafficMoeForSequenceClassification
-    from traffic_moe_hf.recipes.predict import Classifier, Ensemble, add_parser
+    from traffic_moe_hf.recipes.predict import Classifier, Ensemble
 
     out, _ = finetuned
     model = TrafficMoeForSequenceClassification.from_pretrained(out)
@@ -1024,11 +1022,24 @@ def test_predict_ensemble_averages_members_aligned_by_label_name(finetuned, tmp_
         assert [(r["label"], r["probability"][:6]) for r in csv.DictReader(a)] == \
             [(r["label"], r["probability"][:6]) for r in csv.DictReader(b)]
 
+    # evaluate scores the same ensemble: with the reordered copy exactly the model's own figures
+    alone = evaluate(str(prepared), str(out), audit=False)
+    both = evaluate(str(prepared), [str(out), reordered], audit=False)
+    assert both["model"] == [str(out), reordered] and both["parameters_total"] == 2 * alone["parameters_total"]
+    assert both["confusion_matrix"] == alone["confusion_matrix"] and both["macro_f1"] == alone["macro_f1"]
+    assert "expert_load" in alone and "expert_load" not in both
+
+    renamed = variant("renamed", rename="not-a-class")
     with pytest.raises(SystemExit, match="differs from .* in labels"):
-        Ensemble([str(out), variant("renamed", rename="not-a-class")])
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    assert parser.parse_args(["predict", "x.pcap", "--model", "A", "--model", "B", "--out", "o.csv"]).model == ["A", "B"]
+        Ensemble([str(out), renamed])
+    with pytest.raises(SystemExit, match="other labels"):
+        evaluate(str(prepared), [str(out), renamed], audit=False)
+    from traffic_moe_hf.cli import build_parser, main
+
+    assert build_parser().parse_args(["predict", "x.pcap", "--model", "A", "--model", "B", "--out", "o.csv"]).model == ["A", "B"]
+    with pytest.raises(SystemExit, match="one --model"):
+        main(["evaluate", "--data", str(prepared), "--model", str(out), "--model", reordered, "--json",
+              str(tmp_path / "e.json"), "--update-card"])
 
 
 def single_names(path):

@@ -1,6 +1,7 @@
 """``traffic-moe evaluate``: metrics, plots and a shortcut audit for a classifier on a prepared split.
 
     traffic-moe evaluate --data DIR --model CKPT [--split test] --json OUT [--plots DIR]
+    traffic-moe evaluate --data DIR --model CKPT1 --model CKPT2 ... --json OUT     (an ensemble, as predict's)
 
 Writes accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix to OUT; a confusion
 matrix PNG and (Traffic-MoE) an expert-load-per-layer PNG beside it. The *shortcut audit* trains a
@@ -30,7 +31,9 @@ def add_parser(subparsers):
         description=__doc__, formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
-    p.add_argument("--model", required=True, help="fine-tuned checkpoint folder")
+    p.add_argument("--model", required=True, action="append",
+                   help="fine-tuned checkpoint folder; repeat it to score an ensemble (class probabilities averaged, "
+                        "as `predict --model A --model B` classifies)")
     p.add_argument("--split", default="test", help="split to score")
     p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the metrics (JSON)")
     p.add_argument("--plots", default=None, type=output_folder, help="folder for the PNGs (default: beside --json)")
@@ -44,6 +47,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    if len(args.model) > 1 and args.update_card:
+        raise SystemExit("evaluate: --update-card writes one model's card; give one --model")
+    args.model = args.model[0] if len(args.model) == 1 else args.model
     result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
                       batch_size=args.batch_size, audit=args.audit, progress=args.progress)
     print(format_result(result))
@@ -181,12 +187,25 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         parameter_summary,
     )
 
+    members = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    model_path = members[0]
     prepared = load_prepared(data)
-    data_tokenizer(data, model_path)  # the model's input layout must be the data's
+    for path in members:
+        data_tokenizer(data, path)  # each model's input layout must be the data's
     if split not in prepared:
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     model = load_classifier(model_path)
     warn_flow_assembly(data, model, model_path)
+    others = []  # an ensemble's other members, with their class order mapped onto the first's
+    for path in members[1:]:
+        other = load_classifier(path)
+        other_names = [other.config.id2label[i] for i in range(other.config.num_labels)]
+        first_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if sorted(other_names) != sorted(first_names):
+            raise SystemExit(f"evaluate: {path} has other labels than {model_path}: the models of an ensemble must "
+                             "share labels")
+        warn_flow_assembly(data, other, path)
+        others.append((other, [other_names.index(n) for n in first_names]))
     dense = model.config.model_type == "bert"
     dataset = prepared[split]
     names_model = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -195,13 +214,19 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     view = model_view(dataset, dense=dense).select(keep)
 
     monitor = None
-    if not dense:
+    if not dense and not others:  # expert load is one model's property: not recorded for an ensemble
         from .expert_load import ExpertLoadMonitor
 
         monitor = ExpertLoadMonitor(model)
         monitor.attach()
     started = time.perf_counter()
     logits = predict_logits(model, view, batch_size=batch_size, progress=progress and f"evaluate {split}")
+    if others:  # the ensemble's verdict: the mean of the members' class probabilities (its log as "logits")
+        probabilities = torch.as_tensor(logits).softmax(-1)
+        for other, order in others:
+            other_view = model_view(dataset, dense=other.config.model_type == "bert").select(keep)
+            probabilities += torch.as_tensor(predict_logits(other, other_view, batch_size=batch_size)).softmax(-1)[:, order]
+        logits = (probabilities / (1 + len(others))).log().numpy()
     seconds = time.perf_counter() - started
     if monitor is not None:
         monitor.detach()
@@ -213,7 +238,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     # one connection): the same macro-F1 with every distinct input counted once shows how much they weigh
     weights = distinct_weights(dataset.select(keep))
     result = {
-        "model": str(model_path),
+        "model": str(model_path) if not others else [str(m) for m in members],
         "data": str(data),
         "split": split,
         **metrics,
@@ -222,7 +247,8 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         "samples_skipped_unknown_label": unknown,
         "flows_per_second": len(keep) / seconds if seconds > 0 else None,
         "device": device_summary(),
-        **parameter_summary(model),
+        **({k: sum(parameter_summary(m)[k] for m in [model] + [o for o, _ in others])
+            for k in ("parameters_total", "parameters_active")} if others else parameter_summary(model)),
     }
     if monitor is not None:
         result["expert_load"] = monitor.fractions()
