@@ -1006,10 +1006,11 @@ def test_predict_ensemble_averages_members_aligned_by_label_name(prepared, finet
     reordered, shifted = variant("reordered"), variant("shifted", bias_shift=0.5)
     flows = read_demo_flows(DEMO / "http.pcap", 4) + read_demo_flows(DEMO / "ssh.pcap", 4)
     packets, directions = [f[0] for f in flows], [f[1] for f in flows]
-    single = Classifier(str(out))._probabilities(packets, directions)
+    base = Classifier(str(out))
+    single = base._probabilities(packets, directions)
     assert torch.allclose(Ensemble([str(out), reordered])._probabilities(packets, directions), single, atol=1e-6)
     other = Classifier(shifted)
-    other_aligned = other._probabilities(packets, directions)[:, [other.names.index(x) for x in single_names(out)]]
+    other_aligned = other._probabilities(packets, directions)[:, [other.names.index(x) for x in base.names]]
     mixed = Ensemble([str(out), shifted])._probabilities(packets, directions)
     assert not torch.allclose(other_aligned, single, atol=1e-3)  # the second member really differs
     assert torch.allclose(mixed, (single + other_aligned) / 2, atol=1e-6)
@@ -1040,10 +1041,3 @@ def test_predict_ensemble_averages_members_aligned_by_label_name(prepared, finet
     with pytest.raises(SystemExit, match="one --model"):
         main(["evaluate", "--data", str(prepared), "--model", str(out), "--model", reordered, "--json",
               str(tmp_path / "e.json"), "--update-card"])
-
-
-def single_names(path):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    return [config.id2label[i] for i in range(config.num_labels)]

@@ -146,6 +146,11 @@ def warn_flow_assembly(data, model, model_path) -> list[str]:
     return differ
 
 
+def class_names(model) -> list[str]:
+    """A classifier's label names in class-index order."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
 def align_labels(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
     """Map the dataset's label indices to the model's by name; -1 for a name the model does not know."""
     model_index = {name: int(i) for i, name in model_id2label.items()}
@@ -163,7 +168,7 @@ def known_labels(dataset, model, where: str):
     labels = mapping[np.asarray(dataset["label"])]
     keep = np.flatnonzero(labels >= 0)
     if not len(keep):
-        model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        model_names = class_names(model)
         raise SystemExit(
             f"{where}: none of its {len(labels)} samples has a label the model knows — labels are matched by "
             f"name; the data has {data_names[:12]}{' ...' if len(data_names) > 12 else ''}, the model "
@@ -196,19 +201,18 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     model = load_classifier(model_path)
     warn_flow_assembly(data, model, model_path)
+    names_model = class_names(model)
     others = []  # an ensemble's other members, with their class order mapped onto the first's
     for path in members[1:]:
         other = load_classifier(path)
-        other_names = [other.config.id2label[i] for i in range(other.config.num_labels)]
-        first_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        if sorted(other_names) != sorted(first_names):
+        other_names = class_names(other)
+        if sorted(other_names) != sorted(names_model):
             raise SystemExit(f"evaluate: {path} has other labels than {model_path}: the models of an ensemble must "
                              "share labels")
         warn_flow_assembly(data, other, path)
-        others.append((other, [other_names.index(n) for n in first_names]))
+        others.append((other, [other_names.index(n) for n in names_model]))
     dense = model.config.model_type == "bert"
     dataset = prepared[split]
-    names_model = [model.config.id2label[i] for i in range(model.config.num_labels)]
     mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
     unknown = len(labels) - len(keep)
     view = model_view(dataset, dense=dense).select(keep)

@@ -79,7 +79,7 @@ class Classifier:
     def __init__(self, model_path, bf16: bool = False):
         from transformers import AutoTokenizer
 
-        from .evaluate import load_classifier
+        from .evaluate import class_names, load_classifier
 
         self.model = load_classifier(model_path)
         if torch.cuda.is_available():
@@ -88,7 +88,7 @@ class Classifier:
             self.model = self.model.to(torch.bfloat16)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.dense = self.model.config.model_type == "bert"
-        self.names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.names = class_names(self.model)
 
     @property
     def max_packets(self) -> int:
