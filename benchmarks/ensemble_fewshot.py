@@ -2,9 +2,9 @@
 
 `real_tasks.py --pretrain-seed N --out DIR_N` pretrains the same recipe with several seeds and fine-tunes each
 checkpoint on the same few-shot flows (the flows of few-shot seed s depend only on the data and s). This script
-averages the class probabilities of those fine-tuned models, per few-shot seed, and scores the average on the
-test split exactly as `traffic-moe evaluate` scores one model (macro-F1), beside each member alone. Nothing
-is trained here.
+scores the ensemble of those fine-tuned models, per few-shot seed, on the test split with `evaluate` given all
+of them (class probabilities averaged, as `traffic-moe evaluate --model A --model B` does), beside each member's
+own score from `real_tasks.py`'s cached result. Nothing is trained here.
 
     python benchmarks/ensemble_fewshot.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 --task tls9 \\
         --rows traffic-moe-pretrained-lp-ft dense-bert-pretrained-lp-ft --shots 1 5 10 --seeds 10 \\
@@ -21,20 +21,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from traffic_moe_hf.recipes.common import classification_metrics, load_prepared, model_view  # noqa: E402
-from traffic_moe_hf.progress import library_bars  # noqa: E402
-from traffic_moe_hf.recipes.evaluate import known_labels, load_classifier, predict_logits  # noqa: E402
-
-
-def test_split(run: Path, task: str):
-    data = run / "data" / task
-    test = load_prepared(str(data))["test"]
-    return data, test
+from traffic_moe_hf.recipes.common import load_prepared  # noqa: E402
+from traffic_moe_hf.recipes.evaluate import evaluate  # noqa: E402
 
 
 def main(argv=None):
@@ -49,34 +41,22 @@ def main(argv=None):
     torch.set_num_threads(1)
 
     runs = [Path(r) for r in a.runs]
-    tests = [test_split(r, a.task) for r in runs]
-    ids = [list(t["flow_id"]) for _d, t in tests]
+    ids = [load_prepared(str(r / "data" / a.task))["test"]["flow_id"] for r in runs]
     if any(i != ids[0] for i in ids[1:]):
         raise SystemExit("the run folders' test splits differ: their prepared data is not the same")
-    data, test = tests[0]
-    result = {"task": a.task, "runs": a.runs, "test_flows": len(test), "rows": {}}
+    data = str(runs[0] / "data" / a.task)
+    result = {"task": a.task, "runs": a.runs, "test_flows": len(ids[0]), "rows": {}}
     for row in a.rows:
         per_shot = {}
         for k in a.shots:
             members, ensemble = [], []
             for seed in range(a.seeds):
                 folders = [r / "ckpt" / a.task / f"{row}-{k}shot-{seed}" for r in runs]
-                if not all((f / "model.safetensors").is_file() for f in folders):
+                cached = [r / "runs" / a.task / f"{row}-{k}shot-{seed}.json" for r in runs]
+                if not all((f / "model.safetensors").is_file() for f in folders) or not all(c.is_file() for c in cached):
                     continue
-                probs, scores = [], []
-                for f in folders:
-                    with library_bars(False):
-                        model = load_classifier(str(f))
-                    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-                    _mapping, labels, keep = known_labels(test, model, str(f))
-                    view = model_view(test, dense=model.config.model_type == "bert").select(keep)
-                    with torch.inference_mode():
-                        logits = predict_logits(model, view)
-                    prob = torch.as_tensor(logits).float().softmax(-1).numpy()
-                    probs.append(prob)
-                    scores.append(classification_metrics(labels[keep], prob.argmax(-1), names)["macro_f1"])
-                mean = np.mean(probs, axis=0)
-                ens = classification_metrics(labels[keep], mean.argmax(-1), names)["macro_f1"]
+                scores = [json.loads(c.read_text())["macro_f1"] for c in cached]
+                ens = evaluate(data, [str(f) for f in folders], audit=False)["macro_f1"]
                 members.append(scores)
                 ensemble.append(ens)
                 print(f"{row} {k}-shot seed {seed}: members {' / '.join(f'{s:.3f}' for s in scores)} -> ensemble {ens:.3f}",
