@@ -1041,3 +1041,69 @@ def test_predict_ensemble_averages_members_aligned_by_label_name(prepared, finet
     with pytest.raises(SystemExit, match="one --model"):
         main(["evaluate", "--data", str(prepared), "--model", str(out), "--model", reordered, "--json",
               str(tmp_path / "e.json"), "--update-card"])
+
+
+def test_open_set_report_scores_separation_and_thresholds():
+    """The open-set figures on known inputs: thresholds keep at least their share of the own flows, a foreign
+    source fully below them is all rejected (ROC AUC 1), one drawn like the own flows is not told apart (0.5)."""
+    from traffic_moe_hf.recipes import open_set
+
+    inside = np.linspace(0.9, 1.0, 200)
+    table = open_set.thresholds(inside, correct=np.arange(200) % 2 == 0)
+    assert [row["keep"] for row in table] == [0.99, 0.95, 0.90]
+    assert all(row["inside_kept"] >= row["keep"] for row in table)
+    assert table[0]["threshold"] <= table[1]["threshold"] <= table[2]["threshold"]
+    assert 0.4 < table[2]["accuracy_kept"] < 0.6
+    below = open_set.report(inside, np.linspace(0.1, 0.8, 50), table)
+    assert below["auroc"] == 1.0 and set(below["rejected"].values()) == {1.0}
+    alike = open_set.report(inside, inside.copy(), table)
+    assert abs(alike["auroc"] - 0.5) < 1e-9 and alike["rejected"]["0.95"] < 0.06
+    assert np.allclose(open_set.top_probability(np.log([[0.2, 0.8], [0.5, 0.5]])), [0.8, 0.5])
+
+
+def test_open_set_evaluate_and_predict_reject_the_same_foreign_flows(prepared, finetuned, tmp_path):
+    """`evaluate --ood` on real foreign traffic (the shipped tls9 re-capture, prepared like the model's data):
+    the foreign samples whose label the model knows (ssh) are left out and counted, the model is less sure of
+    the rest than of its own test flows, and `predict --reject-below` with the reported threshold labels
+    `unknown` the same share of those flows' captures as evaluate said it would reject."""
+    out, _ = finetuned
+    foreign_captures = sorted(p for p in (REPO / "data" / "shifted" / "tls9-mtu700").glob("*.pcap") if p.stem != "ssh")
+    foreign = tmp_path / "foreign"
+    prepare([str(REPO / "data" / "shifted" / "tls9-mtu700")], str(foreign), labels="file", split="none",
+            progress=False, **SMALL)
+    result = evaluate(str(prepared), str(out), audit=False, ood=[str(foreign)], json_out=tmp_path / "ev.json")
+    source = result["open_set"]["sources"][str(foreign)]
+    ssh = sum(1 for x in datasets.load_from_disk(str(foreign))["test"]["source_file"] if x.endswith("ssh.pcap"))
+    assert ssh > 0 and source["excluded_known_label"] == ssh
+    assert source["auroc"] > 0.8, source  # foreign traffic is less confidently classified than the model's own
+    assert Path(result["plots"]["open_set"]).is_file()
+    table = {f"{row['keep']:.2f}": row for row in result["open_set"]["thresholds"]}
+    assert all(row["inside_kept"] >= row["keep"] for row in table.values())
+
+    threshold = table["0.95"]["threshold"]
+    rows_file = tmp_path / "rejected.csv"
+    summary = predict_files([str(p) for p in foreign_captures], str(out), str(rows_file), progress=False,
+                            reject_below=threshold)
+    with open(rows_file) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == source["samples"] and summary["flows_unknown"] == sum(r["label"] == "unknown" for r in rows)
+    assert all((r["label"] == "unknown") == (float(r["probability"]) < threshold) for r in rows)
+    assert all(r["closest_label"] in result["per_class"] for r in rows)
+    # the flows predict reads from the captures are the ones prepare made: the same share rejected (to a flow
+    # or two whose probability sits at the threshold's sixth decimal)
+    assert abs(summary["flows_unknown"] - source["rejected"]["0.95"] * source["samples"]) <= 2
+    # without --reject-below the output is as before: no `unknown`, no extra column
+    plain = tmp_path / "plain.csv"
+    predict_files([str(foreign_captures[0])], str(out), str(plain), progress=False)
+    with open(plain) as f:
+        reader = csv.DictReader(f)
+        assert "closest_label" not in reader.fieldnames and all(r["label"] != "unknown" for r in reader)
+    from traffic_moe_hf.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--data", "d", "--model", "m", "--json", "o.json", "--ood", "a",
+                                      "--ood", "b", "--ood-exclude", "https"])
+    assert args.ood == ["a", "b"] and args.ood_exclude == ["https"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "x.pcap", "--model", "m", "--out", "o.csv", "--reject-below", "1.5"])
+    with pytest.raises(SystemExit, match="not a dataset"):
+        evaluate(str(prepared), str(out), audit=False, ood=[str(tmp_path / "missing")])

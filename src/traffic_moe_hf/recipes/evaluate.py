@@ -2,13 +2,16 @@
 
     traffic-moe evaluate --data DIR --model CKPT [--split test] --json OUT [--plots DIR]
     traffic-moe evaluate --data DIR --model CKPT1 --model CKPT2 ... --json OUT     (an ensemble, as predict's)
+    traffic-moe evaluate --data DIR --model CKPT --json OUT --ood OTHER_DIR      (+ the open-set check)
 
 Writes accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix to OUT; a confusion
 matrix PNG and (Traffic-MoE) an expert-load-per-layer PNG beside it. The *shortcut audit* trains a
 random forest on the train split's header fields that anonymisation hides from the model (addresses,
 ports, and where the dataset keeps them TTL, IP ID and checksums) and reports its score on the same
 split, so a reader sees what a shortcut alone would score. Labels are matched by name, so a model can
-be evaluated on captures prepared separately (``prepare --split none``).
+be evaluated on captures prepared separately (``prepare --split none``). With ``--ood`` (traffic of
+other sources, prepared alike) it also measures whether the model's confidence tells that traffic from
+its own classes, and which ``predict --reject-below`` threshold keeps 99 / 95 / 90 % of its own flows.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def add_parser(subparsers):
     p.add_argument("--json", required=True, dest="json_out", type=output_file, help="where to write the metrics (JSON)")
     p.add_argument("--plots", default=None, type=output_folder, help="folder for the PNGs (default: beside --json)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="flows per forward pass")
+    p.add_argument("--ood", action="append", default=None, metavar="DIR",
+                   help="a dataset prepared from traffic of other sources (same --packet-bytes etc.); repeatable: "
+                        "reports how well the top class probability tells it from the evaluated split (ROC AUC), the "
+                        "thresholds that keep 99/95/90%% of the evaluated flows, what each rejects (for predict "
+                        "--reject-below), and a histogram PNG; samples whose label the model knows are left out")
+    p.add_argument("--ood-exclude", action="append", default=[], metavar="LABEL",
+                   help="a label of the --ood data to leave out as well (the same traffic as one of the model's "
+                        "classes under another name, e.g. https for a model's https-nginx); repeatable")
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the shortcut audit")
     p.add_argument("--update-card", action="store_true",
                    help="add these results to the model folder's README.md (its Evaluation section)")
@@ -51,7 +62,8 @@ def run(args) -> int:
         raise SystemExit("evaluate: --update-card writes one model's card; give one --model")
     args.model = args.model[0] if len(args.model) == 1 else args.model
     result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
-                      batch_size=args.batch_size, audit=args.audit, progress=args.progress)
+                      batch_size=args.batch_size, audit=args.audit, progress=args.progress, ood=args.ood,
+                      ood_exclude=args.ood_exclude)
     print(format_result(result))
     if args.update_card:
         card = add_to_model_card(args.model, result)
@@ -181,7 +193,11 @@ def known_labels(dataset, model, where: str):
 
 @honours_progress
 def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_size=64, audit=True,
-             progress=False) -> dict:
+             progress=False, ood=None, ood_exclude=()) -> dict:
+    """Metrics of a classifier (or an ensemble: a list of checkpoint folders) on ``split`` of the prepared
+    data; with ``ood`` (a prepared dataset's folder, or a list of them: traffic of other sources) also the
+    open-set check of :mod:`.open_set` (``ood_exclude``: label names of that data to leave out as well, e.g.
+    the same protocol under another name)."""
     from .common import (
         data_tokenizer,
         device_summary,
@@ -215,22 +231,31 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     dataset = prepared[split]
     mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
     unknown = len(labels) - len(keep)
-    view = model_view(dataset, dense=dense).select(keep)
 
+    # out-of-distribution sources read (and checked) before any scoring, so a wrong folder stops at once
+    sources = [(str(path), *foreign_rows(path, model, data, ood_exclude))
+               for path in ([ood] if isinstance(ood, (str, Path)) else ood or [])]
     monitor = None
     if not dense and not others:  # expert load is one model's property: not recorded for an ensemble
         from .expert_load import ExpertLoadMonitor
 
         monitor = ExpertLoadMonitor(model)
         monitor.attach()
+    def score(rows, what):
+        """The model's logits for ``rows`` (a dataset); an ensemble's verdict is the mean of the members'
+        class probabilities, its log standing in for the logits."""
+        logits = predict_logits(model, model_view(rows, dense=dense), batch_size=batch_size,
+                                progress=progress and f"evaluate {what}")
+        if others:
+            probabilities = torch.as_tensor(logits).softmax(-1)
+            for other, order in others:
+                other_view = model_view(rows, dense=other.config.model_type == "bert")
+                probabilities += torch.as_tensor(predict_logits(other, other_view, batch_size=batch_size)).softmax(-1)[:, order]
+            logits = (probabilities / (1 + len(others))).log().numpy()
+        return logits
+
     started = time.perf_counter()
-    logits = predict_logits(model, view, batch_size=batch_size, progress=progress and f"evaluate {split}")
-    if others:  # the ensemble's verdict: the mean of the members' class probabilities (its log as "logits")
-        probabilities = torch.as_tensor(logits).softmax(-1)
-        for other, order in others:
-            other_view = model_view(dataset, dense=other.config.model_type == "bert").select(keep)
-            probabilities += torch.as_tensor(predict_logits(other, other_view, batch_size=batch_size)).softmax(-1)[:, order]
-        logits = (probabilities / (1 + len(others))).log().numpy()
+    logits = score(dataset.select(keep), split)
     seconds = time.perf_counter() - started
     if monitor is not None:
         monitor.detach()
@@ -262,6 +287,21 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     elif audit:  # the audit's forest learns from the data's train split; `prepare --split none` has none
         result["shortcut_audit_skipped"] = (f"{data} has no train split (prepare --split none?) for the audit's "
                                             "forest to learn from: not measured")
+    foreign = {}  # top class probabilities of each out-of-distribution source, for the plot
+    if sources:
+        from . import open_set
+
+        inside = open_set.top_probability(logits)
+        result["open_set"] = {"score": "top class probability",
+                              "thresholds": open_set.thresholds(inside, logits.argmax(-1) == labels[keep]),
+                              "sources": {}}
+        for path, rows, excluded in sources:
+            outside = open_set.top_probability(score(rows, f"ood {Path(path).name}")) if len(rows) else np.zeros(0)
+            foreign[path] = outside
+            result["open_set"]["sources"][path] = {
+                **open_set.report(inside, outside, result["open_set"]["thresholds"]), "excluded_known_label": excluded}
+        if ood_exclude:
+            result["open_set"]["excluded_labels"] = list(ood_exclude)
     if json_out:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,8 +311,32 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         result["plots"] = {"confusion_matrix": str(plot_confusion(metrics, plot_dir / f"{stem}_confusion.png"))}
         if monitor is not None:
             result["plots"]["expert_load"] = str(plot_expert_load(result["expert_load"], plot_dir / f"{stem}_expert_load.png"))
+        if foreign:
+            result["plots"]["open_set"] = str(open_set.plot(inside, foreign, result["open_set"]["thresholds"],
+                                                            plot_dir / f"{stem}_open_set.png"))
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def foreign_rows(path, model, data, exclude=()):
+    """Every sample of the prepared dataset at ``path`` (all splits) whose label the model does not know by
+    name — traffic of other sources for the open-set check — and how many were left out for having a label
+    the model knows (those are not foreign) or one named in ``exclude``. Its input layout must be the model's, like the evaluated data's."""
+    from datasets import concatenate_datasets
+
+    from .common import data_tokenizer, label_names, load_prepared
+
+    prepared = load_prepared(path)
+    data_tokenizer([data, path])  # tokenized as the evaluated data (and so as the model's input)
+    parts = []
+    excluded = 0
+    for rows in prepared.values():
+        names = label_names(rows)
+        known = (align_labels(names, model.config.id2label) >= 0) | np.isin(names, list(exclude))
+        known = known[np.asarray(rows["label"], dtype=np.int64)]
+        excluded += int(known.sum())
+        parts.append(rows.select(np.flatnonzero(~known)))
+    return concatenate_datasets(parts) if parts else parts, excluded
 
 
 def distinct_note(result: dict) -> str:
@@ -435,6 +499,10 @@ def format_result(result: dict) -> str:
     for name, s in result["per_class"].items():
         if s["support"]:
             lines.append(f"  {name:<{width}}  {s['precision']:9.3f}  {s['recall']:6.3f}  {s['f1']:5.3f}  {s['support']:7d}")
+    if "open_set" in result:
+        from .open_set import format_lines
+
+        lines.extend(format_lines(result["open_set"]))
     if "shortcut_audit" in result:
         a = result["shortcut_audit"]
         lines.append(f"  shortcut audit (random forest on hidden header fields only): macro-F1 {a['macro_f1']:.3f}")

@@ -3,6 +3,7 @@
     traffic-moe predict CAPTURE... --model CKPT --out FILE.csv      (or FILE.json)
     tcpdump -i eth0 -w - | traffic-moe predict - --model CKPT --out verdicts.csv
     traffic-moe predict CAPTURE... --model CKPT1 --model CKPT2 --out FILE.csv   (an ensemble: probabilities averaged)
+    traffic-moe predict CAPTURE... --model CKPT --reject-below 0.9998 --out FILE.csv   (open set: `unknown` below it)
 
 Flows are assembled and anonymised exactly as `traffic-moe prepare` made the model's training data
 (TCP normalisation and coalescing, TTL mode, anonymisation: recorded in the checkpoint by finetune), with
@@ -12,6 +13,10 @@ The ``packets`` column: the flow's packet count — from a file its total; from 
 its verdict was written (its first N packets, or all when it ended sooner). From standard input (``-``) each flow's verdict is written as soon
 as the flow has its first N packets, or when it goes idle or the stream ends; idle flows are evicted,
 so memory stays bounded on an endless stream. Progress and throughput go to standard error.
+With ``--reject-below P`` a flow whose top class probability is below P gets the label ``unknown`` (its
+nearest class in the column ``closest_label``): a closed-set model otherwise names one of its classes for
+any flow at all. ``traffic-moe evaluate --ood`` measures which P keeps 99 / 95 / 90 % of the model's own
+flows and how much foreign traffic each rejects.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from ..argtypes import HelpFormatter, at_least, output_file, positive
+from ..argtypes import HelpFormatter, at_least, output_file, positive, probability
 from ..progress import honours_progress
+from .open_set import UNKNOWN
 
 
 FIELDS = ["file", "five_tuple", "start_time", "packets", "label", "probability"]
@@ -55,6 +61,10 @@ def add_parser(subparsers):
                         "(benchmarks/bench_predict.py)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
+    p.add_argument("--reject-below", type=probability, default=None, metavar="P",
+                   help="label a flow `unknown` when its top class probability is below P (its nearest class goes "
+                        "to the column closest_label); `traffic-moe evaluate --ood` reports the P that keeps "
+                        "99/95/90%% of the model's own flows and what each rejects of foreign traffic")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -65,10 +75,12 @@ def run(args) -> int:
         if len(args.captures) > 1:
             raise SystemExit("predict: '-' (stdin) cannot be combined with other captures")
         summary = predict_stream(sys.stdin.buffer, args.model, args.out, udp_timeout=args.udp_timeout,
-                                 tcp_timeout=args.tcp_timeout, bf16=args.bf16, batch_size=args.batch_size or 16)
+                                 tcp_timeout=args.tcp_timeout, bf16=args.bf16, batch_size=args.batch_size or 16,
+                                 reject_below=args.reject_below)
     else:
         summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size or 64, progress=args.progress,
-                                udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout, bf16=args.bf16)
+                                udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout, bf16=args.bf16,
+                                reject_below=args.reject_below)
     print(json.dumps(summary), file=sys.stderr)
     return 0 if summary["files_read"] > 0 else 1
 
@@ -185,22 +197,30 @@ def make_classifier(model_path, bf16: bool = False) -> Classifier:
 
 
 class _Writer:
-    """Rows to CSV (streamed, flushed per row) or JSON (written at the end)."""
+    """Rows to CSV (streamed, flushed per row) or JSON (written at the end). With ``reject_below`` a row whose
+    probability is below it is labelled ``unknown``, its class kept as ``closest_label`` (counted in ``unknown``)."""
 
-    def __init__(self, out):
+    def __init__(self, out, reject_below: float | None = None):
         self.json = str(out).lower().endswith(".json")
         self.rows = []
+        self.reject_below, self.unknown = reject_below, 0
         if out != "-":  # like evaluate --json: the folder is made, here before any work (JSON is written last)
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         if self.json:
             self.file = None
         else:
             self.file = sys.stdout if out == "-" else open(out, "w", newline="")
-            self.csv = csv.DictWriter(self.file, fieldnames=FIELDS)
+            self.csv = csv.DictWriter(self.file, fieldnames=FIELDS + (["closest_label"] if reject_below is not None else []))
             self.csv.writeheader()
         self.out = out
 
     def write(self, row):
+        if self.reject_below is not None:
+            closest = row["label"]
+            if float(row["probability"]) < self.reject_below:
+                row = {**row, "label": UNKNOWN}
+                self.unknown += 1
+            row["closest_label"] = closest
         if self.json:  # numbers as JSON numbers (the CSV's text keeps its fixed 6 decimals)
             self.rows.append({**row, "start_time": float(row["start_time"]), "probability": float(row["probability"])})
         else:
@@ -216,7 +236,7 @@ class _Writer:
 
 @honours_progress
 def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_timeout=60.0, tcp_timeout=3600.0,
-                  bf16=False, pool=None) -> dict:
+                  bf16=False, pool=None, reject_below=None) -> dict:
     """Classify every flow of capture files; rows in each file's flow order (first packets). ``model_path``: a
     checkpoint folder, or a list of folders classifying as an :class:`Ensemble`.
 
@@ -239,7 +259,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
         print(f"predict: reached more than once, read once: {', '.join(repeated)}", file=sys.stderr)
     if not files and not missing:
         print(f"predict: no files found in {', '.join(captures)} (empty folders; hidden files are not read)", file=sys.stderr)
-    writer = _Writer(out)
+    writer = _Writer(out, reject_below)
     summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0,
                "max_open_flows": 0}
@@ -310,13 +330,15 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     bar.close()
     writer.close()
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    if reject_below is not None:
+        summary["flows_unknown"] = writer.unknown
     summary["flows_per_second"] = round(summary["flows"] / summary["seconds"], 1) if summary["seconds"] else None
     summary["packets_per_second"] = round(summary["packets_total"] / summary["seconds"], 1) if summary["seconds"] else None
     return summary
 
 
 def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0, bf16=False, batch_size=16,
-                   max_wait=0.02) -> dict:
+                   max_wait=0.02, reject_below=None) -> dict:
     """Classify flows from a pcap byte stream as they complete (see module docstring). Flows are cut by
     the same idle timeouts as in files, so a stream gives the verdicts its capture file gives (when its
     timestamps never go back: see ``_read_flows``).
@@ -331,7 +353,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     from ..data.reader import CaptureError, open_capture
 
     classifier = make_classifier(model_path, bf16=bf16)
-    writer = _Writer(out)
+    writer = _Writer(out, reject_below)
     n = classifier.max_packets
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout, **classifier.flow_options)
@@ -434,6 +456,8 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         raise failure[0]
     writer.close()
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    if reject_below is not None:
+        summary["flows_unknown"] = writer.unknown
     return summary
 
 
