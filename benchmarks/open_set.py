@@ -6,12 +6,14 @@ test split (in-distribution) and each foreign dataset (prepared with the same op
 the model knows by name, and the labels given with --exclude, left out), and reports the ROC AUC of the top
 class probability and the share of foreign flows rejected at the threshold that keeps 95 % of the test
 flows. Rows are compared like against like (same support flows per few-shot seed); the ensemble of the
-run folders' models per few-shot seed is scored too.
+run folders' models per few-shot seed is scored too. With --shifted (the same classes captured under other
+conditions, `prepare --split none`) it also reports the cost of that threshold there: the share of those
+own-class flows it rejects, and the macro-F1 on them.
 
     python benchmarks/open_set.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 runs/sess-30s3 --task tls9 \\
         --rows traffic-moe-pretrained-lp-ft dense-bert-pretrained-lp-ft dense-bert-pretrained --shots 10 --seeds 10 \\
         --ood runs/sess-30/data/public-zeek runs/sess-30/data/loopback9 runs/sess-30/data/attack10 \\
-        --exclude https benign-ssh ssh-bruteforce --json benchmarks/results/open_set_tls9.json --md benchmarks/results/open_set_tls9.md
+        --exclude https benign-ssh ssh-bruteforce --shifted runs/sess-30/data/tls9-mtu700 --json benchmarks/results/open_set_tls9.json --md benchmarks/results/open_set_tls9.md
 """
 
 from __future__ import annotations
@@ -27,7 +29,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from traffic_moe_hf.recipes.evaluate import evaluate  # noqa: E402
+from traffic_moe_hf.recipes.common import load_prepared, model_view  # noqa: E402
+from traffic_moe_hf.recipes.evaluate import class_names, evaluate, known_labels, load_classifier, predict_logits  # noqa: E402
+from traffic_moe_hf.recipes.open_set import top_probability  # noqa: E402
+
+
+def shifted_scores(folders: list[Path], shifted: str, result: dict) -> dict:
+    """On the shifted captures (own classes, other conditions): the share below the threshold that keeps 95 %
+    of the test flows (``result``'s), and the macro-F1 — of one model or of the ensemble of ``folders``."""
+    import numpy as np
+
+    from traffic_moe_hf.recipes.common import classification_metrics
+
+    rows = load_prepared(shifted)["test"]
+    probabilities, names, labels = None, None, None
+    for folder in folders:
+        model = load_classifier(str(folder))
+        if names is None:
+            names = class_names(model)
+            _mapping, labels, keep = known_labels(rows, model, shifted)
+            rows, labels = rows.select(keep), labels[keep]
+        p = torch.as_tensor(predict_logits(model, model_view(rows, dense=model.config.model_type == "bert"))).softmax(-1)
+        p = p[:, [class_names(model).index(n) for n in names]]
+        probabilities = p if probabilities is None else probabilities + p
+    probabilities = (probabilities / len(folders)).numpy()
+    threshold = next(t["threshold"] for t in result["open_set"]["thresholds"] if t["keep"] == 0.95)
+    top = top_probability(np.log(np.clip(probabilities, 1e-30, 1.0)))
+    return {"rejected_95": float((top < threshold).mean()),
+            "macro_f1": classification_metrics(labels, probabilities.argmax(-1), names)["macro_f1"]}
 
 
 def summarise(results: list[dict], sources: list[str]) -> dict:
@@ -36,6 +65,8 @@ def summarise(results: list[dict], sources: list[str]) -> dict:
            "macro_f1": [r["macro_f1"] for r in results],
            "accuracy_kept_95": [next(t["accuracy_kept"] for t in r["open_set"]["thresholds"] if t["keep"] == 0.95)
                                 for r in results]}
+    if "shifted" in results[0]:
+        out["shifted"] = {k: [r["shifted"][k] for r in results] for k in ("rejected_95", "macro_f1")}
     for source in sources:
         s = [r["open_set"]["sources"][source] for r in results]
         out[source] = {"auroc": [x["auroc"] for x in s], "rejected_95": [x["rejected"]["0.95"] for x in s],
@@ -58,6 +89,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--ood", nargs="+", required=True, help="prepared datasets of other traffic (same options)")
     p.add_argument("--exclude", nargs="*", default=[], help="foreign labels to leave out (a model's class by another name)")
+    p.add_argument("--shifted", help="the task's classes captured under other conditions (prepare --split none)")
     p.add_argument("--no-ensemble", dest="ensemble", action="store_false")
     p.add_argument("--json", required=True)
     p.add_argument("--md")
@@ -65,7 +97,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     runs = [Path(r) for r in a.runs]
     data = str(runs[0] / "data" / a.task)
-    result = {"task": a.task, "runs": a.runs, "ood": a.ood, "exclude": a.exclude, "rows": {}, "date": time.strftime("%Y-%m-%d")}
+    result = {"task": a.task, "runs": a.runs, "ood": a.ood, "exclude": a.exclude, "shifted": a.shifted, "rows": {},
+              "date": time.strftime("%Y-%m-%d")}
     started = time.time()
     for row in a.rows:
         for k in a.shots:
@@ -75,9 +108,13 @@ def main(argv=None):
                 folders = [f for f in folders if (f / "model.safetensors").is_file()]
                 for f in folders:
                     singles.append(evaluate(data, str(f), audit=False, ood=a.ood, ood_exclude=a.exclude))
+                    if a.shifted:
+                        singles[-1]["shifted"] = shifted_scores([f], a.shifted, singles[-1])
                 if a.ensemble and len(folders) > 1:
                     ensembles.append(evaluate(data, [str(f) for f in folders], audit=False, ood=a.ood,
                                               ood_exclude=a.exclude))
+                    if a.shifted:
+                        ensembles[-1]["shifted"] = shifted_scores(folders, a.shifted, ensembles[-1])
             if not singles:
                 continue
             result["rows"][f"{row} {k}"] = summarise(singles, a.ood)
@@ -88,11 +125,14 @@ def main(argv=None):
     if a.md:
         names = [Path(s).name for s in a.ood]
         lines = ["| model (shots per class) | models | macro-F1 | " + " | ".join(f"{n}: AUROC / rejected at 95 % kept" for n in names)
-                 + " | accuracy on the 95 % kept |", "|---|---:|---:|" + "---|" * len(names) + "---:|"]
+                 + " | accuracy on the 95 % kept |" + (" shifted: rejected / macro-F1 |" if a.shifted else ""),
+                 "|---|---:|---:|" + "---|" * len(names) + "---:|" + ("---|" if a.shifted else "")]
         for name, s in result["rows"].items():
             cells = [f"{mean_std(s[src]['auroc'])} / {mean_std(s[src]['rejected_95'])}" for src in a.ood]
             lines.append(f"| {name} | {s['models']} | {mean_std(s['macro_f1'])} | " + " | ".join(cells)
-                         + f" | {mean_std(s['accuracy_kept_95'])} |")
+                         + f" | {mean_std(s['accuracy_kept_95'])} |"
+                         + (f" {mean_std(s['shifted']['rejected_95'])} / {mean_std(s['shifted']['macro_f1'])} |"
+                            if "shifted" in s else ""))
         samples = ", ".join(f"{Path(src).name} {next(iter(result['rows'].values()))[src]['samples']} flows "
                             f"({next(iter(result['rows'].values()))[src]['excluded']} left out)" for src in a.ood)
         Path(a.md).write_text("\n".join(lines) + f"\n\nForeign flows scored: {samples}.\n")

@@ -1079,6 +1079,14 @@ def test_open_set_evaluate_and_predict_reject_the_same_foreign_flows(prepared, f
     assert Path(result["plots"]["open_set"]).is_file()
     table = {f"{row['keep']:.2f}": row for row in result["open_set"]["thresholds"]}
     assert all(row["inside_kept"] >= row["keep"] for row in table.values())
+    # `--update-card` carries the thresholds into a shared model's card (on a copy)
+    import shutil
+
+    from traffic_moe_hf.recipes.evaluate import add_to_model_card
+
+    shutil.copytree(out, tmp_path / "card-copy")
+    card = add_to_model_card(tmp_path / "card-copy", result).read_text()
+    assert f"| {table['0.95']['threshold']:.6f} | " in card and "`foreign` rejected" in card
 
     threshold = table["0.95"]["threshold"]
     rows_file = tmp_path / "rejected.csv"

@@ -2,7 +2,8 @@
 
 prepare (flow split, anonymised) -> masked-packet pretraining -> fine-tuning of Traffic-MoE (pretrained
 and from scratch) and of the dense BERT baseline -> evaluation side by side -> a Hub folder with its
-model card -> reloaded with ``AutoModelForSequenceClassification`` -> prediction on a capture.
+model card -> reloaded with ``AutoModelForSequenceClassification`` -> prediction on a capture. The
+evaluation includes the open-set check (``evaluate --ood``) against the shipped captures of other services.
 Ends with a results table; everything lands in ``--out`` (default ``runs/demo``).
 """
 
@@ -16,6 +17,9 @@ from .argtypes import HelpFormatter, at_least, output_folder, positive
 from .configuration_traffic_moe import PRESETS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback9"
+# traffic of other services (the tls9 captures re-made at MTU 700, shipped for the generalisation tests): the
+# open-set check of the evaluation, whether the models are less sure of flows of none of their classes
+FOREIGN_DATA = Path(__file__).resolve().parents[2] / "data" / "shifted" / "tls9-mtu700"
 
 
 def add_parser(subparsers):
@@ -72,8 +76,11 @@ def run(args) -> int:
                   seed=args.seed, save_steps=10_000)
     pre_moe = pretrain(out=str(out / "pretrained-moe"), **common)
     pre_dense = pretrain(out=str(out / "pretrained-dense"), dense=True, **common)
-    print(f"pretraining loss (masked packets + flow-contrastive): Traffic-MoE {pre_moe['first_logged_loss']:.3f} -> {pre_moe['last_logged_loss']:.3f}; "
-          f"dense BERT {pre_dense['first_logged_loss']:.3f} -> {pre_dense['last_logged_loss']:.3f}")
+    def losses(summary):  # fewer steps than one logging interval log no loss
+        first, last = summary.get("first_logged_loss"), summary.get("last_logged_loss")
+        return f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged (too few steps)"
+
+    print(f"pretraining loss (masked packets + flow-contrastive): Traffic-MoE {losses(pre_moe)}; dense BERT {losses(pre_dense)}")
     timings["pretrain"] = time.perf_counter() - t
 
     _stage("3/6 fine-tuning on all training flows, and few-shot")
@@ -101,11 +108,17 @@ def run(args) -> int:
         print(f"-- {name}, {args.shots} flows per class: macro-F1 " + ", ".join(f"{v:.3f}" for v in few[name]), flush=True)
     timings["finetune"] = time.perf_counter() - t
 
-    _stage("4/6 evaluation on the test split (flows never seen in training)")
+    _stage("4/6 evaluation on the test split (flows never seen in training), and the open-set check")
     t = time.perf_counter()
+    foreign = None
+    if FOREIGN_DATA.is_dir():  # prepared with the options of the demo's data, all into one split
+        foreign = str(out / "foreign")
+        prepare([str(FOREIGN_DATA)], foreign, labels="file", split="none", progress=False)
+        print(f"open-set check: flows of {FOREIGN_DATA.name} (other services; labels the models know are left out)")
     results = {}
     for name, folder in folders.items():
-        results[name] = evaluate(data, str(folder), split="test", json_out=str(out / "eval" / f"{folder.name}.json"))
+        results[name] = evaluate(data, str(folder), split="test", json_out=str(out / "eval" / f"{folder.name}.json"),
+                                 ood=foreign)
         add_to_model_card(folder, results[name])  # the Hub folder's card gets its test figures
         print(f"-- {name}\n{format_result(results[name])}")
     from datasets import load_from_disk
@@ -151,15 +164,23 @@ def run(args) -> int:
     what = "shipped loopback9 slice" if shipped else str(args.data)  # it said "shipped slice" for any --data
     print(f"\n=== results: {what} ({len(names)} classes), test split = {results['Traffic-MoE pretrained']['samples']} "
           "flows never seen in training, anonymised headers ===")
-    print(f"{'model':<26} {'params':>8} {'active':>8} {'accuracy':>9} {'macro-F1':>9}   {f'{args.shots}-shot macro-F1 ({args.seeds} seeds)':>28}")
+    def open_set(r):  # ROC AUC of the top probability, own test flows vs the foreign ones; share rejected at 95 % kept
+        source = next(iter(r.get("open_set", {}).get("sources", {}).values()), {})
+        return f"{source['auroc']:.3f} / {source['rejected']['0.95']:.0%}" if "auroc" in source else "-"
+
+    print(f"{'model':<26} {'params':>8} {'active':>8} {'accuracy':>9} {'macro-F1':>9}   {f'{args.shots}-shot macro-F1 ({args.seeds} seeds)':>28}"
+          f"   {'open set: AUROC / rejected':>26}")
     for name, r in results.items():
         print(f"{name:<26} {r['parameters_total'] / 1e6:>7.2f}M {r['parameters_active'] / 1e6:>7.2f}M "
-              f"{r['accuracy']:>9.3f} {r['macro_f1']:>9.3f}   {spread(few[name]):>28}")
+              f"{r['accuracy']:>9.3f} {r['macro_f1']:>9.3f}   {spread(few[name]):>28}   {open_set(r):>26}")
     print(f"{'random forest (classic)':<26} {'':>8} {'':>8} {forest['accuracy']:>9.3f} {forest['macro_f1']:>9.3f}   {spread(forest_few):>28}")
     audit = results["Traffic-MoE pretrained"].get("shortcut_audit")
     if audit:
         print(f"{'shortcut audit':<26} {'':>8} {'':>8} {audit['accuracy']:>9.3f} {audit['macro_f1']:>9.3f}   "
               "(random forest on the hidden addresses/ports only)")
+    if foreign:
+        print(f"open set: {FOREIGN_DATA.name} flows against the test split, by the top class probability (ROC AUC; share "
+              "rejected at the threshold keeping 95% of the test flows: predict --reject-below)")
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
     (out / "results.json").write_text(json.dumps(
         {"results": results, "few_shot": few, "random_forest": forest, "random_forest_few_shot": forest_few,

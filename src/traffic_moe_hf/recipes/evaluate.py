@@ -348,8 +348,8 @@ def distinct_note(result: dict) -> str:
 
 def add_to_model_card(model_path, result: dict) -> Path | None:
     """Write ``result`` (from :func:`evaluate`) into the model folder's README.md, at the end of its
-    Evaluation section: accuracy, macro-F1, per-class scores and the shortcut audit on the named data
-    and split. Returns the card's path, or None when the folder has no card."""
+    Evaluation section: accuracy, macro-F1, per-class scores, the shortcut audit and (with ``--ood``) the
+    open-set thresholds on the named data and split. Returns the card's path, or None when the folder has no card."""
     card = Path(model_path) / "README.md"
     if not card.is_file():
         return None
@@ -370,6 +370,18 @@ def add_to_model_card(model_path, result: dict) -> Path | None:
     if audit:
         lines += [f"Shortcut audit: a random forest on the header fields anonymisation hides ({audit['features']}) "
                   f"scores accuracy {audit['accuracy']:.4f}, macro-F1 {audit['macro_f1']:.4f} on the same split.", ""]
+    if result.get("open_set"):  # the thresholds a user of the shared model passes to predict --reject-below
+        lines += ["Open set (`traffic-moe predict --reject-below P` labels flows below P `unknown`):", "",
+                  "| reject below P | own flows kept | accuracy on them | "
+                  + " | ".join(f"`{Path(name).name}` rejected" for name in result["open_set"]["sources"]) + " |",
+                  "|---:|---:|---:|" + "---:|" * len(result["open_set"]["sources"])]
+        for row in result["open_set"]["thresholds"]:
+            key = f"{row['keep']:.2f}"
+            rejected = [f"{source['rejected'][key]:.1%}" if "rejected" in source else "–"
+                        for source in result["open_set"]["sources"].values()]
+            lines.append(f"| {row['threshold']:.6f} | {row['inside_kept']:.1%} | {row.get('accuracy_kept', float('nan')):.3f} | "
+                         + " | ".join(rejected) + " |")
+        lines.append("")
     block = "\n".join(lines)
     text = card.read_text()
     marker = "\n## Limitations"
