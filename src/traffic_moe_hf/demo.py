@@ -76,6 +76,7 @@ def run(args) -> int:
                   seed=args.seed, save_steps=10_000)
     pre_moe = pretrain(out=str(out / "pretrained-moe"), **common)
     pre_dense = pretrain(out=str(out / "pretrained-dense"), dense=True, **common)
+
     def losses(summary):  # fewer steps than one logging interval log no loss
         first, last = summary.get("first_logged_loss"), summary.get("last_logged_loss")
         return f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged (too few steps)"
@@ -164,6 +165,7 @@ def run(args) -> int:
     what = "shipped loopback9 slice" if shipped else str(args.data)  # it said "shipped slice" for any --data
     print(f"\n=== results: {what} ({len(names)} classes), test split = {results['Traffic-MoE pretrained']['samples']} "
           "flows never seen in training, anonymised headers ===")
+
     def open_set(r):  # ROC AUC of the top probability, own test flows vs the foreign ones; share rejected at 95 % kept
         source = next(iter(r.get("open_set", {}).get("sources", {}).values()), {})
         return f"{source['auroc']:.3f} / {source['rejected']['0.95']:.0%}" if "auroc" in source else "-"

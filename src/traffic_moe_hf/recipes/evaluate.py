@@ -241,6 +241,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
 
         monitor = ExpertLoadMonitor(model)
         monitor.attach()
+
     def score(rows, what):
         """The model's logits for ``rows`` (a dataset); an ensemble's verdict is the mean of the members'
         class probabilities, its log standing in for the logits."""
@@ -321,13 +322,14 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
 def foreign_rows(path, model, data, exclude=()):
     """Every sample of the prepared dataset at ``path`` (all splits) whose label the model does not know by
     name — traffic of other sources for the open-set check — and how many were left out for having a label
-    the model knows (those are not foreign) or one named in ``exclude``. Its input layout must be the model's, like the evaluated data's."""
+    the model knows (those are not foreign) or one named in ``exclude``. It must be tokenized as the evaluated
+    data (and so as the model's input)."""
     from datasets import concatenate_datasets
 
     from .common import data_tokenizer, label_names, load_prepared
 
     prepared = load_prepared(path)
-    data_tokenizer([data, path])  # tokenized as the evaluated data (and so as the model's input)
+    data_tokenizer([data, path])  # a clear error naming both when they differ
     parts = []
     excluded = 0
     for rows in prepared.values():
@@ -336,7 +338,7 @@ def foreign_rows(path, model, data, exclude=()):
         known = known[np.asarray(rows["label"], dtype=np.int64)]
         excluded += int(known.sum())
         parts.append(rows.select(np.flatnonzero(~known)))
-    return concatenate_datasets(parts) if parts else parts, excluded
+    return concatenate_datasets(parts), excluded
 
 
 def distinct_note(result: dict) -> str:
