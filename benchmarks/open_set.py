@@ -5,7 +5,7 @@ The models are those `real_tasks.py` fine-tuned (one run folder per pretraining 
 test split (in-distribution) and each foreign dataset (prepared with the same options; samples whose label
 the model knows by name, and the labels given with --exclude, left out), and reports the ROC AUC of the top
 class probability and the share of foreign flows rejected at the threshold that keeps 95 % of the test
-flows. Rows are compared like against like (same support flows per few-shot seed); the ensemble of the
+flows (and, for single models, the ROC AUC of the energy score as well). Rows are compared like against like (same support flows per few-shot seed); the ensemble of the
 run folders' models per few-shot seed is scored too. With --shifted (the same classes captured under other
 conditions, `prepare --split none`) it also reports the cost of that threshold there: the share of those
 own-class flows it rejects, and the macro-F1 on them.
@@ -71,6 +71,8 @@ def summarise(results: list[dict], sources: list[str]) -> dict:
         s = [r["open_set"]["sources"][source] for r in results]
         out[source] = {"auroc": [x["auroc"] for x in s], "rejected_95": [x["rejected"]["0.95"] for x in s],
                        "samples": s[0]["samples"], "excluded": s[0]["excluded_known_label"]}
+        if all("auroc_energy" in x for x in s):  # single models only (an ensemble's averaged log-probabilities have none)
+            out[source]["auroc_energy"] = [x["auroc_energy"] for x in s]
     return out
 
 
@@ -133,6 +135,11 @@ def main(argv=None):
                          + f" | {mean_std(s['accuracy_kept_95'])} |"
                          + (f" {mean_std(s['shifted']['rejected_95'])} / {mean_std(s['shifted']['macro_f1'])} |"
                             if "shifted" in s else ""))
+        lines += ["", "The same models' AUROC with the energy score (log-sum-exp of the logits; single models only):", "",
+                  "| model (shots per class) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for name, s in result["rows"].items():
+            if all("auroc_energy" in s[src] for src in a.ood):
+                lines.append(f"| {name} | " + " | ".join(mean_std(s[src]["auroc_energy"]) for src in a.ood) + " |")
         samples = ", ".join(f"{Path(src).name} {next(iter(result['rows'].values()))[src]['samples']} flows "
                             f"({next(iter(result['rows'].values()))[src]['excluded']} left out)" for src in a.ood)
         Path(a.md).write_text("\n".join(lines) + f"\n\nForeign flows scored: {samples}.\n")

@@ -1059,6 +1059,7 @@ def test_open_set_report_scores_separation_and_thresholds():
     alike = open_set.report(inside, inside.copy(), table)
     assert abs(alike["auroc"] - 0.5) < 1e-9 and alike["rejected"]["0.95"] < 0.06
     assert np.allclose(open_set.top_probability(np.log([[0.2, 0.8], [0.5, 0.5]])), [0.8, 0.5])
+    assert np.allclose(open_set.energy(np.array([[0.0, 0.0], [1000.0, 1000.0]])), [np.log(2), 1000 + np.log(2)])
 
 
 def test_open_set_evaluate_and_predict_reject_the_same_foreign_flows(prepared, finetuned, tmp_path):
@@ -1076,6 +1077,7 @@ def test_open_set_evaluate_and_predict_reject_the_same_foreign_flows(prepared, f
     ssh = sum(1 for x in datasets.load_from_disk(str(foreign))["test"]["source_file"] if x.endswith("ssh.pcap"))
     assert ssh > 0 and source["excluded_known_label"] == ssh
     assert source["auroc"] > 0.8, source  # foreign traffic is less confidently classified than the model's own
+    assert 0.0 <= source["auroc_energy"] <= 1.0
     assert Path(result["plots"]["open_set"]).is_file()
     table = {f"{row['keep']:.2f}": row for row in result["open_set"]["thresholds"]}
     assert all(row["inside_kept"] >= row["keep"] for row in table.values())

@@ -297,10 +297,13 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
                               "thresholds": open_set.thresholds(inside, logits.argmax(-1) == labels[keep]),
                               "sources": {}}
         for path, rows, excluded in sources:
-            outside = open_set.top_probability(score(rows, f"ood {Path(path).name}")) if len(rows) else np.zeros(0)
+            foreign_logits = score(rows, f"ood {Path(path).name}") if len(rows) else np.zeros((0, logits.shape[-1]))
+            outside = open_set.top_probability(foreign_logits)
             foreign[path] = outside
-            result["open_set"]["sources"][path] = {
+            report = result["open_set"]["sources"][path] = {
                 **open_set.report(inside, outside, result["open_set"]["thresholds"]), "excluded_known_label": excluded}
+            if not others and "auroc" in report:  # a second score, for comparison (one model's logits only)
+                report["auroc_energy"] = open_set.auroc(open_set.energy(logits), open_set.energy(foreign_logits))
         if ood_exclude:
             result["open_set"]["excluded_labels"] = list(ood_exclude)
     if json_out:

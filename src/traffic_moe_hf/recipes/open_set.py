@@ -29,6 +29,22 @@ def top_probability(logits: np.ndarray) -> np.ndarray:
     return (p / p.sum(-1, keepdims=True)).max(-1)
 
 
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Each row's log-sum-exp of the logits (the negative free energy of Liu et al., 2020): a second
+    in-distribution score, reported beside the top probability (not used for thresholds). Meaningless for an
+    ensemble's averaged log-probabilities, whose log-sum-exp is 0."""
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.max(-1)
+    return top + np.log(np.exp(z - top[:, None]).sum(-1))
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """ROC AUC of a score that should be higher on the in-distribution flows."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(inside)), np.zeros(len(outside))], np.r_[inside, outside]))
+
+
 def thresholds(inside: np.ndarray, correct: np.ndarray | None = None) -> list[dict]:
     """For each share in ``KEEP``: the top-probability threshold that keeps it of the in-distribution flows
     (``inside``), the share it really keeps (ties), and the accuracy on the kept flows where ``correct`` is given."""
@@ -48,12 +64,9 @@ def report(inside: np.ndarray, outside: np.ndarray, table: list[dict]) -> dict:
     flows (``inside``): ROC AUC of the top probability as an in-distribution score (1.0: every foreign flow
     is less confident than every own one; 0.5: no better than chance) and, at each threshold of ``table``,
     the share of foreign flows rejected."""
-    from sklearn.metrics import roc_auc_score
-
     out = {"samples": int(len(outside))}
     if len(outside) and len(inside):
-        truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
-        out["auroc"] = float(roc_auc_score(truth, np.r_[inside, outside]))
+        out["auroc"] = auroc(inside, outside)
         out["rejected"] = {f"{row['keep']:.2f}": float((outside < row["threshold"]).mean()) for row in table}
         out["top_probability_median"] = float(np.median(outside))
     return out
@@ -108,6 +121,7 @@ def format_lines(result: dict) -> list[str]:
             continue
         rejected = ", ".join(f"{float(k):.0%}: {v:.1%}" for k, v in source["rejected"].items())
         excluded = source.get("excluded_known_label", 0)
-        lines.append(f"    {name}: {source['samples']} flows, AUROC {source['auroc']:.3f}, rejected at keep {rejected}"
+        energy_auroc = f" (energy score {source['auroc_energy']:.3f})" if "auroc_energy" in source else ""
+        lines.append(f"    {name}: {source['samples']} flows, AUROC {source['auroc']:.3f}{energy_auroc}, rejected at keep {rejected}"
                      + (f" ({excluded} flows with a label the model knows left out)" if excluded else ""))
     return lines
