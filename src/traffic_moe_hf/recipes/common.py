@@ -115,7 +115,8 @@ def save_final_model(trainer, model, out, **kwargs) -> None:
     part: the Trainer gathers the full state dict (accelerate's ``FULL_STATE_DICT``; a sharded one loads
     only into FSDP again) and rank 0 then writes the folder once more through the model class's own
     ``save_pretrained`` (card, ``auto_map``, remote code). The FSDP branch has not been run (no multi-GPU
-    machine here); DDP and one process take the plain path, which the tests run."""
+    machine here, and accelerate turns FSDP on only for accelerator devices: on CPU its settings give plain DDP);
+    DDP and one process take the plain path, which the tests run."""
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(out))
