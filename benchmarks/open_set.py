@@ -8,7 +8,7 @@ class probability and the share of foreign flows rejected at the threshold that 
 flows (and, for single models, the ROC AUC of the energy score as well). Rows are compared like against like (same support flows per few-shot seed); the ensemble of the
 run folders' models per few-shot seed is scored too. With --shifted (the same classes captured under other
 conditions, `prepare --split none`) it also reports the cost of that threshold there: the share of those
-own-class flows it rejects, and the macro-F1 on them.
+own-class flows it rejects, the macro-F1 on them, and the accuracy on the flows it keeps and on those it rejects.
 
     python benchmarks/open_set.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 runs/sess-30s3 --task tls9 \\
         --rows traffic-moe-pretrained-lp-ft dense-bert-pretrained-lp-ft dense-bert-pretrained --shots 10 --seeds 10 \\
@@ -55,8 +55,12 @@ def shifted_scores(folders: list[Path], shifted: str, result: dict) -> dict:
     probabilities = (probabilities / len(folders)).numpy()
     threshold = next(t["threshold"] for t in result["open_set"]["thresholds"] if t["keep"] == 0.95)
     top = top_probability(np.log(np.clip(probabilities, 1e-30, 1.0)))
-    return {"rejected_95": float((top < threshold).mean()),
-            "macro_f1": classification_metrics(labels, probabilities.argmax(-1), names)["macro_f1"]}
+    correct = probabilities.argmax(-1) == labels
+    rejected = top < threshold
+    return {"rejected_95": float(rejected.mean()),
+            "macro_f1": classification_metrics(labels, probabilities.argmax(-1), names)["macro_f1"],
+            "accuracy_kept_95": float(correct[~rejected].mean()) if (~rejected).any() else None,
+            "accuracy_rejected_95": float(correct[rejected].mean()) if rejected.any() else None}
 
 
 def summarise(results: list[dict], sources: list[str]) -> dict:
@@ -66,7 +70,8 @@ def summarise(results: list[dict], sources: list[str]) -> dict:
            "accuracy_kept_95": [next(t["accuracy_kept"] for t in r["open_set"]["thresholds"] if t["keep"] == 0.95)
                                 for r in results]}
     if "shifted" in results[0]:
-        out["shifted"] = {k: [r["shifted"][k] for r in results] for k in ("rejected_95", "macro_f1")}
+        out["shifted"] = {k: [r["shifted"][k] for r in results if r["shifted"].get(k) is not None]
+                          for k in ("rejected_95", "macro_f1", "accuracy_kept_95", "accuracy_rejected_95")}
     for source in sources:
         s = [r["open_set"]["sources"][source] for r in results]
         out[source] = {"auroc": [x["auroc"] for x in s], "rejected_95": [x["rejected"]["0.95"] for x in s],
