@@ -29,36 +29,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from traffic_moe_hf.recipes.common import load_prepared, model_view  # noqa: E402
-from traffic_moe_hf.recipes.evaluate import class_names, evaluate, known_labels, load_classifier, predict_logits  # noqa: E402
+from traffic_moe_hf.recipes.common import classification_metrics, load_prepared  # noqa: E402
+from traffic_moe_hf.recipes.evaluate import class_names, ensemble_logits, evaluate, known_labels, load_ensemble  # noqa: E402
 from traffic_moe_hf.recipes.open_set import top_probability  # noqa: E402
 
 
 def shifted_scores(folders: list[Path], shifted: str, result: dict) -> dict:
     """On the shifted captures (own classes, other conditions): the share below the threshold that keeps 95 %
-    of the test flows (``result``'s), and the macro-F1 — of one model or of the ensemble of ``folders``."""
-    import numpy as np
-
-    from traffic_moe_hf.recipes.common import classification_metrics
-
+    of the test flows (``result``'s), the macro-F1, and the accuracy on the flows kept and on those rejected —
+    of one model or of the ensemble of ``folders`` (scored as ``evaluate`` scores it)."""
     rows = load_prepared(shifted)["test"]
-    probabilities, names, labels = None, None, None
-    for folder in folders:
-        model = load_classifier(str(folder))
-        if names is None:
-            names = class_names(model)
-            _mapping, labels, keep = known_labels(rows, model, shifted)
-            rows, labels = rows.select(keep), labels[keep]
-        p = torch.as_tensor(predict_logits(model, model_view(rows, dense=model.config.model_type == "bert"))).softmax(-1)
-        p = p[:, [class_names(model).index(n) for n in names]]
-        probabilities = p if probabilities is None else probabilities + p
-    probabilities = (probabilities / len(folders)).numpy()
+    model, others = load_ensemble([str(f) for f in folders], shifted)
+    _mapping, labels, keep = known_labels(rows, model, shifted)
+    logits, labels = ensemble_logits(model, others, rows.select(keep)), labels[keep]
     threshold = next(t["threshold"] for t in result["open_set"]["thresholds"] if t["keep"] == 0.95)
-    top = top_probability(np.log(np.clip(probabilities, 1e-30, 1.0)))
-    correct = probabilities.argmax(-1) == labels
-    rejected = top < threshold
+    correct = logits.argmax(-1) == labels
+    rejected = top_probability(logits) < threshold
     return {"rejected_95": float(rejected.mean()),
-            "macro_f1": classification_metrics(labels, probabilities.argmax(-1), names)["macro_f1"],
+            "macro_f1": classification_metrics(labels, logits.argmax(-1), class_names(model))["macro_f1"],
             "accuracy_kept_95": float(correct[~rejected].mean()) if (~rejected).any() else None,
             "accuracy_rejected_95": float(correct[rejected].mean()) if rejected.any() else None}
 

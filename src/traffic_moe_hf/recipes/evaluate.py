@@ -204,7 +204,6 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         distinct_weights,
         load_prepared,
         macro_f1,
-        model_view,
         parameter_summary,
     )
 
@@ -215,18 +214,8 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         data_tokenizer(data, path)  # each model's input layout must be the data's
     if split not in prepared:
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
-    model = load_classifier(model_path)
-    warn_flow_assembly(data, model, model_path)
+    model, others = load_ensemble(members, data)
     names_model = class_names(model)
-    others = []  # an ensemble's other members, with their class order mapped onto the first's
-    for path in members[1:]:
-        other = load_classifier(path)
-        other_names = class_names(other)
-        if sorted(other_names) != sorted(names_model):
-            raise SystemExit(f"evaluate: {path} has other labels than {model_path}: the models of an ensemble must "
-                             "share labels")
-        warn_flow_assembly(data, other, path)
-        others.append((other, [other_names.index(n) for n in names_model]))
     dense = model.config.model_type == "bert"
     dataset = prepared[split]
     mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
@@ -243,17 +232,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         monitor.attach()
 
     def score(rows, what):
-        """The model's logits for ``rows`` (a dataset); an ensemble's verdict is the mean of the members'
-        class probabilities, its log standing in for the logits."""
-        logits = predict_logits(model, model_view(rows, dense=dense), batch_size=batch_size,
-                                progress=progress and f"evaluate {what}")
-        if others:
-            probabilities = torch.as_tensor(logits).softmax(-1)
-            for other, order in others:
-                other_view = model_view(rows, dense=other.config.model_type == "bert")
-                probabilities += torch.as_tensor(predict_logits(other, other_view, batch_size=batch_size)).softmax(-1)[:, order]
-            logits = (probabilities / (1 + len(others))).log().numpy()
-        return logits
+        return ensemble_logits(model, others, rows, batch_size=batch_size, progress=progress and f"evaluate {what}")
 
     started = time.perf_counter()
     logits = score(dataset.select(keep), split)
@@ -320,6 +299,41 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
                                                             plot_dir / f"{stem}_open_set.png"))
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def load_ensemble(members: list, data) -> tuple:
+    """The classifier of the first checkpoint folder and ``others``: each further member with its class order
+    mapped onto the first's by name (an ensemble's members must share labels: a clear error otherwise). Each
+    member whose flow assembly differs from ``data``'s is announced on stderr."""
+    model = load_classifier(members[0])
+    warn_flow_assembly(data, model, members[0])
+    names = class_names(model)
+    others = []
+    for path in members[1:]:
+        other = load_classifier(path)
+        other_names = class_names(other)
+        if sorted(other_names) != sorted(names):
+            raise SystemExit(f"evaluate: {path} has other labels than {members[0]}: the models of an ensemble must "
+                             "share labels")
+        warn_flow_assembly(data, other, path)
+        others.append((other, [other_names.index(n) for n in names]))
+    return model, others
+
+
+def ensemble_logits(model, others, rows, batch_size=64, progress=False) -> np.ndarray:
+    """The model's logits for ``rows`` (a prepared dataset); with ``others`` (from :func:`load_ensemble`) the
+    ensemble's verdict, the mean of the members' class probabilities, its log standing in for the logits."""
+    from .common import model_view
+
+    logits = predict_logits(model, model_view(rows, dense=model.config.model_type == "bert"), batch_size=batch_size,
+                            progress=progress)
+    if others:
+        probabilities = torch.as_tensor(logits).softmax(-1)
+        for other, order in others:
+            other_view = model_view(rows, dense=other.config.model_type == "bert")
+            probabilities += torch.as_tensor(predict_logits(other, other_view, batch_size=batch_size)).softmax(-1)[:, order]
+        logits = (probabilities / (1 + len(others))).log().numpy()
+    return logits
 
 
 def foreign_rows(path, model, data, exclude=()):

@@ -215,12 +215,10 @@ class _Writer:
         self.out = out
 
     def write(self, row):
-        if self.reject_below is not None:
-            closest = row["label"]
-            if float(row["probability"]) < self.reject_below:
-                row = {**row, "label": UNKNOWN}
-                self.unknown += 1
-            row["closest_label"] = closest
+        if self.reject_below is not None:  # a new row: the caller's stays as it was
+            rejected = float(row["probability"]) < self.reject_below
+            self.unknown += rejected
+            row = {**row, "label": UNKNOWN if rejected else row["label"], "closest_label": row["label"]}
         if self.json:  # numbers as JSON numbers (the CSV's text keeps its fixed 6 decimals)
             self.rows.append({**row, "start_time": float(row["start_time"]), "probability": float(row["probability"])})
         else:
