@@ -18,6 +18,15 @@ PRESETS: dict[str, dict] = {
         num_experts=4,
         num_experts_per_tok=2,
     ),
+    "mini": dict(  # between tiny and small: ~4x cheaper per step than small on a CPU, 3.5M parameters
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        moe_intermediate_size=256,
+        num_experts=8,
+        num_experts_per_tok=2,
+    ),
     "small": dict(
         hidden_size=256,
         num_hidden_layers=4,

@@ -2,6 +2,7 @@
 
 ``--labels dir``        label = name of the directory holding the capture (``root/<label>/x.pcap``).
 ``--labels file``       label = file name without capture suffixes (``dns.pcap.gz`` → ``dns``).
+``--labels none``       no labels: an unlabelled pretraining corpus (the dataset has no ``label`` column).
 ``--labels csv:PATH``   label per flow from a CSV with a header row. Columns (aliases in brackets):
     ``src_ip`` [``src``, ``saddr``, ``source_ip``], ``src_port`` [``sport``, ``source_port``],
     ``dst_ip`` [``dst``, ``daddr``, ``destination_ip``], ``dst_port`` [``dport``, ``destination_port``],
@@ -57,12 +58,16 @@ def parse_labels_option(value: str | None):
         return "dir", None
     if value == "file":
         return "file", None
+    if value == "none":
+        return "none", None
     if value.startswith("csv:") and len(value) > 4:
         return "csv", value[4:]
-    raise ValueError(f"--labels must be dir, file or csv:PATH (got {value!r})")
+    raise ValueError(f"--labels must be dir, file, csv:PATH or none (got {value!r})")
 
 
 def label_from_path(path: str, mode: str) -> str:
+    if mode == "none":  # an unlabelled corpus: one internal group for the split, no label column saved
+        return ""
     if mode == "dir":
         return os.path.basename(os.path.dirname(os.path.abspath(path))) or "unknown"
     name = os.path.basename(path)

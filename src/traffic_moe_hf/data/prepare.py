@@ -37,14 +37,24 @@ def add_parser(subparsers):
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
     p.add_argument("--out", type=output_folder, required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
     p.add_argument("--labels", default="dir",
-                   help="dir (parent directory name, default), file (file name) or csv:PATH (a CSV of 5-tuples "
-                        "[+ time range] and labels, or a Zeek conn.log in TSV or JSON form)")
+                   help="dir (parent directory name, default), file (file name), csv:PATH (a CSV of 5-tuples "
+                        "[+ time range] and labels, or a Zeek conn.log in TSV or JSON form) or none (an unlabelled "
+                        "pretraining corpus: no label column; the report counts flows and packets per input)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out capture files whose path (as given, or its name inside an input folder) matches "
+                        "this shell pattern (repeatable; counted in the report), e.g. the held-out captures of a task")
+    p.add_argument("--exclude-from", default=None, metavar="FILE",
+                   help="read --exclude patterns from FILE, one per line (# comments and blank lines ignored)")
     p.add_argument("--label-column", default=None,
                    help="with csv:PATH, the column holding the label (default: label/class/category), e.g. "
                         "service (Zeek's DPI verdict) or detailed-label (IoT-23)")
     p.add_argument("--level", choices=("flow", "packet"), default="flow", help="one sample per flow (default) or per packet")
     p.add_argument("--split", choices=("flow", "file", "time", "none"), default="flow",
                    help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
+    p.add_argument("--split-files-by", choices=("path", "name"), default="path",
+                   help="with --split file: the unit is the capture's path (default), or its file name, so that files of "
+                        "one name in several label folders (one source capture written once per label, as "
+                        "split-by-label.py does) fall on one side of the split")
     p.add_argument("--split-ratios", type=_ratios, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
                    help="train,validation,test fractions, summing to 1 (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
@@ -108,6 +118,16 @@ def run(args) -> int:
     except ValueError as e:
         print(f"traffic-moe prepare: {e}", file=sys.stderr)
         return 2
+    if args.split_files_by != "path" and args.split != "file":
+        print(f"traffic-moe prepare: --split-files-by {args.split_files_by}: only with --split file", file=sys.stderr)
+        return 2
+    if args.exclude_from:
+        try:
+            with open(args.exclude_from) as f:
+                args.exclude = args.exclude + [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            print(f"traffic-moe prepare: --exclude-from {args.exclude_from}: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         report = _prepare_from_args(args)
     except (LabelCsvError, FileExistsError) as e:
@@ -125,7 +145,8 @@ def _prepare_from_args(args) -> dict:
         header_layout=args.header_layout, min_packets=args.min_packets,
         store_packets=args.store_packets, normalize_tcp=args.normalize_tcp, coalesce_tcp=args.coalesce_tcp,
         anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
-        tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress,
+        tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress, exclude=args.exclude,
+        split_files_by=args.split_files_by,
     )
 
 
@@ -187,6 +208,42 @@ def collect_inputs(inputs, exclude=None, excluded=None):
     return out, missing, repeated
 
 
+def _apply_exclude(files, patterns):
+    """``files`` without those matching any ``--exclude`` pattern (shell style, against the path as
+    reached, its absolute path, and its display name); returns ``(kept, [display names left out])``."""
+    import fnmatch
+
+    if not patterns:
+        return files, []
+    kept, left_out = [], []
+    for p, name, root in files:
+        if any(fnmatch.fnmatch(x, pat) for pat in patterns for x in (p, os.path.abspath(p), name)):
+            left_out.append(name)
+        else:
+            kept.append((p, name, root))
+    return kept, left_out
+
+
+def _per_source(inputs, files, per_file, flows_kept) -> dict:
+    """Files, packets and flows per command-line input (a corpus from several sources says what each gave)."""
+    roots = [(inp, os.path.abspath(inp)) for inp in inputs]
+    out = {inp: {"files": 0, "files_read": 0, "packets": 0, "packets_used": 0, "flows": 0, "samples": 0} for inp in inputs}
+    for p, name, _root in files:
+        a = os.path.abspath(p)
+        src = next((inp for inp, r in roots if a == r or a.startswith(r.rstrip(os.sep) + os.sep)), None)
+        if src is None:
+            continue
+        s = out[src]
+        s["files"] += 1
+        if name in per_file:
+            s["files_read"] += 1
+            s["packets"] += per_file[name]["packets"]
+            s["packets_used"] += per_file[name]["used"]
+            s["flows"] += per_file[name]["flows"]
+            s["samples"] += flows_kept.get(name, 0)
+    return out
+
+
 def _work(item, on_progress=None):
     path, name, cfg, shard, shards = item
     from .samples import process_file
@@ -221,7 +278,8 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
             anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
-            store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train"):
+            store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train", exclude=(),
+            split_files_by="path"):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
@@ -237,6 +295,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
         raise LabelCsvError(f"--label-column {label_column}: only with --labels csv:PATH (labels come from {mode} names)")
     out_excluded = []
     files, missing, repeated = collect_inputs(inputs, exclude=out if save else None, excluded=out_excluded)
+    files, left_out = _apply_exclude(files, exclude)
     if tokenizer:  # a tokenizer folder decides the model input: its limits and layout
         from .samples import get_tokenizer
 
@@ -268,6 +327,13 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
         "files_failed": dict(missing), "files_warnings": {}, "files_split": {},
         "files_repeated": repeated,
     }
+    if split_files_by != "path":
+        if split != "file":
+            raise ValueError(f"--split-files-by {split_files_by}: only with --split file")
+        report["options"]["split_files_by"] = split_files_by
+    if exclude:
+        report["options"]["exclude"] = list(exclude)
+        report["files_excluded"] = left_out
     if out_excluded:
         report["out_inside_input"] = f"{out} lies inside an input folder: not read as input"
     if mode == "csv":
@@ -312,6 +378,8 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     results = [p[0] if len(p) == 1 else merge_shards(p) for p in parts]
     t_read = time.perf_counter() - t0
     ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups)
+    report["sources"] = _per_source(inputs, files, report.get("per_file", {}), report.get("_flows_kept", {}))
+    report.pop("_flows_kept", None)
     t_assemble = time.perf_counter() - t0 - t_read
     if save and out:
         os.makedirs(out, exist_ok=True)
@@ -562,7 +630,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     elif dedup == "group" and n:
         group_of = duplicate_groups(cols["flow_id"], cols["_key"])
         groups = [group_of[f] for f in fids]
-    fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [cols["source_file"][i] for i in fi],
+    unit_of = os.path.basename if report["options"].get("split_files_by") == "name" else (lambda f: f)
+    fsplits, split_report = assign_splits(fids, [cols["label"][i] for i in fi], [unit_of(cols["source_file"][i]) for i in fi],
                                           [cols["start_time"][i] for i in fi], split, ratios, seed, groups=groups,
                                           large_groups=large_groups)
     fsplit = dict(zip(fids, fsplits))
@@ -579,7 +648,9 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
             s = seen.setdefault(cols["flow_id"][i], splits[i])
             crossing += s != splits[i]
     split_report["flows_in_several_splits"] = crossing
-    names = sorted(set(cols.get("label", [])))
+    unlabelled = cfg.label_mode == "none"
+    names = [] if unlabelled else sorted(set(cols.get("label", [])))
+    report["_flows_kept"] = Counter(cols["source_file"][i] for i in range(n) if keep[i])
     samples = {}
     ds = None
     removed = Counter()
@@ -601,7 +672,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
             "five_tuple": Value("string"), "header_fields": Sequence(Value("int32")),
             "tcp_seq": Sequence(Value("int64")),
         }
-        feats = Features({k: v for k, v in feats.items() if k in cols})
+        feats = Features({k: v for k, v in feats.items() if k in cols and not (unlabelled and k == "label")})
         cols.pop("_key", None)
         lab_id = {x: j for j, x in enumerate(names)}
         # pyarrow directly with the Features' schema: datasets' from_dict would re-encode every
@@ -634,7 +705,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
             # writes batch by batch through it, so a large capture's rows exist once in memory
             dd[s] = Dataset(shared, info=DatasetInfo(features=feats), split=s, fingerprint=fp,
                             indices_table=InMemoryTable(pa.table({"indices": pa.array(idx, type=pa.uint64())})))
-            samples[s] = dict(sorted(Counter(cols["label"][i] for i in idx).items()))
+            samples[s] = ({"(unlabelled)": len(idx)} if unlabelled
+                          else dict(sorted(Counter(cols["label"][i] for i in idx).items())))
         ds = DatasetDict(dd)
     report["labels"] = names
     report["samples"] = samples
@@ -691,7 +763,9 @@ def format_report(r: dict) -> str:
           "of these captures (other captures, time ranges or endpoints; or only flows shorter than --min-packets)")
     samples = r.get("samples", {})
     labels = r.get("labels", [])
-    if samples:
+    if samples and not labels:
+        w("samples per split (unlabelled): " + ", ".join(f"{s} {sum(v.values())}" for s, v in samples.items()))
+    elif samples:
         splits = list(samples)
         w("samples per label and split:")
         w("  " + f"{'label':<24}" + "".join(f"{s:>12}" for s in splits))
@@ -717,6 +791,14 @@ def format_report(r: dict) -> str:
         how = ("folder" if r["options"]["labels"] == "dir" else "file") + " name"
         w(f"  note: one label ({labels[0]!r}, the {how}): fine for pretraining; a classifier needs two or more "
           "(--labels file: one label per capture file name; --labels dir: ROOT/<label>/*.pcap)")
+    if r.get("files_excluded"):
+        ex = r["files_excluded"]
+        w(f"  excluded by --exclude: {len(ex)} files ({', '.join(ex[:5])}{' ...' if len(ex) > 5 else ''}; all in report.json)")
+    if len(r.get("sources", {})) > 1 or r.get("options", {}).get("labels") == "none":
+        w("per input:")
+        w(f"  {'input':<40}{'files':>7}{'packets':>10}{'used':>10}{'flows':>8}{'samples':>9}")
+        for src, v in r["sources"].items():
+            w(f"  {src[-40:]:<40}{v['files_read']:>7}{v['packets']:>10}{v['packets_used']:>10}{v['flows']:>8}{v['samples']:>9}")
     t = r.get("timing", {})
     if t:
         w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")

@@ -19,8 +19,9 @@ MODEL_COLUMNS = ("input_ids", "attention_mask", "packet_ids", "direction_ids")
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_prepared(path: str | os.PathLike):
-    """A `DatasetDict` written by `traffic-moe prepare`, with a clear error when it is not one."""
+def load_prepared(path: str | os.PathLike, labelled: bool = True):
+    """A `DatasetDict` written by `traffic-moe prepare`, with a clear error when it is not one (or, with
+    ``labelled``, when it is an unlabelled corpus: ``prepare --labels none``)."""
     from datasets import load_from_disk
 
     path = Path(path)
@@ -34,7 +35,10 @@ def load_prepared(path: str | os.PathLike):
         raise SystemExit(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
     data = load_from_disk(str(path))
     for split in data.values():
-        missing = [c for c in (*MODEL_COLUMNS, "label") if c not in split.column_names]
+        if labelled and "label" not in split.column_names and all(c in split.column_names for c in MODEL_COLUMNS):
+            raise SystemExit(f"{path}: an unlabelled corpus (prepared with --labels none): pretrain on it, or prepare "
+                             "labelled captures (--labels dir|file|csv:PATH) to fine-tune or evaluate")
+        missing = [c for c in (*MODEL_COLUMNS, *(("label",) if labelled else ())) if c not in split.column_names]
         if missing:
             raise SystemExit(f"{path}: dataset lacks columns {missing}; prepare it again with tokenization on")
     return data

@@ -141,7 +141,7 @@ def add_parser(subparsers):
     p.add_argument("--out", type=output_folder, required=True,
                    help="output checkpoint folder (Hub layout); OUT/checkpoints holds the Trainer's checkpoints for "
                         "--resume (optimizer state, pickles): share OUT without it")
-    p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, small, base (default small)")
+    p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, mini, small, base (default small)")
     p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense: match the MoE's active (default) or total parameters")
@@ -204,17 +204,17 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     tokenizer = data_tokenizer(data)  # every source tokenized alike (a clear error otherwise)
     available = {}
     for path in data:
-        prepared = load_prepared(path)
+        prepared = load_prepared(path, labelled=False)
         available[path] = {s: len(prepared[s]) for s in prepared}
         for split in splits:
             if split in prepared and len(prepared[split]):
                 part = prepared[split]
                 if not contrastive:
-                    parts.append(model_view(part, dense=dense).remove_columns(["label"]))
+                    parts.append(_unlabelled(model_view(part, dense=dense)))
                     continue
                 for copy in range(view_copies):  # copy 0 is the single view of the default
                     viewed = shaped_views(part, path, seed=seed + 1000 * copy, budgets=view_budgets)
-                    parts.append(model_view(viewed, dense=dense, extra=VIEW_COLUMNS).remove_columns(["label"]))
+                    parts.append(_unlabelled(model_view(viewed, dense=dense, extra=VIEW_COLUMNS)))
     if not parts:
         raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}; they have "
                          + "; ".join(f"{p}: {h or 'nothing'}" for p, h in available.items())
@@ -297,6 +297,11 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return {k: v for k, v in summary.items() if k != "log_history"}
+
+
+def _unlabelled(view):
+    """Pretraining reads no labels (a labelled dataset's are dropped; a ``--labels none`` corpus has none)."""
+    return view.remove_columns(["label"]) if "label" in view.column_names else view
 
 
 # ------------------------------------------------------------------------------ flow-contrastive
