@@ -444,7 +444,7 @@ def test_longer_window_keeps_flow_shape_under_padding(tmp_path):
 
 
 def test_ceiling_refuses_a_window_longer_than_the_stored_flows(tmp_path):
-    """`benchmarks/robustness_ceiling.py --packets K` with K above `prepare --store-packets`: refused with
+    """`benchmarks/robustness/robustness_ceiling.py --packets K` with K above `prepare --store-packets`: refused with
     the dataset named (reading on would give the forest zero-filled packets)."""
     import importlib.util
 
@@ -452,7 +452,7 @@ def test_ceiling_refuses_a_window_longer_than_the_stored_flows(tmp_path):
 
     out = tmp_path / "p8"
     assert main(["prepare", str(DEMO), "--out", str(out), "--labels", "file", "--no-progress"]) == 0
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_ceiling.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness" / "robustness_ceiling.py"
     spec = importlib.util.spec_from_file_location("robustness_ceiling", script)
     ceiling = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ceiling)

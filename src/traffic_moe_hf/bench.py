@@ -19,7 +19,8 @@ GPU: `torch.cuda.max_memory_allocated`). Models:
   (same width/depth, FFN sized to the MoE's active parameters) — so the efficiency figures can be read
   next to measured accuracy.
 
-Layer level: ``benchmarks/bench_layer.py`` (source checkouts), which this command runs too.
+Layer level: ``benchmarks/efficiency/bench_layer.py`` (source checkouts), which this command runs too; from an
+installed wheel the layer level is reported as not measured and the model level runs as usual.
 Every figure of one run comes from the same machine in the same process tree, models interleaved.
 """
 
@@ -283,7 +284,7 @@ def bench(models=MODELS, lengths=None, device="cpu", dtype="float32", quick=Fals
             results.append(measure(name, length, device, dtype, quick) if cuda
                            else measure_in_fresh_process(name, length, device, dtype, quick))
     report = {"machine": machine(device), "device": device, "dtype": dtype, "models": results, "ratios": ratios(results)}
-    layer_script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_layer.py"
+    layer_script = Path(__file__).resolve().parents[2] / "benchmarks" / "efficiency" / "bench_layer.py"
     if layer and layer_script.is_file():
         import importlib.util
 
@@ -295,7 +296,7 @@ def bench(models=MODELS, lengths=None, device="cpu", dtype="float32", quick=Fals
             kwargs.update(tokens=[4096], reps=3)
         report["layer"] = module.run_benchmark(**kwargs)
     elif layer:
-        report["layer"] = "not measured (benchmarks/bench_layer.py is in source checkouts only)"
+        report["layer"] = "not measured (benchmarks/efficiency/bench_layer.py is in source checkouts only)"
     return report
 
 

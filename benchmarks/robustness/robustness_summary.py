@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise `traffic-moe robustness` JSON files as one Markdown table: per model, the macro-F1 drop in
 points under each black-box attack at its strongest reported budget, and the worst drop over every
-attack and budget. usage: python benchmarks/robustness_summary.py LABEL=FILE.json[:model,...] ..."""
+attack and budget. usage: python benchmarks/robustness/robustness_summary.py LABEL=FILE.json[:model,...] ..."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Where the time goes in one forward on a GPU: torch.profiler tables for Traffic-MoE `base` (default experts
 implementation and transformers' grouped_mm) and the dense ET-BERT shape, bf16, 128 tokens, batch 1 and 128.
-Usage: python benchmarks/gpu_profile.py OUT.txt (needs CUDA)."""
+Usage: python benchmarks/efficiency/gpu_profile.py OUT.txt (needs CUDA)."""
 import sys
 
 import torch

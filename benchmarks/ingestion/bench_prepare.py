@@ -6,8 +6,8 @@
 Also, with --num-proc 2 against 1 process: the three tasks' folders together (parallel by file), and
 the same captures written into one file (parallel by flow inside it: the case of one large capture).
 
-usage: python benchmarks/bench_prepare.py [DATA_DIR] [--repeats 3] [--scapy-packets 8000] [--no-one-capture]
-Writes benchmarks/results/prepare.json and prepare.md. Not a test: timings depend on the machine.
+usage: python benchmarks/ingestion/bench_prepare.py [DATA_DIR] [--repeats 3] [--scapy-packets 8000] [--no-one-capture]
+Writes benchmarks/ingestion/results/prepare.json and prepare.md. Not a test: timings depend on the machine.
 Each figure is the median of --repeats runs (scapy: one run over its first --scapy-packets packets,
 it is ~100x slower). prepare runs in-process (imports excluded, as for the baselines) and writes
 its DatasetDict to a temporary directory (saving included).
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = HERE.parents[0].parent / "shared" / "data" / "loopback9"
+DEFAULT = HERE.parents[2] / "shared" / "data" / "loopback9"
 
 
 def bare_dpkt(files):

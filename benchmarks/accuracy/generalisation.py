@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generalisation: models trained by benchmarks/real_tasks.py on one task's captures, evaluated on the
+"""Generalisation: models trained by benchmarks/accuracy/real_tasks.py on one task's captures, evaluated on the
 same classes captured again under other conditions and prepared separately (`prepare --split none`),
 labels matched by name — beside the random forest trained on the same training flows.
 
@@ -9,7 +9,7 @@ different loopback MTU, e.g.
     MTU=700 ../shared/tools/gen-loopback-traffic.sh 40 /tmp/shift/loopback9-mtu700
     MTU=700 ../shared/tools/gen-tls-traffic.sh 40 /tmp/raw && ../shared/tools/cut-flows.py /tmp/raw /tmp/shift/tls9-mtu700 64
 
-usage: python benchmarks/generalisation.py --real runs/real TASK=CAPTURE_DIR [TASK=CAPTURE_DIR ...]
+usage: python benchmarks/accuracy/generalisation.py --real runs/real TASK=CAPTURE_DIR [TASK=CAPTURE_DIR ...]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--real", default="runs/real", help="output folder of benchmarks/real_tasks.py")
+    parser.add_argument("--real", default="runs/real", help="output folder of benchmarks/accuracy/real_tasks.py")
     parser.add_argument("shifted", nargs="+", metavar="TASK=DIR")
     parser.add_argument("--condition", default="loopback MTU 700 (1500 in training)")
     parser.add_argument("--shots", nargs="*", type=int, default=[10],

@@ -23,7 +23,7 @@ dataset's ``max_packets`` (prepare the data with ``--store-packets`` >= K; a lar
 many payload bytes per packet the forest sees (0: direction, IP length and flags only). ``--attacks``
 restricts the cells (e.g. ``--attacks padding``).
 
-usage: python benchmarks/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--packets K] [--payload-bytes B]
+usage: python benchmarks/robustness/robustness_ceiling.py DATA_DIR [DATA_DIR ...] [--packets K] [--payload-bytes B]
        [--attacks NAME ...] [--no-mixed] [--json OUT] [--md OUT.md]
 """
 
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+")
-    parser.add_argument("--json", default="benchmarks/results/robustness_ceiling.json")
-    parser.add_argument("--md", default="benchmarks/results/robustness_ceiling.md")
+    parser.add_argument("--json", default="benchmarks/robustness/results/robustness_ceiling.json")
+    parser.add_argument("--md", default="benchmarks/robustness/results/robustness_ceiling.md")
     parser.add_argument("--packets", type=int, default=None, help="packets per flow the forest reads (default: the dataset's)")
     parser.add_argument("--payload-bytes", type=int, default=PAYLOAD_BYTES)
     parser.add_argument("--attacks", nargs="*", default=None, help="only these attacks")

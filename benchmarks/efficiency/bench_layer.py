@@ -10,7 +10,7 @@ forward (under ``torch.no_grad``) and forward+backward, medians over interleaved
 after warm-up (implementations alternate inside each repetition so drifts hit all alike).
 
 Importable: ``run_benchmark(...)`` returns a list of result dicts; ``machine_info()``.
-CLI: ``python benchmarks/bench_layer.py [--quick] [--json OUT] [--png OUT] [--md OUT] [--device cuda]``
+CLI: ``python benchmarks/efficiency/bench_layer.py [--quick] [--json OUT] [--png OUT] [--md OUT] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-_SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+_SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
 
 
 def _import_dispatch():

@@ -56,9 +56,9 @@ $T evaluate --data $E/shifted-p8b64 --model $E/moe-adv-p8 --split test --json $E
 
 # what any learner can recover under padding, by window length (direction, IP length, flags only)
 for k in 8 16 32; do
-  .venv/bin/python benchmarks/robustness_ceiling.py $E/tls9-p16b30 $E/attack10-p16b64 --packets $k --payload-bytes 0 \
-    --attacks padding --no-mixed --json benchmarks/results/robustness_ceiling_padding_${k}packets.json \
-    --md benchmarks/results/robustness_ceiling_padding_${k}packets.md
+  .venv/bin/python benchmarks/robustness/robustness_ceiling.py $E/tls9-p16b30 $E/attack10-p16b64 --packets $k --payload-bytes 0 \
+    --attacks padding --no-mixed --json benchmarks/robustness/results/robustness_ceiling_padding_${k}packets.json \
+    --md benchmarks/robustness/results/robustness_ceiling_padding_${k}packets.md
 done
 
 # attack10 16 x 64, added later the same day: the clean fine-tuning counterpart, the dense baseline trained
@@ -71,9 +71,9 @@ ft $E/a10cap-p16b64 $E/a10-moe-adv-p16-s1 --seed 1 --epochs 4 $A
 $T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-clean-p16 --name a10_moe_clean_p16 --json $E/rob/a10-clean-p16.json --md $E/rob/a10-clean-p16.md
 $T robustness --data $E/a10cap-p16b64 --model $E/a10-dense-adv-p16 --name a10_dense_adv_p16 --json $E/rob/a10-dense-p16.json --md $E/rob/a10-dense-p16.md
 $T robustness --data $E/a10cap-p16b64 --model $E/a10-moe-adv-p16-s1 --name a10_moe_adv_p16_s1 --json $E/rob/a10-p16-s1.json --md $E/rob/a10-p16-s1.md
-.venv/bin/python benchmarks/robustness_ceiling.py $E/attack10-p16b64 --packets 16 --attacks padding \
-  --json benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.json \
-  --md benchmarks/results/robustness_ceiling_padding_attack10_16packets_mixed.md
+.venv/bin/python benchmarks/robustness/robustness_ceiling.py $E/attack10-p16b64 --packets 16 --attacks padding \
+  --json benchmarks/robustness/results/robustness_ceiling_padding_attack10_16packets_mixed.json \
+  --md benchmarks/robustness/results/robustness_ceiling_padding_attack10_16packets_mixed.md
 # a second seed of the dense baseline on tls9 16 x 30 (added with the attack10 rows)
 ft $E/tls9-p16b30 $E/dense-adv-p16-s1 --dense --seed 1 $A
 $T robustness --data $E/tls9-p16b30 --model $E/dense-adv-p16-s1 --name dense_adv_p16_s1 --json $E/rob/p16-dense-s1.json --md $E/rob/p16-dense-s1.md

@@ -1,12 +1,12 @@
 """Peak memory of `traffic-moe prepare` on one large capture, and what each additional flow costs.
 
-Builds two captures from the three tasks' pcaps in ../shared/data (benchmarks/bench_prepare.py's
+Builds two captures from the three tasks' pcaps in ../shared/data (benchmarks/ingestion/bench_prepare.py's
 `one_capture`: every Ethernet pcap written into one file; and K time-shifted copies of it, so the
 flows repeat as new flows), runs `traffic-moe prepare CAPTURE --out DIR` on each in a fresh process
 and reads that process's peak RSS. The difference divided by the difference in flows is the memory
 per additional flow, the figure that decides whether a capture fits in memory.
 
-usage: python benchmarks/bench_prepare_memory.py [--copies 5] [--json OUT]
+usage: python benchmarks/ingestion/bench_prepare_memory.py [--copies 5] [--json OUT]
 Not a test: figures depend on the machine and the Python/torch build (the process itself, with torch
 and datasets imported, is several hundred MB of the peak).
 """
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[0].parent / "shared" / "data"
+SHARED = HERE.parents[2] / "shared" / "data"
 
 _MEASURE = (
     "import resource, subprocess, sys\n"

@@ -6,9 +6,9 @@ scores the ensemble of those fine-tuned models, per few-shot seed, on the test s
 of them (class probabilities averaged, as `traffic-moe evaluate --model A --model B` does), beside each member's
 own score from `real_tasks.py`'s cached result. Nothing is trained here.
 
-    python benchmarks/ensemble_fewshot.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 --task tls9 \\
+    python benchmarks/accuracy/ensemble_fewshot.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 --task tls9 \\
         --rows traffic-moe-pretrained-lp-ft dense-bert-pretrained-lp-ft --shots 1 5 10 --seeds 10 \\
-        --json benchmarks/results/ensemble_fewshot_tls9.json
+        --json benchmarks/accuracy/results/ensemble_fewshot_tls9.json
 
 Every run folder must hold the same prepared data (same `prepare` options, so the same test flows: checked).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from traffic_moe_hf.recipes.common import load_prepared  # noqa: E402
 from traffic_moe_hf.recipes.evaluate import evaluate  # noqa: E402

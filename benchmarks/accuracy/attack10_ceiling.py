@@ -7,7 +7,7 @@ Two checks on a prepared attack10 dataset (`prepare --large-groups train`, the d
 2. the largest group of identical HTTP-flood test inputs: its packets, whether the same input occurs in the
    train or validation split, and what the port-scan class's training flows look like.
 
-    python benchmarks/attack10_ceiling.py runs/sess-64/data/attack10-full
+    python benchmarks/accuracy/attack10_ceiling.py runs/sess-64/data/attack10-full
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from traffic_moe_hf.recipes.baselines import PACKETS, dataset_features  # noqa: E402
 from traffic_moe_hf.recipes.common import classification_metrics, label_names, load_prepared  # noqa: E402

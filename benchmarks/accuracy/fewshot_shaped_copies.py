@@ -2,11 +2,11 @@
 """attack10, 10 flows per class, Traffic-MoE from scratch: plain few-shot fine-tuning against the same
 with 3 shaped copies per flow (`finetune --adversarial --adv-copies 3 --adv-eps 0`). Same data, split
 (training flows capped at 200 per class), steps (300, batch 16, lr 3e-3) and seeds as the few-shot cells
-of `benchmarks/real_tasks.py`, so the plain runs reproduce its "Traffic-MoE from scratch" cell.
+of `benchmarks/accuracy/real_tasks.py`, so the plain runs reproduce its "Traffic-MoE from scratch" cell.
 Needs ../shared/data/attack10. Writes under runs/fs (README, real tasks, "attack10, 10 per class").
 
-usage: python benchmarks/fewshot_shaped_copies.py prep
-       python benchmarks/fewshot_shaped_copies.py plain|adv SEEDS   (e.g. 0,1; run plain and adv side by side)
+usage: python benchmarks/accuracy/fewshot_shaped_copies.py prep
+       python benchmarks/accuracy/fewshot_shaped_copies.py plain|adv SEEDS   (e.g. 0,1; run plain and adv side by side)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from traffic_moe_hf.recipes.evaluate import evaluate
 from traffic_moe_hf.recipes.finetune import finetune
 
 OUT = Path("runs/fs")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ training flows capped at `--per-class` per class (default 200), then side by sid
 
 Resumable: finished runs are read back from OUT/runs/*.json. Writes OUT/real_tasks.json and .md.
 
-usage: python benchmarks/real_tasks.py [--out runs/real] [--config tiny] [--pretrain-steps 800] [--seeds 3]
+usage: python benchmarks/accuracy/real_tasks.py [--out runs/real] [--config tiny] [--pretrain-steps 800] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 TASKS = ("loopback9", "tls9", "attack10")
 SHOTS = (1, 5, 10)

@@ -10,10 +10,10 @@ run folders' models per few-shot seed is scored too. With --shifted (the same cl
 conditions, `prepare --split none`) it also reports the cost of that threshold there: the share of those
 own-class flows it rejects, the macro-F1 on them, and the accuracy on the flows it keeps and on those it rejects.
 
-    python benchmarks/open_set.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 runs/sess-30s3 --task tls9 \\
+    python benchmarks/accuracy/open_set.py --runs runs/sess-30 runs/sess-30s1 runs/sess-30s2 runs/sess-30s3 --task tls9 \\
         --rows traffic-moe-pretrained-lp-ft dense-bert-pretrained-lp-ft dense-bert-pretrained --shots 10 --seeds 10 \\
         --ood runs/sess-30/data/public-zeek runs/sess-30/data/loopback9 runs/sess-30/data/attack10 \\
-        --exclude https benign-ssh ssh-bruteforce --shifted runs/sess-30/data/tls9-mtu700 --json benchmarks/results/open_set_tls9.json --md benchmarks/results/open_set_tls9.md
+        --exclude https benign-ssh ssh-bruteforce --shifted runs/sess-30/data/tls9-mtu700 --json benchmarks/accuracy/results/open_set_tls9.json --md benchmarks/accuracy/results/open_set_tls9.md
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from traffic_moe_hf.recipes.common import classification_metrics, load_prepared  # noqa: E402
 from traffic_moe_hf.recipes.evaluate import class_names, ensemble_logits, evaluate, known_labels, load_ensemble  # noqa: E402

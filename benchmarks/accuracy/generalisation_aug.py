@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Generalisation with shaping augmentation: fine-tune the pretrained Traffic-MoE of benchmarks/real_tasks.py with
+"""Generalisation with shaping augmentation: fine-tune the pretrained Traffic-MoE of benchmarks/accuracy/real_tasks.py with
 `adversarial=dict(copies=2, eps=0)` (two shaped copies of every training flow: padding, splitting, chaff,
 normalisation, header perturbation; no embedding PGD), then evaluate on the task test split and on the
-shifted re-captures prepared by benchmarks/generalisation.py.
+shifted re-captures prepared by benchmarks/accuracy/generalisation.py.
 
-usage: python benchmarks/generalisation_aug.py TASK   (after real_tasks.py and generalisation.py)
+usage: python benchmarks/accuracy/generalisation_aug.py TASK   (after real_tasks.py and generalisation.py)
 """
 import json, sys, torch
 torch.set_num_threads(1)

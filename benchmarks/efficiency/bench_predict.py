@@ -1,14 +1,14 @@
 """Throughput and peak memory of `traffic-moe predict` on large captures: a file, the same file piped as a
 stream (`predict -`), and bf16, each in a fresh process.
 
-Captures: benchmarks/bench_prepare.py's `one_capture` (every Ethernet pcap of the three tasks in
+Captures: benchmarks/ingestion/bench_prepare.py's `one_capture` (every Ethernet pcap of the three tasks in
 ../shared/data written into one file: 109 MB, 11,634 flows) and bench_prepare_memory.py's five
 time-shifted copies of it (546 MB, 58,170 flows). Model: `tiny`, fine-tuned for one epoch on the demo
 captures shipped in data/demo (its verdicts do not matter here, only its cost; the tables' models are
 `tiny` too). Reported: wall time of the command (start-up and model load included), the flows/s
 predict itself reports, and the process's peak RSS.
 
-usage: python benchmarks/bench_predict.py [--copies 5] [--json benchmarks/results/predict.json]
+usage: python benchmarks/efficiency/bench_predict.py [--copies 5] [--json benchmarks/efficiency/results/predict.json]
 Not a test: figures depend on the machine.
 """
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 
 # runs argv (stdin from a file when the first argument is "<PATH") in a child and prints its exit status,
 # peak RSS in KB and the last line of its standard error (predict's JSON summary)
@@ -53,7 +53,7 @@ def measure(argv) -> dict:
 
 
 def main() -> int:
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(REPO / "benchmarks" / "ingestion"))  # bench_prepare_memory (and its bench_prepare)
     from bench_prepare_memory import large_captures
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

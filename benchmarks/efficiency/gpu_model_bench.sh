@@ -3,7 +3,7 @@
 # dense equal-total-parameters and SwitchTransformers encoders, flow lengths 128/256/512, bf16 and fp32.
 # Needs only torch + transformers (the GPU image has both); writes JSON/PNG/log under $OUT.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results/gpu}
+OUT=${OUT:-benchmarks/efficiency/results/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/model_nvidia_smi.txt"

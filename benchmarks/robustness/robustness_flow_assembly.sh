@@ -2,7 +2,7 @@
 # Robustness with defensive flow assembly (README "Defensive flow assembly"; measured 2026-11-28 on a
 # 2-core CPU, ~40 min for the fine-tuning, ~6 min for the robustness runs; the generalisation seeds 1 and 2
 # of the adversarial MoE: the same finetune command with --seed 1 / --seed 2).
-# Needs the pretrained checkpoints and compact-layout all-data checkpoints of `benchmarks/real_tasks.py`
+# Needs the pretrained checkpoints and compact-layout all-data checkpoints of `benchmarks/accuracy/real_tasks.py`
 # (here under runs/real2) and ../shared/data; writes under runs/norm.
 set -e
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
