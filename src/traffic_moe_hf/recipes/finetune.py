@@ -37,7 +37,9 @@ def add_parser(subparsers):
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--from", dest="init_from", help="pretrained checkpoint to start from")
+    source.add_argument("--from", dest="init_from",
+                        help="pretrained checkpoint to start from: a folder, or a shipped one by short name "
+                             "(traffic-moe-mini; bert-mini, the dense baseline)")
     source.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset when training from scratch (default small)")
     p.add_argument("--dense", action="store_true", help="train the dense BERT baseline")
     p.add_argument("--match", choices=("active", "total"), default="active",
@@ -309,6 +311,13 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         warn_window,
     )
 
+    if init_from:  # a shipped checkpoint's short name (traffic-moe-mini) or a folder
+        from ..checkpoints import resolve_checkpoint
+
+        try:
+            init_from = resolve_checkpoint(init_from)
+        except FileNotFoundError as e:
+            raise SystemExit(f"--from {e}") from None
     if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
         raise SystemExit(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
                          "`traffic-moe pretrain` or `traffic-moe finetune` writes")
