@@ -191,8 +191,8 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
     from .. import TrafficMoeForMaskedLM
-    from .common import (data_tokenizer, dense_config, dense_positions, load_prepared, model_view, moe_config,
-                         parameter_summary, save_final_model)
+    from .common import (data_tokenizer, dense_config, dense_positions, device_summary, load_prepared, model_view,
+                         moe_config, parameter_summary, save_final_model)
     from .expert_load import ExpertLoadCallback
 
     if view_copies < 1:
@@ -251,6 +251,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         save_total_limit=2,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),  # lets torchrun start CPU (gloo) DDP without extra settings
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # on a GPU: bf16 autocast
         seed=seed,
         data_seed=seed,
         disable_tqdm=not progress,
@@ -289,6 +290,13 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         "view_copies": view_copies if contrastive else 0,
         "view_budgets": view_budgets if contrastive else None,
         "train_loss": result.training_loss,
+        # the compute behind the checkpoint (this run; a resumed run adds its own): for the model card and the record
+        "compute": {"steps_this_run": trainer.state.global_step - (_checkpoint_step(last) if last else 0),
+                    "seconds_this_run": round(result.metrics.get("train_runtime", 0.0), 1),
+                    "flows_per_step": batch_size * (2 if contrastive else 1),
+                    "mean_tokens_per_flow": _mean_tokens(corpus),
+                    "machine": device_summary(), "torch_threads": torch.get_num_threads(),
+                    "bf16": training_args.bf16},
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
         "log_history": trainer.state.log_history,
@@ -297,6 +305,16 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     }
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2))
     return {k: v for k, v in summary.items() if k != "log_history"}
+
+
+def _checkpoint_step(path) -> int:
+    return int(str(path).rstrip("/").rsplit("-", 1)[-1])
+
+
+def _mean_tokens(corpus) -> float:
+    """Mean number of real tokens per flow of the corpus (tokens seen = steps x flows per step x this)."""
+    n = min(len(corpus), 2000)
+    return round(float(np.mean([sum(m) for m in corpus.select(range(n))["attention_mask"]])), 1) if n else 0.0
 
 
 def _unlabelled(view):
