@@ -1,0 +1,151 @@
+"""Proof of transfer: the shipped checkpoints fine-tuned with the CLI's DEFAULTS, against the same recipe from
+scratch and the random forests, on sv17 (real-world, 17 nDPI labels, split by source capture) and on
+loopback9 / tls9 / attack10 — all training data and 1 / 5 / 10 flows per class (seeds 0..S-1).
+
+    .venv/bin/python benchmarks/foundation/transfer.py --work /work/data/foundation \\
+        [--tasks sv17 ...] [--rows moe scratch dense] [--cells all 10 ...] [--seeds 10] [--report-only]
+
+Datasets come from ``benchmarks/foundation/make_corpus.py`` (WORK/sv17, WORK/loopback9, ...: prepare's
+defaults). Every model row is ``finetune(data, out, init_from=..., shots=k, seed=s)`` with every other option
+at its default (what ``traffic-moe finetune --data D --out O --from traffic-moe-mini [--shots k --seed s]``
+runs) and ``evaluate`` on the test split; the validation score is recorded beside it. Resumable: each cell is
+cached in WORK/transfer/runs/<task>/<row>-<cell>-<seed>.json; missing cells are "not measured". Writes
+WORK/transfer/transfer.json and benchmarks/foundation/results/transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TASKS = ("sv17", "loopback9", "tls9", "attack10")
+CELLS = ("all", "1", "5", "10")
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def token_forest(train, test, names, seed=0, width=512):
+    """Random forest on the first ``width`` token ids of the model input (the issue's second forest)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from traffic_moe_hf.recipes.common import classification_metrics
+
+    def x(split):
+        out = np.zeros((len(split), width), dtype=np.int32)
+        for i, ids in enumerate(split["input_ids"]):
+            ids = ids[:width]
+            out[i, : len(ids)] = ids
+        return out
+
+    forest = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1).fit(x(train), np.asarray(train["label"]))
+    return classification_metrics(np.asarray(test["label"]), forest.predict(x(test)), names)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "foundation")
+    ap.add_argument("--moe", default="traffic-moe-mini", help="the MoE checkpoint (short name or folder)")
+    ap.add_argument("--dense", default="bert-mini", help="the dense checkpoint (short name or folder)")
+    ap.add_argument("--scratch-config", default="mini", help="preset of the from-scratch row (the MoE's size)")
+    ap.add_argument("--tasks", nargs="*", default=list(TASKS))
+    ap.add_argument("--rows", nargs="*", default=["moe", "scratch", "dense"])
+    ap.add_argument("--cells", nargs="*", default=list(CELLS))
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from traffic_moe_hf.checkpoints import resolve_checkpoint
+    from traffic_moe_hf.recipes.baselines import random_forest
+    from traffic_moe_hf.recipes.common import device_summary, few_shot, label_names, load_prepared
+    from traffic_moe_hf.recipes.evaluate import evaluate
+    from traffic_moe_hf.recipes.finetune import finetune
+
+    rows = {"moe": ("Traffic-MoE mini, shipped checkpoint", dict(init_from=resolve_checkpoint(a.moe))),
+            "scratch": (f"Traffic-MoE {a.scratch_config}, from scratch", dict(config=a.scratch_config)),
+            "dense": ("dense BERT mini, shipped checkpoint", dict(init_from=resolve_checkpoint(a.dense)))}
+    out = a.work / "transfer"
+    runs = out / "runs"
+    table = {}
+    for task in a.tasks:
+        data = str(a.work / task)
+        prepared = load_prepared(data)
+        names = label_names(prepared["train"])
+        t_rows = {}
+        for key, (title, kwargs) in rows.items():
+            cells = {}
+            for cell in CELLS:
+                seeds = [0] if cell == "all" else list(range(a.seeds))
+                got = []
+                for seed in seeds:
+                    path = runs / task / f"{key}-{cell}-{seed}.json"
+                    if not path.is_file() and not a.report_only and key in a.rows and cell in a.cells:
+                        folder = out / "ckpt" / task / f"{key}-{cell}-{seed}"
+                        log(task, title, cell, "seed", seed)
+                        t = time.perf_counter()
+                        fin = finetune(data, str(folder), shots=None if cell == "all" else int(cell), seed=seed,
+                                       progress=False, **kwargs)
+                        test = evaluate(data, str(folder), split="test", audit=False)
+                        val = evaluate(data, str(folder), split="validation", audit=False)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(json.dumps({"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+                                                    "validation_macro_f1": val["macro_f1"], "steps": fin.get("steps"),
+                                                    "seconds": round(time.perf_counter() - t, 1),
+                                                    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                                                    "machine": device_summary(), "threads": a.threads,
+                                                    "kwargs": {k: str(v) for k, v in kwargs.items()}}, indent=1))
+                    if path.is_file():
+                        got.append(json.loads(path.read_text()))
+                cells[cell] = got
+            t_rows[title] = cells
+        for title, fn in (("random forest (classic: 8 packets, 32 payload bytes)", lambda tr, s: random_forest(tr, prepared["test"], names, seed=s)),
+                          ("random forest (first 512 token ids)", lambda tr, s: token_forest(tr, prepared["test"], names, seed=s))):
+            cells = {"all": [{"test_macro_f1": fn(prepared["train"], 0)["macro_f1"]}]}
+            for cell in CELLS[1:]:
+                cells[cell] = [{"test_macro_f1": fn(few_shot(prepared["train"], int(cell), s), s)["macro_f1"]} for s in range(a.seeds)]
+            t_rows[title] = cells
+        table[task] = {"classes": len(names), "train": len(prepared["train"]), "test": len(prepared["test"]), "rows": t_rows}
+    report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(), "seeds": a.seeds,
+              "moe": a.moe, "dense": a.dense, "tasks": table}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.json").write_text(json.dumps(report, indent=1))
+    md = markdown(report)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "transfer.md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(report) -> str:
+    def cell(got):
+        v = [g["test_macro_f1"] for g in got]
+        if not v:
+            return "not measured"
+        if len(v) == 1:
+            return f"{v[0]:.3f}"
+        return f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f} (n={len(v)})"
+
+    lines = [f"Macro-F1 on each task's test split; fine-tuning with `traffic-moe finetune`'s defaults; few-shot: mean ± "
+             f"std over the seeds measured (n). Tabulated {report['date']}; cells measured on: {report['machine']}.", ""]
+    for task, t in report["tasks"].items():
+        lines += [f"**{task}** ({t['classes']} classes; {t['train']} training flows, {t['test']} test flows)", "",
+                  "| model | all data | 1 per class | 5 per class | 10 per class |", "|---|---:|---:|---:|---:|"]
+        for title, cells in t["rows"].items():
+            lines.append(f"| {title} | " + " | ".join(cell(cells[c]) for c in CELLS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
