@@ -520,7 +520,8 @@ def test_prepare_says_what_it_did_not_write_and_skips_its_own_output(tmp_path, c
 
     shutil.copy(DEMO / "dns.pcap", tmp_path / "dns.pcap")
     out = tmp_path / "ds"
-    assert main(["prepare", str(tmp_path), "--out", str(out), "--min-packets", "1000", "--no-progress"]) == 0
+    # exit 1: no dataset written (issue 28), so `prepare ... && finetune ...` stops here
+    assert main(["prepare", str(tmp_path), "--out", str(out), "--min-packets", "1000", "--no-progress"]) == 1
     text = capsys.readouterr().out
     assert "no samples, so no dataset" in text and not (out / "dataset_dict.json").exists()
     with pytest.raises(SystemExit, match="wrote no samples here .*40 too_short"):

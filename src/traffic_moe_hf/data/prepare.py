@@ -5,7 +5,9 @@
 
 Writes ``DIR`` in ``save_to_disk`` layout, ``DIR/report.json`` (the accounting: files read /
 failed with reasons, packets total = used + skipped by reason, flows, samples per split and label)
-and ``DIR/split_report.json``.  Exit status 0 when at least one file was read, 1 otherwise.
+and ``DIR/split_report.json``, whole or not at all: built in a hidden folder beside ``DIR`` and moved into
+place when complete. Exit status 0 when it wrote a dataset, 1 otherwise (no file read, no sample kept);
+a run that writes no dataset leaves an earlier dataset in ``DIR`` as it was, its report.json included.
 See ``docs/data.md``.
 """
 
@@ -87,6 +89,9 @@ def add_parser(subparsers):
                    help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; see docs/data.md)")
     p.add_argument("--ttl", choices=("mask", "keep", "initial"), default="mask",
                    help="IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")
+    p.add_argument("--tunnels", choices=("decap", "outer"), default="decap",
+                   help="decap (default): read the packet a GRE / ERSPAN / IP-in-IP / VXLAN / Geneve / GTP-U tunnel carries "
+                        "(outer headers dropped; counted per tunnel kind); outer: the outer packet only")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")
@@ -134,7 +139,7 @@ def run(args) -> int:
         print(f"traffic-moe prepare: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
-    return 0 if report["files_read"] > 0 else 1
+    return 0 if report.get("samples_total") else 1  # no dataset written: a script's next step must not run
 
 
 def _prepare_from_args(args) -> dict:
@@ -145,7 +150,7 @@ def _prepare_from_args(args) -> dict:
         header_layout=args.header_layout, min_packets=args.min_packets,
         store_packets=args.store_packets, normalize_tcp=args.normalize_tcp, coalesce_tcp=args.coalesce_tcp,
         anonymize=args.anonymize, ttl=args.ttl, udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout,
-        tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress, exclude=args.exclude,
+        tunnels=args.tunnels, tokenizer=args.tokenizer, num_proc=args.num_proc, progress=args.progress, exclude=args.exclude,
         split_files_by=args.split_files_by,
     )
 
@@ -279,7 +284,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
             anonymize=True, ttl="mask",
             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
             store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train", exclude=(),
-            split_files_by="path"):
+            split_files_by="path", tunnels="decap"):
     """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
@@ -313,14 +318,14 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
                         store_packets=store_packets, normalize_tcp=normalize_tcp, coalesce_tcp=coalesce_tcp,
                         packet_bytes=packet_bytes, header_layout=header_layout,
                         anonymize=anonymize, udp_timeout=udp_timeout, tcp_timeout=tcp_timeout,
-                        min_packets=min_packets, label_mode=mode, tokenizer=tokenizer)
+                        min_packets=min_packets, label_mode=mode, tokenizer=tokenizer, tunnels=tunnels)
     report = {
         "inputs": inputs, "out": os.fspath(out) if out else None,
         "options": {"labels": labels, "label_column": label_column, "level": level, "split": split, "ratios": list(ratios), "seed": seed,
                     "dedup": dedup, "large_groups": large_groups, "max_packets": max_packets, "store_packets": store_packets,
                     "normalize_tcp": normalize_tcp, "coalesce_tcp": coalesce_tcp, "max_bytes": max_bytes,
                     "packet_bytes": packet_bytes, "header_layout": header_layout,
-                    "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl,
+                    "min_packets": min_packets, "anonymize": anonymize, "ttl": ttl, "tunnels": tunnels,
                     "udp_timeout": udp_timeout, "tcp_timeout": tcp_timeout, "tokenizer": tokenizer,
                     "num_proc": num_proc},
         "files_total": len(files) + len(missing), "files_read": 0,
@@ -381,40 +386,53 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     report["sources"] = _per_source(inputs, files, report.get("per_file", {}), report.get("_flows_kept", {}))
     report.pop("_flows_kept", None)
     t_assemble = time.perf_counter() - t0 - t_read
-    if save and out:
-        os.makedirs(out, exist_ok=True)
-        if ds is not None:  # a run that produced nothing (e.g. a mistyped input) leaves an earlier dataset alone
-            report["splits_replaced"] = _remove_stale_splits(out, list(ds))
-            with library_bars(progress, transformers=False):
-                ds.save_to_disk(out)
-    elapsed = time.perf_counter() - t0
-    report["timing"] = {"read_and_samples_s": round(t_read, 3), "split_and_arrow_s": round(t_assemble, 3),
-                        "total_s": round(elapsed, 3),
-                        "packets_per_s": round(report["packets_total"] / elapsed, 1) if elapsed > 0 else None}
-    if save and out:
-        with open(os.path.join(out, "report.json"), "w") as f:
-            json.dump(report, f, indent=1, sort_keys=False)
-        with open(os.path.join(out, "split_report.json"), "w") as f:
-            json.dump(report["split_report"], f, indent=1)
+
+    def timing():
+        elapsed = time.perf_counter() - t0
+        report["timing"] = {"read_and_samples_s": round(t_read, 3), "split_and_arrow_s": round(t_assemble, 3),
+                            "total_s": round(elapsed, 3),
+                            "packets_per_s": round(report["packets_total"] / elapsed, 1) if elapsed > 0 else None}
+
+    if save and out and ds is None and os.path.isfile(os.path.join(out, "dataset_dict.json")):
+        # a run that produced nothing (a mistyped input, nothing decodable) leaves an earlier dataset alone, its
+        # report.json included: that describes the data beside it (finetune and evaluate read its options)
+        report["not_written"] = f"{out} holds an earlier dataset: left as it was"
+    elif save and out:
+        _write_folder(out, ds, report, progress, timing)
+    if "timing" not in report:
+        timing()
     if not save:
         report["_dataset"] = ds
     return report
 
 
-def _remove_stale_splits(out, splits) -> list[str]:
-    """A second ``prepare`` into the same folder replaces the first: split folders of an earlier run
-    (``datasets`` layout: ``state.json`` and ``dataset_info.json`` inside) that this run does not write are
-    removed (``--split none`` after a flow split used to leave the old train/validation beside the new
-    test). Nothing else in the folder is touched. Returns the names removed."""
-    import shutil
+def _write_folder(out, ds, report, progress, timing) -> None:
+    """The dataset (``save_to_disk`` layout), ``report.json`` and ``split_report.json`` built in a hidden folder
+    beside ``out`` and moved into its place only when complete (:mod:`..atomic`): a run failing or interrupted
+    while writing leaves an earlier dataset in ``out`` byte for byte as it was. A second ``prepare`` into the
+    same folder replaces the first: split folders of the earlier run (``datasets`` layout: ``state.json`` and
+    ``dataset_info.json`` inside) that this run does not write are removed (``--split none`` after a flow split
+    used to leave the old train/validation beside the new test, ``report["splits_replaced"]``); anything else
+    in the folder (a user's notes) is carried over to the new one."""
+    from ..atomic import atomic_folder
 
-    removed = []
+    stale = []
     for name in ("train", "validation", "test"):
         folder = os.path.join(out, name)
-        if name not in splits and all(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_info.json")):
-            shutil.rmtree(folder)
-            removed.append(name)
-    return removed
+        if (ds is not None and name not in ds
+                and all(os.path.isfile(os.path.join(folder, f)) for f in ("state.json", "dataset_info.json"))):
+            stale.append(name)
+    if ds is not None:
+        report["splits_replaced"] = stale
+    with atomic_folder(out, carry=lambda name: name not in stale and name != "dataset_dict.json") as staging:
+        if ds is not None:
+            with library_bars(progress, transformers=False):
+                ds.save_to_disk(str(staging))
+        timing()
+        with open(staging / "report.json", "w") as f:
+            json.dump(report, f, indent=1, sort_keys=False)
+        with open(staging / "split_report.json", "w") as f:
+            json.dump(report["split_report"], f, indent=1)
 
 
 class _Progress:
@@ -462,7 +480,7 @@ def merge_shards(parts: list[dict]) -> dict:
     out.pop("flow_position", None)
     for k in ("packets_used", "flows", "flows_used", "flows_label_ambiguous"):
         out[k] = sum(p.get(k, 0) for p in parts)
-    for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped"):
+    for k in ("packets_skipped", "ip_protocols_skipped", "flows_skipped", "tunnels_decapsulated"):
         out[k] = sum((Counter(p[k]) for p in parts), Counter())
     out["label_rows_matched"] = set().union(*(p.get("label_rows_matched", ()) for p in parts))
     out["seconds"] = sum(p.get("seconds", 0.0) for p in parts)
@@ -598,6 +616,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     report["packets_skipped"] = dict(sorted(skipped.items()))
     report["ip_protocols_skipped"] = dict(protos.most_common())
     report["link_types"] = dict(lts.most_common())
+    report["tunnels_decapsulated"] = dict(sum((Counter(r.get("tunnels_decapsulated", {})) for r in ok), Counter()).most_common())
     report["flows"] = sum(r["flows"] for r in ok)
     report["flows_used"] = sum(r["flows_used"] for r in ok)
     report["flows_skipped"] = dict(fskip)
@@ -747,6 +766,8 @@ def format_report(r: dict) -> str:
     w(f"  (used + skipped = {chk}{' OK' if chk == tot else ' MISMATCH'})")
     if r.get("ip_protocols_skipped"):
         w("  not TCP/UDP by protocol: " + ", ".join(f"{k} {v}" for k, v in r["ip_protocols_skipped"].items()))
+    if r.get("tunnels_decapsulated"):
+        w("  tunnel headers removed (--tunnels decap): " + ", ".join(f"{k} {v}" for k, v in r["tunnels_decapsulated"].items()))
     w(f"flows: {r.get('flows', 0)} total, {r.get('flows_used', 0)} used"
       + "".join(f", {v} skipped ({k})" for k, v in r.get("flows_skipped", {}).items()))
     ambiguous = r.get("label_csv", {}).get("flows_ambiguous", 0)
@@ -804,7 +825,10 @@ def format_report(r: dict) -> str:
         w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
     if r.get("splits_replaced"):
         w(f"  note: splits of an earlier run in {r['out']} not written this time were removed: {', '.join(r['splits_replaced'])}")
-    if r.get("out") and not r.get("samples_total"):
+    if r.get("not_written"):
+        w(f"nothing written: {r['not_written']} (no samples, so no dataset; see flows skipped and packets skipped "
+          "above)")
+    elif r.get("out") and not r.get("samples_total"):
         w(f"written: {r['out']} (report.json, split_report.json only: no samples, so no dataset; "
           "see flows skipped and packets skipped above)")
     elif r.get("out"):

@@ -286,19 +286,36 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
         if ood_exclude:
             result["open_set"]["excluded_labels"] = list(ood_exclude)
     if json_out:
-        json_out = Path(json_out)
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        plot_dir = Path(plots) if plots else json_out.parent
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        stem = json_out.stem
-        result["plots"] = {"confusion_matrix": str(plot_confusion(metrics, plot_dir / f"{stem}_confusion.png"))}
-        if monitor is not None:
-            result["plots"]["expert_load"] = str(plot_expert_load(result["expert_load"], plot_dir / f"{stem}_expert_load.png"))
-        if foreign:
-            result["plots"]["open_set"] = str(open_set.plot(inside, foreign, result["open_set"]["thresholds"],
-                                                            plot_dir / f"{stem}_open_set.png"))
-        json_out.write_text(json.dumps(result, indent=2))
+        write_outputs(result, metrics, json_out, plots, inside=inside if foreign else None, foreign=foreign)
     return result
+
+
+def write_outputs(result: dict, metrics: dict, json_out, plots=None, inside=None, foreign=None) -> None:
+    """The JSON and the PNGs, all or none: each is drawn to a temporary name beside its place and the set is
+    moved into place only once every one is complete (:mod:`..atomic`), so a run failing here (a full disk, a
+    plotting error) leaves the earlier JSON and plots byte for byte as they were. Adds ``result["plots"]``."""
+    import contextlib
+
+    from ..atomic import atomic_path
+
+    json_out = Path(json_out)
+    plot_dir = Path(plots) if plots else json_out.parent
+    stem = json_out.stem
+    drawn = {"confusion_matrix": (plot_dir / f"{stem}_confusion.png", lambda p: plot_confusion(metrics, p))}
+    if "expert_load" in result:
+        drawn["expert_load"] = (plot_dir / f"{stem}_expert_load.png", lambda p: plot_expert_load(result["expert_load"], p))
+    if foreign:
+        from . import open_set
+
+        drawn["open_set"] = (plot_dir / f"{stem}_open_set.png",
+                             lambda p: open_set.plot(inside, foreign, result["open_set"]["thresholds"], p))
+    with contextlib.ExitStack() as outputs:  # on leaving without an error each temporary replaces its file
+        result["plots"] = {}
+        for name, (path, draw) in drawn.items():
+            draw(outputs.enter_context(atomic_path(path)))
+            result["plots"][name] = str(path)
+        with outputs.enter_context(atomic_path(json_out)).open("w") as f:
+            f.write(json.dumps(result, indent=2))
 
 
 def load_ensemble(members: list, data) -> tuple:
@@ -405,7 +422,9 @@ def add_to_model_card(model_path, result: dict) -> Path | None:
     text = card.read_text()
     marker = "\n## Limitations"
     text = text.replace(marker, "\n" + block + marker, 1) if marker in text else text.rstrip("\n") + "\n\n" + block
-    card.write_text(text)
+    from ..atomic import write_text
+
+    write_text(card, text)  # whole or not at all: the card is the model's documentation
     return card
 
 

@@ -13,6 +13,9 @@ The ``packets`` column: the flow's packet count — from a file its total; from 
 its verdict was written (its first N packets, or all when it ended sooner). From standard input (``-``) each flow's verdict is written as soon
 as the flow has its first N packets, or when it goes idle or the stream ends; idle flows are evicted,
 so memory stays bounded on an endless stream. Progress and throughput go to standard error.
+A file named by ``--out`` appears complete when the run ends (until then its rows go to a hidden
+``.NAME.*.tmp.csv`` beside it; ``--out -`` writes them to standard output as they come); a run that reads no
+capture, or fails, leaves an earlier file of that name as it was.
 With ``--reject-below P`` a flow whose top class probability is below P gets the label ``unknown`` (its
 nearest class in the column ``closest_label``): a closed-set model otherwise names one of its classes for
 any flow at all. ``traffic-moe evaluate --ood`` measures which P keeps 99 / 95 / 90 % of the model's own
@@ -198,21 +201,27 @@ def make_classifier(model_path, bf16: bool = False) -> Classifier:
 
 class _Writer:
     """Rows to CSV (streamed, flushed per row) or JSON (written at the end). With ``reject_below`` a row whose
-    probability is below it is labelled ``unknown``, its class kept as ``closest_label`` (counted in ``unknown``)."""
+    probability is below it is labelled ``unknown``, its class kept as ``closest_label`` (counted in ``unknown``).
+
+    A file named by ``out`` is written whole or not at all (:mod:`..atomic`): rows go to a hidden temporary
+    beside it (``.NAME.*.tmp.csv``, created at the first row), which :meth:`commit` moves into place;
+    :meth:`discard` (a run that read no capture, or failed) leaves an earlier file of that name as it was.
+    ``-`` is standard output, written as rows come."""
 
     def __init__(self, out, reject_below: float | None = None):
         self.json = str(out).lower().endswith(".json")
         self.rows = []
         self.reject_below, self.unknown = reject_below, 0
-        if out != "-":  # like evaluate --json: the folder is made, here before any work (JSON is written last)
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-        if self.json:
-            self.file = None
-        else:
-            self.file = sys.stdout if out == "-" else open(out, "w", newline="")
-            self.csv = csv.DictWriter(self.file, fieldnames=FIELDS + (["closest_label"] if reject_below is not None else []))
-            self.csv.writeheader()
         self.out = out
+        self.file = self.target = None
+        self.fields = FIELDS + (["closest_label"] if reject_below is not None else [])
+        if out == "-" and not self.json:
+            self._start(sys.stdout)
+
+    def _start(self, file):
+        self.file = file
+        self.csv = csv.DictWriter(file, fieldnames=self.fields)
+        self.csv.writeheader()
 
     def write(self, row):
         if self.reject_below is not None:  # a new row: the caller's stays as it was
@@ -222,14 +231,35 @@ class _Writer:
         if self.json:  # numbers as JSON numbers (the CSV's text keeps its fixed 6 decimals)
             self.rows.append({**row, "start_time": float(row["start_time"]), "probability": float(row["probability"])})
         else:
+            if self.file is None:
+                self._open()
             self.csv.writerow(row)
             self.file.flush()
 
-    def close(self):
-        if self.json:
-            Path(self.out).write_text(json.dumps(self.rows, indent=1))
-        elif self.file is not sys.stdout:
-            self.file.close()
+    def _open(self):
+        from ..atomic import AtomicFile
+
+        self.target = AtomicFile(self.out, "w", newline="")
+        self._start(self.target.file)
+
+    def commit(self):
+        """The output complete: into place (a CSV with no row: its header)."""
+        if self.json:  # (``-`` is always CSV)
+            from ..atomic import write_text
+
+            write_text(self.out, json.dumps(self.rows, indent=1))
+            return
+        if self.file is None:
+            self._open()
+        if self.target is not None:
+            self.target.commit()
+        else:
+            self.file.flush()
+
+    def discard(self):
+        """Nothing to keep: the temporary removed, an earlier ``out`` untouched."""
+        if self.target is not None:
+            self.target.discard()
 
 
 @honours_progress
@@ -243,11 +273,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     is only counted until it ends. Ready flows wait in a pool of ``pool`` (default 8 batches), sorted by
     length there so short flows are not padded to the longest (length bucketing). Memory is thus the
     open flows' counters plus one small row per flow, not every flow's packets (benchmarks/bench_predict.py)."""
-    from tqdm.auto import tqdm
-
-    from ..data.flows import FlowTable
     from ..data.prepare import collect_inputs
-    from ..data.reader import CaptureError, open_capture
 
     classifier = make_classifier(model_path, bf16=bf16)
     files, missing, repeated = collect_inputs(captures)
@@ -258,6 +284,30 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     if not files and not missing:
         print(f"predict: no files found in {', '.join(captures)} (empty folders; hidden files are not read)", file=sys.stderr)
     writer = _Writer(out, reject_below)
+    try:
+        summary = _predict_files(files, classifier, writer, batch_size, progress, udp_timeout, tcp_timeout, pool,
+                                 missing)
+    except BaseException:
+        writer.discard()
+        raise
+    if summary["files_read"]:
+        writer.commit()
+    else:
+        writer.discard()
+        if out != "-":
+            print(f"predict: no capture read: {out} not written" + (" (the earlier file is left as it was)"
+                                                                    if os.path.exists(out) else ""), file=sys.stderr)
+    if reject_below is not None:
+        summary["flows_unknown"] = writer.unknown
+    return summary
+
+
+def _predict_files(files, classifier, writer, batch_size, progress, udp_timeout, tcp_timeout, pool, missing) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..data.flows import FlowTable
+    from ..data.reader import CaptureError, open_capture
+
     summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0,
                "max_open_flows": 0}
@@ -326,10 +376,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     bar.set_postfix_str(f"{summary['flows']:,} flows", refresh=False)
     bar.update(bar.total - bar.n)
     bar.close()
-    writer.close()
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    if reject_below is not None:
-        summary["flows_unknown"] = writer.unknown
     summary["flows_per_second"] = round(summary["flows"] / summary["seconds"], 1) if summary["seconds"] else None
     summary["packets_per_second"] = round(summary["packets_total"] / summary["seconds"], 1) if summary["seconds"] else None
     return summary
@@ -413,7 +460,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     except CaptureError as err:
         summary["files_failed"]["-"] = str(err)
         print(f"predict: -: {err}", file=sys.stderr)  # as for a file
-        writer.close()
+        writer.discard()  # nothing read: an earlier --out file stays as it was
         return summary
     summary["files_read"] = 1
     worker.start()
@@ -444,6 +491,9 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
             print(f"predict: -: {records.warning}", file=sys.stderr)
         for flow in table.finish():
             closed(flow, table.sample_left(flow))
+    except BaseException:
+        writer.discard()  # a failed run: an earlier --out file stays as it was
+        raise
     finally:
         if worker.is_alive():  # the end mark after the last flow (also when reading failed), then wait
             hand_over(None)
@@ -451,8 +501,9 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         if main_thread:
             signal.signal(signal.SIGINT, previous)
     if failure:
+        writer.discard()
         raise failure[0]
-    writer.close()
+    writer.commit()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     if reject_below is not None:
         summary["flows_unknown"] = writer.unknown
