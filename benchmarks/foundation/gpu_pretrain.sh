@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# On a lent GPU (one call, <= ~9 min): continue the foundation pretraining runs packed by pack_for_gpu.sh, with the
+# same command as on the CPU (bf16 autocast is on by itself on a GPU), then bring back the newest checkpoint.
+# Each run gets its own time box; a run stopped by the box still leaves its last --save-steps checkpoint.
+# Files come back under $OUT (16 MB each at most: the optimizer state is split into 15 MB parts).
+set -u
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+W=/tmp/foundation; mkdir -p "$W"
+$PY -m pip install -q --no-deps --no-index .gpu/wheels/*.whl && $PY -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+tar -C "$W" -xf .gpu/data.tar
+for run in pre-mini pre-bert-mini; do [ -f ".gpu/$run.tar" ] && tar -C "$W" -xf ".gpu/$run.tar"; done
+nvidia-smi --query-gpu=name,memory.total --format=csv | tail -1
+for spec in "pre-mini:--config mini:${MOE_SECONDS:-300}" "pre-bert-mini:--config mini --dense:${DENSE_SECONDS:-180}"; do
+  run=${spec%%:*}; rest=${spec#*:}; opts=${rest%:*}; secs=${rest##*:}
+  echo "== $run $(date -u +%T) for at most ${secs}s"
+  ( cd "$W" && timeout "$secs" traffic-moe pretrain --data corpus-public loopback9 tls9 attack10 --out "$run" $opts \
+      --max-steps 6000 --save-steps 100 --seed 0 --no-progress --resume ) > "$OUT/$run.log" 2>&1; echo "rc=$?"
+  last=$(ls -d "$W/$run/checkpoints/checkpoint-"* 2>/dev/null | sort -t- -k2 -n | tail -1)
+  [ -n "$last" ] || continue
+  mkdir -p "$OUT/$run"
+  tar -C "$W" -cf - "${last#$W/}" | split -b 15M - "$OUT/$run/ckpt.tar.part-"
+  echo "$run: $(basename "$last") -> $OUT/$run (cat ckpt.tar.part-* | tar -x)"
+done

@@ -1,0 +1,186 @@
+"""Ship a pretraining checkpoint as a Hub folder in the repository's checkpoints/ (with its model card and loss curve).
+
+    .venv/bin/python benchmarks/foundation/ship.py --moe WORK/pre-mini/checkpoints/checkpoint-N \\
+        --dense WORK/pre-bert-mini/checkpoints/checkpoint-N --work WORK --hours-moe H --hours-dense H
+
+Writes checkpoints/traffic-moe-mini and checkpoints/bert-mini: safetensors, config (with ``auto_map`` and the
+remote-code files for the MoE), tokenizer, README.md (the card: corpus, compute, losses, the transfer table of
+benchmarks/foundation/results/transfer.md) and loss.png. Each folder is written beside its final place and
+moved in when complete. Ship a new version only when it measures better on VALIDATION (probe.py, transfer.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def loss_plot(history, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], label="total (masked packets + contrastive + router)")
+    if any("contrastive_loss" in h for h in history):
+        ax.plot([h["step"] for h in history if "contrastive_loss" in h],
+                [float(h["contrastive_loss"]) for h in history if "contrastive_loss" in h], label="flow-contrastive (NT-Xent)")
+    ax.set_xlabel("step (32 flows + 32 shaped views)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def corpus_table(work: Path) -> str:
+    rows = ["| source | capture files read | packets | flows pretrained on |", "|---|---:|---:|---:|"]
+    public = json.loads((work / "corpus-public" / "report.json").read_text())
+    for src, v in public["sources"].items():
+        name = src.split("shared/data/")[-1]
+        rows.append(f"| {name} | {v['files_read']} | {v['packets']:,} | {v['samples']} (95 % train) |")
+    for task in ("loopback9", "tls9", "attack10"):
+        r = json.loads((work / task / "report.json").read_text())
+        rows.append(f"| {task} (train split only) | {r['files_read']} | {r['packets_total']:,} | {sum(r['samples']['train'].values())} |")
+    return "\n".join(rows)
+
+
+CARD = """---
+library_name: transformers
+license: apache-2.0
+tags: [traffic-moe, network-traffic, mixture-of-experts, pretrained]
+---
+
+# {name}
+
+{what}, pretrained by masked-packet modelling + flow contrast on public network captures. A **foundation
+checkpoint**: fine-tune it on your labelled flows (`traffic-moe finetune --from {short}`) — it has no
+classification head of its own. Record: `docs/results/foundation.md` in the traffic-moe-hf repository.
+
+Not on the Hugging Face Hub or PyPI: it ships in the repository's `checkpoints/` folder. Install the package
+from a clone (`pip install -e .`), or load the folder with `trust_remote_code=True` without it{remote}.
+
+```python
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+path = "checkpoints/{short}"          # this folder
+encoder = AutoModel.from_pretrained(path{trc})
+classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=5{trc})  # new head, to fine-tune
+tokenizer = AutoTokenizer.from_pretrained(path{trc})
+```
+
+## Model
+
+| | |
+|---|---|
+| architecture | {arch} |
+| parameters | {total:.2f}M total, {active:.2f}M active per token |
+| input | 8 packets x 64 byte tokens per flow (compact header layout: anonymised fields left out), `prepare`'s defaults |
+
+## Pretraining corpus
+
+Unlabelled, one command (`benchmarks/foundation/make_corpus.py`):
+`traffic-moe prepare ../shared/data/public/{{suricata-verify/pcaps,zeek-traces,tcpdump-tests}} --labels none
+--exclude-from benchmarks/foundation/sv17-heldout.txt --split-ratios 0.95,0.05,0`, plus the train splits of
+loopback9 / tls9 / attack10 (`prepare --labels file`, defaults). The validation and test source captures of the
+sv17 task (and byte-identical copies elsewhere) were never read.
+
+{corpus}
+
+## Compute
+
+{compute}
+
+![loss](loss.png)
+
+## Transfer
+
+{transfer}
+
+## Limitations
+
+Small (CPU-pretrained for hours, not days); the corpus is test and research traffic (crafted and real), a few
+thousand flows per source. Headers are anonymised before the model sees them; check the shortcut audit of your
+own evaluation (`traffic-moe evaluate`) before trusting a score.
+"""
+
+
+def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: str):
+    from transformers import BertForMaskedLM
+
+    from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
+
+    state = json.loads((src / "trainer_state.json").read_text())
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(src)
+    model.save_pretrained(tmp)
+    tokenizer = TrafficTokenizer.from_pretrained(src)
+    (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(tmp)
+    short = dst.name
+    loss_plot(state["log_history"], tmp / "loss.png", f"{short}: pretraining loss")
+    total = sum(p.numel() for p in model.parameters())
+    if dense:
+        active = total
+        arch = f"BERT encoder, {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, FFN {model.config.intermediate_size} (matched to the MoE's active parameters)"
+    else:
+        from traffic_moe_hf import count_parameters
+
+        counts = count_parameters(model)
+        total, active = counts.get("parameters_total", total), counts.get("parameters_active", total)
+        c = model.config
+        arch = (f"Traffic-MoE encoder, {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_experts} experts "
+                f"(FFN {c.moe_intermediate_size}) top-{c.num_experts_per_tok}")
+    history = [h for h in state["log_history"] if "loss" in h]
+    steps = state["global_step"]
+    compute = (f"{steps} steps x 32 flows (+ 32 shaped views) = {steps * 32:,} flows read "
+               f"(~{steps * 32 * 2 * 470 / 1e6:.1f}M tokens at ~470 tokens per flow); {hours:.2f} h on {machine}. "
+               f"Loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> {history[-1]['loss']:.3f} (step {history[-1]['step']}).")
+    transfer_md = HERE / "results" / "transfer.md"
+    transfer = transfer_md.read_text() if transfer_md.is_file() else "Not measured yet."
+    card = CARD.format(name=short, short=short, what="A dense BERT baseline" if dense else "A sparse Mixture-of-Experts traffic encoder",
+                       remote="" if dense else " (the folder carries its modeling code: `auto_map`)",
+                       trc="" if dense else ", trust_remote_code=True", arch=arch, total=total / 1e6, active=active / 1e6,
+                       corpus=corpus_table(work), compute=compute, transfer=transfer)
+    (tmp / "README.md").write_text(card)
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, dst)
+    size = sum(f.stat().st_size for f in dst.iterdir()) / 1e6
+    print(f"shipped {src} -> {dst} ({size:.1f} MB, step {steps})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moe", type=Path)
+    ap.add_argument("--dense", type=Path)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--hours-moe", type=float, default=0.0)
+    ap.add_argument("--hours-dense", type=float, default=0.0)
+    ap.add_argument("--machine", default="2-core CPU")
+    ap.add_argument("--out", type=Path, default=REPO / "checkpoints")
+    a = ap.parse_args(argv)
+    a.out.mkdir(exist_ok=True)
+    if a.moe:
+        ship(a.moe, a.out / "traffic-moe-mini", False, a.work, a.hours_moe, a.machine)
+    if a.dense:
+        ship(a.dense, a.out / "bert-mini", True, a.work, a.hours_dense, a.machine)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
