@@ -89,7 +89,7 @@ def test_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
 def test_robustness_plan_is_checked_before_any_model_runs(attacks, budgets, message):
     """`traffic-moe robustness` checks attack names and budgets first (a typo was a KeyError after the
     clean pass; a negative padding ran as a silent no-op and was reported as a result)."""
-    from traffic_moe_hf.robustness.cli import check_plan
+    from traffic_moe_hf.recipes.robustness import check_plan
 
     with pytest.raises(SystemExit) as exit_info:
         check_plan(attacks, budgets)
@@ -97,8 +97,8 @@ def test_robustness_plan_is_checked_before_any_model_runs(attacks, budgets, mess
 
 
 def test_robustness_plan_keeps_defaults_and_warns_about_unused_budgets(capsys):
-    from traffic_moe_hf.robustness.attacks import DEFAULT_BUDGETS
-    from traffic_moe_hf.robustness.cli import check_plan
+    from traffic_moe_hf.recipes.robustness import check_plan
+    from traffic_moe_hf.shaping.attacks import DEFAULT_BUDGETS
 
     plan = check_plan(["padding"], {"padding": [0, 1500], "split": [3]})
     assert plan["padding"] == [0, 1500] and plan["chaff"] == DEFAULT_BUDGETS["chaff"]
@@ -126,6 +126,22 @@ def test_demo_on_a_folder_with_one_class_stops_before_pretraining(tmp_path):
         main(["demo", "--data", str(data), "--out", str(tmp_path / "run")])
     assert "needs captures of at least two classes" in str(exit_info.value.code)
     assert not (tmp_path / "run" / "pretrained-moe").exists()
+
+
+def test_demo_without_its_captures_names_the_folder_and_the_option(tmp_path, monkeypatch):
+    """From an installed wheel the shipped slice is not there: one line naming it and --data, nothing written."""
+    from traffic_moe_hf import demo
+
+    monkeypatch.setattr(demo, "DEFAULT_DATA", tmp_path / "site-packages" / "data" / "demo" / "loopback9")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "run")])
+    assert "loopback9: the shipped slice is in a clone's data/demo/loopback9" in str(exit_info.value.code)
+    assert "pass --data FOLDER" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")])
+    assert str(exit_info.value.code) == (f"demo: {tmp_path / 'nothing'}: no such folder; "
+                                         "pass --data FOLDER (captures, one file per class)")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("line", ["evaluate --data D --model M --json {d}", "predict X --model M --out {d}",

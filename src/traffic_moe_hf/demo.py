@@ -46,6 +46,10 @@ def _stage(title: str):
 
 
 def run(args) -> int:
+    if not Path(args.data).is_dir():  # before any output or import; an installed wheel holds no captures
+        where = ("the shipped slice is in a clone's data/demo/loopback9, not in an installed package"
+                 if Path(args.data) == DEFAULT_DATA else "no such folder")
+        raise SystemExit(f"demo: {args.data}: {where}; pass --data FOLDER (captures, one file per class)")
     from .data.prepare import format_report, prepare
     from .recipes.evaluate import add_to_model_card, evaluate, format_result
     from .recipes.finetune import finetune
