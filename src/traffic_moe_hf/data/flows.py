@@ -294,10 +294,19 @@ def _pair_key(proto: int, a: tuple, b: tuple) -> tuple:
 class FlowTable:
     """Assigns packets to flows. ``add`` returns ``True`` when the packet is kept in its flow's
     sample (one of the first ``max_packets``), ``False`` when it was only counted (the sample is
-    full), or a reason string when TCP normalisation left it out of the sample."""
+    full), or a reason string when TCP normalisation left it out of the sample.
+
+    ``tunnels`` (``"decap"`` / ``"outer"``) is how the packets given to ``add`` are to be decoded
+    (``decode(linktype, frame, table.tunnels)``): the table does not decode, but it carries the setting
+    with the others of flow assembly, so a reader handed a table (``predict``) decodes as ``prepare`` did."""
 
     def __init__(self, max_packets=8, max_bytes=64, ttl="mask", anonymize_packets=True,
-                 udp_timeout=60.0, tcp_timeout=3600.0, normalize_tcp=True, coalesce_tcp=False):
+                 udp_timeout=60.0, tcp_timeout=3600.0, normalize_tcp=True, coalesce_tcp=False, tunnels="decap"):
+        from .decode import TUNNEL_MODES
+
+        if tunnels not in TUNNEL_MODES:
+            raise ValueError(f"tunnels must be one of {', '.join(TUNNEL_MODES)}, not {tunnels!r}")
+        self.tunnels = tunnels
         self.max_packets = max_packets
         self.normalize_tcp = normalize_tcp
         self.coalesce_tcp = coalesce_tcp

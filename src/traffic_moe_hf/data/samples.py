@@ -4,6 +4,11 @@
 ``--num-proc``).  Accounting is exact: ``packets_total == packets_used + sum(packets_skipped)`` and
 ``flows == flows_used + sum(flows_skipped)`` for every file.
 
+Tunnels (``PrepareConfig.tunnels``, ``prepare --tunnels``): ``"decap"`` (default) reads the packet a tunnel
+carries — GRE, ERSPAN, IP-in-IP, VXLAN, Geneve, GTP-U; see :mod:`.decode` — and drops the outer headers;
+``tunnels_decapsulated`` counts the tunnel headers removed, per kind (a packet in two nested tunnels
+counts once for each). ``"outer"`` reads the outer packet only.
+
 Packet skip reasons (besides the decode reasons in :mod:`.decode`):
 ``beyond_max_packets`` (the flow's packets after its first ``store_packets``; flow level only),
 ``tcp_retransmission`` / ``tcp_out_of_window`` (left out by TCP normalisation, see :mod:`.flows`),
@@ -20,12 +25,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .decode import Decoded, decode, parse_ip
+from .decode import IP_TUNNEL_PROTOS, UDP_TUNNEL_PORTS, Decoded, decapsulate, decode, parse_ip
 from .flows import FlowTable, bursts
 from .reader import CaptureError, linktype_name, open_capture
 
 __all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "restore_headers", "COLUMNS", "get_tokenizer",
-           "tokenizer_settings"]
+           "tokenizer_settings", "tunnels_record"]
 
 COLUMNS = (
     "input_ids", "attention_mask", "packet_ids", "direction_ids", "label", "packets", "directions",
@@ -47,6 +52,7 @@ class PrepareConfig:
     header_layout: str = "compact"  # compact | full (see tokenization_traffic_moe)
     ttl: str = "mask"
     anonymize: bool = True
+    tunnels: str = "decap"  # decap (read the packet a tunnel carries) | outer (see .decode)
     udp_timeout: float = 60.0
     tcp_timeout: float = 3600.0
     min_packets: int = 1
@@ -70,6 +76,21 @@ def tokenizer_settings(options) -> dict:
             "header_layout": get("header_layout", "full") or "full", "capture_bytes": max_bytes}
 
 
+def tunnels_record(data) -> dict:
+    """What a checkpoint records of the tunnel mode its training data was read with (``traffic_flow_options``,
+    which ``predict`` reads): ``{}`` for ``decap`` (the default, also what ``predict`` assumes without a record),
+    ``{"tunnels": "outer"}`` otherwise. ``data``: a prepared dataset folder (its report.json) or the report's
+    ``options``; a dataset prepared before tunnels were decapsulated (no ``tunnels`` option) read them as outer."""
+    if not isinstance(data, dict):
+        import json
+        from pathlib import Path
+
+        report = Path(data) / "report.json"
+        data = json.loads(report.read_text()).get("options", {}) if report.is_file() else {"tunnels": "decap"}
+    tunnels = data.get("tunnels", "outer")
+    return {} if tunnels == "decap" else {"tunnels": tunnels}
+
+
 def get_tokenizer(path: str | None = None, settings: dict | None = None):
     """The project's tokenizer (cached per process): from a folder, or ``TrafficTokenizer(**settings)``."""
     key = (path, tuple(sorted((settings or {}).items())))
@@ -82,7 +103,7 @@ def get_tokenizer(path: str | None = None, settings: dict | None = None):
             if "direction_ids" not in tok.model_input_names:  # a dense baseline's (BERT) folder: the dataset's
                 tok.model_input_names = list(type(tok).model_input_names)  # columns, the class's own names
         else:
-            from traffic_moe_hf import TrafficTokenizer
+            from ..tokenization_traffic_moe import TrafficTokenizer
 
             tok = TrafficTokenizer(**(settings or {}))
         _TOKENIZERS[key] = tok
@@ -182,7 +203,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
     res = {
         "file": name, "error": None, "warning": None, "format": None,
         "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(),
-        "ip_protocols_skipped": Counter(), "link_types": Counter(),
+        "ip_protocols_skipped": Counter(), "link_types": Counter(), "tunnels_decapsulated": Counter(),
         "flows": 0, "flows_used": 0, "flows_skipped": Counter(), "columns": _empty_columns(),
         "flows_label_ambiguous": 0, "label_rows_matched": set(),
     }
@@ -194,11 +215,14 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
     res["format"] = rs.format
     keep = max(cfg.max_packets, cfg.store_packets or 0) if cfg.level == "flow" else max(cfg.max_packets, 1)
     table = FlowTable(keep, cfg.max_bytes, cfg.ttl, cfg.anonymize, cfg.udp_timeout, cfg.tcp_timeout,
-                      normalize_tcp=cfg.normalize_tcp, coalesce_tcp=cfg.coalesce_tcp)
+                      normalize_tcp=cfg.normalize_tcp, coalesce_tcp=cfg.coalesce_tcp, tunnels=cfg.tunnels)
     add = table.add
     skipped = res["packets_skipped"]
     protos = res["ip_protocols_skipped"]
     lts = Counter()
+    decap = cfg.tunnels == "decap"
+    tunnels = Counter()  # this record's tunnel headers, counted once the record is known to be this shard's
+    tunnel_ports = UDP_TUNNEL_PORTS
     total = 0
     beyond = 0
     with rs:
@@ -213,19 +237,28 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
                 if shards > 1:  # flow_shard from the raw bytes of an unfragmented IPv4 TCP/UDP packet
                     p = 14 + (frame[14] & 15) * 4
                     if (p >= 34 and len(frame) >= p + 4 and frame[14] >> 4 == 4 and frame[23] in (6, 17)
-                            and not (frame[20] & 0x3F or frame[21])):
+                            and not (frame[20] & 0x3F or frame[21])
+                            and not (decap and frame[23] == 17 and ((frame[p] << 8 | frame[p + 1]) in tunnel_ports
+                                                                    or (frame[p + 2] << 8 | frame[p + 3]) in tunnel_ports))):
                         if (frame[p] ^ frame[p + 1] ^ frame[p + 2] ^ frame[p + 3] ^ frame[29] ^ frame[33]) % shards != shard:
                             continue  # another process's flow: not even decoded here
                     else:
                         owner = None
                 d = parse_ip(frame[14:])
+                if decap and (type(d) is Decoded and d.proto == 17 and (d.dport in tunnel_ports or d.sport in tunnel_ports)
+                              or type(d) is tuple and d[1] in IP_TUNNEL_PROTOS):  # decode.is_tunnel, inline
+                    d = decapsulate(frame[14:], d, tunnels)
             else:
                 owner = None if shards > 1 else shard
-                d = decode(lt, frame)
+                d = decode(lt, frame, cfg.tunnels, tunnels)
             if owner is None:  # sharded, and only a full decode tells whose packet this is
                 owner = flow_shard(d, shards) if type(d) is Decoded else 0
                 if owner != shard:
+                    tunnels.clear()
                     continue
+            if tunnels:
+                res["tunnels_decapsulated"].update(tunnels)
+                tunnels.clear()
             if type(d) is Decoded:
                 kept = add(ts, d, total)
                 if kept is not True:

@@ -489,10 +489,12 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     # how flows were assembled for training; `traffic-moe predict` assembles new captures' flows the same way
     from ..robustness.attacks import dataset_level, dataset_options
 
+    from ..data.samples import tunnels_record
+
     options = dataset_options(data)
     trainer.model.config.traffic_flow_options = {
         **{k: options[k] for k in ("normalize_tcp", "coalesce_tcp", "ttl")}, "level": dataset_level(data),
-        "anonymize": options["anonymized"]}
+        "anonymize": options["anonymized"], **tunnels_record(data)}
     save_final_model(trainer, trainer.model, out, **({} if dense else {"card_data": card}))
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
     if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too

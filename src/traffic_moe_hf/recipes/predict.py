@@ -120,7 +120,8 @@ class Classifier:
         ``traffic_flow_options``; older checkpoints: prepare's defaults). ``FlowTable`` keywords."""
         saved = self._saved_options
         return {"normalize_tcp": bool(saved.get("normalize_tcp", True)), "coalesce_tcp": bool(saved.get("coalesce_tcp", False)),
-                "ttl": saved.get("ttl", "mask"), "anonymize_packets": bool(saved.get("anonymize", True))}
+                "ttl": saved.get("ttl", "mask"), "anonymize_packets": bool(saved.get("anonymize", True)),
+                **({"tunnels": saved["tunnels"]} if "tunnels" in saved else {})}  # absent: decap, FlowTable's default
 
     @property
     def level(self) -> str:
@@ -533,7 +534,7 @@ def _read_flows(records, table, n, summary, ready, closed, on_progress=None, evi
             summary["packets_total"] += 1
             if on_progress is not None and not summary["packets_total"] & 8191:
                 on_progress(records.position() or 0)
-            d = decode(linktype, frame)
+            d = decode(linktype, frame, table.tunnels)
             if type(d) is not Decoded:  # same reasons as prepare's report
                 skipped["not_tcp_udp" if type(d) is tuple else d] += 1
                 continue
