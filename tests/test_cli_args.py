@@ -128,6 +128,46 @@ def test_demo_on_a_folder_with_one_class_stops_before_pretraining(tmp_path):
     assert not (tmp_path / "run" / "pretrained-moe").exists()
 
 
+@pytest.mark.parametrize("line, missing, extra", [
+    ("prepare {d} --out {d}/o", "sklearn", "data"),
+    ("evaluate --data {d} --model {d} --json {d}/e.json", "matplotlib", "train"),
+    ("finetune --data {d} --out {d}/f", "accelerate", "train"),
+])
+def test_a_command_without_its_extra_names_what_to_install(line, missing, extra, tmp_path, monkeypatch):
+    """The base install only loads models: a sub-command whose extra is missing says which packages and which
+    extra, in one line, before it reads anything (None in sys.modules: the module cannot be imported)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(line.format(d=tmp_path).split())
+    name = {"sklearn": "scikit-learn"}.get(missing, missing)
+    command = line.split()[0]
+    assert str(exit_info.value.code) == (f"traffic-moe {command}: needs {name}, which the [{extra}] extra installs: "
+                                         f'pip install -e ".[{extra}]" in the repository\'s clone (or ".[all]")')
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_extras_the_cli_names_are_those_of_setup_cfg():
+    import configparser
+    import re
+    from pathlib import Path
+
+    from traffic_moe_hf.cli import COMMAND_EXTRA, DISTRIBUTION, EXTRAS, SUBCOMMANDS
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    extras = {k: {re.split(r"[<>=\[ ]", line)[0] for line in v.split("\n") if line.strip()}
+              for k, v in cfg["options.extras_require"].items()}
+    base = {re.split(r"[<>=\[ ]", line)[0] for line in cfg["options"]["install_requires"].split("\n") if line.strip()}
+    for extra, modules in EXTRAS.items():
+        for module in modules:
+            assert DISTRIBUTION.get(module, module) in extras[extra], (extra, module)
+            assert DISTRIBUTION.get(module, module) in extras["all"] and DISTRIBUTION.get(module, module) in extras["dev"]
+            assert DISTRIBUTION.get(module, module) not in base  # a user who only loads a model does not get it
+    assert set(COMMAND_EXTRA) <= set(SUBCOMMANDS)
+
+
 def test_demo_without_its_captures_names_the_folder_and_the_option(tmp_path, monkeypatch):
     """From an installed wheel the shipped slice is not there: one line naming it and --data, nothing written."""
     from traffic_moe_hf import demo

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    check_extras(args.command)
     if getattr(args, "progress", True) is False:
         no_library_bars()
     try:
@@ -58,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _leave_process_group()
     return status
+
+
+#: the extras of setup.cfg, by the modules a sub-command imports when it runs (the base install only loads models)
+EXTRAS = {"data": ("dpkt", "datasets", "sklearn"), "train": ("dpkt", "datasets", "sklearn", "accelerate", "matplotlib")}
+COMMAND_EXTRA = {"prepare": "data", "predict": "data", "pretrain": "train", "finetune": "train", "evaluate": "train",
+                 "robustness": "train", "demo": "train"}
+DISTRIBUTION = {"sklearn": "scikit-learn"}  # module -> the name pip installs it by
+
+
+def check_extras(command: str) -> None:
+    """One line naming what is missing and the extra that installs it, before the sub-command starts."""
+    from importlib.util import find_spec
+
+    extra = COMMAND_EXTRA.get(command)
+    missing = [DISTRIBUTION.get(m, m) for m in EXTRAS.get(extra, ()) if find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"traffic-moe {command}: needs {', '.join(missing)}, which the [{extra}] extra installs: "
+                         f"pip install -e \".[{extra}]\" in the repository's clone (or \".[all]\")")
 
 
 def no_library_bars() -> None:
