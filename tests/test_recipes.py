@@ -105,8 +105,8 @@ def test_contrastive_views_pairs_and_loss(prepared, pretrained):
     train = train.select(range(0, len(train), max(1, len(train) // 24)))  # every class, not only dns
     views = shaped_views(train, str(prepared), seed=0)
     assert set(VIEW_COLUMNS) <= set(views.column_names)
-    from traffic_moe_hf.robustness.adversarial import TRAIN_BUDGETS, draw_choices
-    from traffic_moe_hf.robustness.attacks import row_seed
+    from traffic_moe_hf.shaping.attacks import row_seed
+    from traffic_moe_hf.shaping.augment import TRAIN_BUDGETS, draw_choices
 
     attack = [name for name, _budget in draw_choices(np.random.default_rng(row_seed(0, "views", len(train))), len(train), TRAIN_BUDGETS)]
     differs = [a != b for a, b in zip(views["input_ids"], views["view_input_ids"])]
@@ -142,7 +142,7 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
 
     import traffic_moe_hf.recipes.common as common_mod
     import traffic_moe_hf.recipes.pretrain as pretrain_mod
-    from traffic_moe_hf.robustness import adversarial
+    from traffic_moe_hf.shaping import augment as adversarial
 
     train = datasets.load_from_disk(str(prepared))["train"]
     train = train.select(range(0, len(train), max(1, len(train) // 40)))

@@ -13,8 +13,9 @@ import torch
 
 from traffic_moe_hf.data.decode import Decoded, parse_ip
 from traffic_moe_hf.data.samples import get_tokenizer, tokenizer_settings
-from traffic_moe_hf.robustness.attacks import (
-    ACK, DEFAULT_BUDGETS, FIN, MTU, SYN, Flow, attack_columns, dataset_options, make_attack, packet_info,
+from traffic_moe_hf.data.prepared import dataset_options
+from traffic_moe_hf.shaping.attacks import (
+    ACK, DEFAULT_BUDGETS, FIN, MTU, SYN, Flow, attack_columns, make_attack, packet_info,
 )
 
 from conftest import DEMO, read_demo_flows
@@ -65,7 +66,7 @@ def tiny_model(prepared):
 
 
 def _checksum_ok(p: bytes, info) -> bool:
-    from traffic_moe_hf.robustness.attacks import _checksum
+    from traffic_moe_hf.shaping.attacks import _checksum
 
     l4 = info["l4"]
     if info["version"] == 4 and _checksum(p[:l4]) != 0:
@@ -242,7 +243,7 @@ def test_whitebox_lowers_confidence(prepared, tiny_model):
     from datasets import load_from_disk
 
     from traffic_moe_hf.data.samples import encode_packets, get_tokenizer, tokenizer_settings
-    from traffic_moe_hf.robustness.whitebox import confidence, whitebox_columns
+    from traffic_moe_hf.recipes.whitebox import confidence, whitebox_columns
 
     ds = load_from_disk(str(prepared))["test"]
     opts = dataset_options(prepared)
@@ -265,7 +266,7 @@ def test_whitebox_lowers_confidence(prepared, tiny_model):
 def test_pgd_bound_lowers_accuracy(prepared, tiny_model):
     from datasets import load_from_disk
 
-    from traffic_moe_hf.robustness.whitebox import pgd_eval, predict
+    from traffic_moe_hf.recipes.whitebox import pgd_eval, predict
 
     ds = load_from_disk(str(prepared))["test"]
     labels = np.asarray(ds["label"])
@@ -337,7 +338,7 @@ def test_augment_split_draws_budgets_from_ranges_and_is_seeded(prepared):
     copies are seeded, keep their labels, and change the model input."""
     from datasets import load_from_disk
 
-    from traffic_moe_hf.robustness.adversarial import TRAIN_RANGES, augment_split, draw_budget
+    from traffic_moe_hf.shaping.augment import TRAIN_RANGES, augment_split, draw_budget
 
     rng = np.random.default_rng(0)
     padding = [draw_budget(rng, TRAIN_RANGES["padding"]) for _ in range(2000)]
@@ -355,7 +356,7 @@ def test_augment_split_draws_budgets_from_ranges_and_is_seeded(prepared):
 
 def test_adv_attacks_restricts_the_drawn_attacks():
     """`finetune --adv-attacks padding,headers`: the copies draw only those attacks; unknown names fail."""
-    from traffic_moe_hf.robustness.adversarial import copy_choices, training_ranges
+    from traffic_moe_hf.shaping.augment import copy_choices, training_ranges
 
     budgets = training_ranges(["padding", "headers"])
     drawn = {name for name, _ in copy_choices(500, 0, 0, budgets)}

@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "finetune": "traffic_moe_hf.recipes.finetune",
     "evaluate": "traffic_moe_hf.recipes.evaluate",
     "predict": "traffic_moe_hf.recipes.predict",
-    "robustness": "traffic_moe_hf.robustness.cli",
+    "robustness": "traffic_moe_hf.recipes.robustness",
     "bench": "traffic_moe_hf.bench",
 }
 

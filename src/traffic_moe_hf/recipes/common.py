@@ -1,4 +1,4 @@
-"""What the recipes share: loading prepared datasets, model builders (Traffic-MoE and the dense BERT
+"""What the recipes share: the tokenizer of prepared datasets, model builders (Traffic-MoE and the dense BERT
 baseline), the batch collator, metrics, few-shot subsampling, Trainer arguments."""
 
 from __future__ import annotations
@@ -12,44 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import TrafficMoeConfig, TrafficMoeForMaskedLM, TrafficTokenizer
-from ..modeling_traffic_moe import count_parameters
-
-MODEL_COLUMNS = ("input_ids", "attention_mask", "packet_ids", "direction_ids")
+from ..configuration_traffic_moe import TrafficMoeConfig
+from ..data.prepared import MODEL_COLUMNS, load_prepared  # noqa: F401  (load_prepared: its old import path)
+from ..modeling_traffic_moe import TrafficMoeForMaskedLM, count_parameters
+from ..tokenization_traffic_moe import TrafficTokenizer
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_prepared(path: str | os.PathLike, labelled: bool = True):
-    """A `DatasetDict` written by `traffic-moe prepare`, with a clear error when it is not one (or, with
-    ``labelled``, when it is an unlabelled corpus: ``prepare --labels none``)."""
-    from datasets import load_from_disk
-
-    path = Path(path)
-    if not (path / "dataset_dict.json").is_file():
-        report = path / "report.json"
-        if report.is_file():  # prepare ran here and kept no sample
-            r = json.loads(report.read_text())
-            skipped = ", ".join(f"{v} {k}" for k, v in r.get("flows_skipped", {}).items()) or "none skipped"
-            raise SystemExit(f"{path}: `traffic-moe prepare` wrote no samples here ({r.get('files_read', 0)} files read, "
-                             f"{r.get('flows', 0)} flows, flows skipped: {skipped}; see its report.json)")
-        raise SystemExit(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
-    data = load_from_disk(str(path))
-    for split in data.values():
-        if labelled and "label" not in split.column_names and all(c in split.column_names for c in MODEL_COLUMNS):
-            raise SystemExit(f"{path}: an unlabelled corpus (prepared with --labels none): pretrain on it, or prepare "
-                             "labelled captures (--labels dir|file|csv:PATH) to fine-tune or evaluate")
-        missing = [c for c in (*MODEL_COLUMNS, *(("label",) if labelled else ())) if c not in split.column_names]
-        if missing:
-            raise SystemExit(f"{path}: dataset lacks columns {missing}; prepare it again with tokenization on")
-    return data
-
-
 def data_tokenizer(paths, checkpoint: str | os.PathLike | None = None) -> TrafficTokenizer:
     """The tokenizer the prepared dataset(s) at ``paths`` were tokenized with (their report.json), so
     a saved checkpoint tokenizes new traffic (``predict``) exactly as its training data was. All
     datasets, and ``checkpoint``'s tokenizer when it has one, must agree; a clear error otherwise."""
+    from ..data.prepared import dataset_options
     from ..data.samples import tokenizer_settings
-    from ..robustness.attacks import dataset_options
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     settings = {str(path): tokenizer_settings(dataset_options(path)) for path in paths}
@@ -255,6 +230,12 @@ def from_pretrained_quietly(cls, path, **kwargs):
     and the others start at random, whatever the two label counts."""
     from transformers.utils import logging as hf_logging
 
+    from ..safe_loading import UnsafeWeightsError, require_safetensors
+
+    try:  # pickled weights are refused unread (safe_loading): one line naming the file
+        require_safetensors(path)
+    except UnsafeWeightsError as e:
+        raise SystemExit(str(e)) from None
     old_names = _classifier_labels(path)
     new_names = [kwargs["id2label"][i] for i in range(len(kwargs["id2label"]))] if "id2label" in kwargs else None
     relabel = old_names is not None and new_names is not None and old_names != new_names
@@ -263,7 +244,7 @@ def from_pretrained_quietly(cls, path, **kwargs):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(path, output_loading_info=True, use_safetensors=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())

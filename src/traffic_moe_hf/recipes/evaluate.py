@@ -101,7 +101,7 @@ def predict_logits(model, dataset, batch_size=64, monitor=None, inputs_of=None, 
     With ``inputs_of`` (a submodule taking one tensor, e.g. ``model.classifier``) returns
     ``(logits, inputs)``: also what that module received for every row, in row order.
     ``progress``: a bar in flows on stderr (a string: its description)."""
-    from .. import TrafficTokenizer
+    from ..tokenization_traffic_moe import TrafficTokenizer
     from .common import TrafficCollator
 
     collator = TrafficCollator(TrafficTokenizer())
@@ -142,7 +142,7 @@ def warn_flow_assembly(data, model, model_path) -> list[str]:
     prepare option too. A model evaluated on flows assembled otherwise than its training flows is scored on
     input it was not trained on: said on stderr (``predict`` assembles new captures as the model's training
     data was, from the same record). Returns the differences."""
-    from ..robustness.attacks import dataset_level, dataset_options
+    from ..data.prepared import dataset_level, dataset_options
 
     trained = getattr(model.config, "traffic_flow_options", None)
     if not trained:  # checkpoints from before the record

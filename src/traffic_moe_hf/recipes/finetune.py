@@ -91,7 +91,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     attacks = None
     if args.adv_attacks is not None:
-        from ..robustness.adversarial import training_ranges
+        from ..shaping.augment import training_ranges
 
         attacks = [a.strip() for a in args.adv_attacks.split(",") if a.strip()]
         try:
@@ -290,7 +290,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         set_seed,
     )
 
-    from .. import TrafficMoeForSequenceClassification
+    from ..modeling_traffic_moe import TrafficMoeForSequenceClassification
     from .common import (
         TrafficCollator,
         checkpoint_model_type,
@@ -390,7 +390,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
             self_train_info["teacher"] = {k: teacher[k] for k in ("train_samples", "steps", "head_init")}
             prepared["train"] = concatenate_datasets([prepared["train"], pseudo])
     if adversarial is not None and adversarial.get("copies", 3) > 0:  # shaping augmentation (robustness/)
-        from ..robustness.adversarial import augment_split, training_ranges
+        from ..shaping.augment import augment_split, training_ranges
 
         budgets = training_ranges(adversarial.get("attacks"))
         prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 3),
@@ -454,7 +454,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if validation is not None else []
     trainer_cls = Trainer
     if adversarial is not None and adversarial.get("eps", 0.0) > 0:  # embedding-space PGD (robustness/)
-        from ..robustness.adversarial import adversarial_trainer
+        from .adversarial import adversarial_trainer
 
         trainer_cls = adversarial_trainer(Trainer, eps=adversarial.get("eps", 0.0), steps=adversarial.get("steps", 1),
                                           weight=adversarial.get("weight", 0.5))
@@ -487,7 +487,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         "evaluation": f"best validation macro-F1 {best:.4f}" if best is not None else "no validation split used",
     }
     # how flows were assembled for training; `traffic-moe predict` assembles new captures' flows the same way
-    from ..robustness.attacks import dataset_level, dataset_options
+    from ..data.prepared import dataset_level, dataset_options
 
     from ..data.samples import tunnels_record
 

@@ -190,7 +190,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
-    from .. import TrafficMoeForMaskedLM
+    from ..modeling_traffic_moe import TrafficMoeForMaskedLM
     from .common import (data_tokenizer, dense_config, dense_positions, device_summary, load_prepared, model_view,
                          moe_config, parameter_summary, save_final_model)
     from .expert_load import ExpertLoadCallback
@@ -331,8 +331,9 @@ def shaped_views(split, data_path=None, seed: int = 0, budgets: str = "list"):
     black-box shaping transform at a budget drawn from the adversarial-training budgets — the fixed
     list ``TRAIN_BUDGETS`` or, with ``budgets="ranges"``, ``TRAIN_RANGES`` — seeded per flow). Rows
     without packets (nothing to shape) keep their own input as the view."""
-    from ..robustness.adversarial import TRAIN_BUDGETS, TRAIN_RANGES, draw_choices, shape_rows
-    from ..robustness.attacks import dataset_options, row_seed
+    from ..data.prepared import dataset_options
+    from ..shaping.attacks import row_seed
+    from ..shaping.augment import TRAIN_BUDGETS, TRAIN_RANGES, draw_choices, shape_rows
 
     if budgets not in ("list", "ranges"):
         raise ValueError(f"view budgets must be 'list' or 'ranges', not {budgets!r}")

@@ -81,7 +81,7 @@ def run(args) -> int:
 
 
 def _metrics(labels, logits) -> dict:
-    from ..recipes.common import classification_metrics
+    from .common import classification_metrics
 
     m = classification_metrics(labels, logits.argmax(-1), [str(i) for i in range(logits.shape[1])])
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
@@ -90,8 +90,8 @@ def _metrics(labels, logits) -> dict:
 def evaluate_model(model, dataset, labels, options, attacks, budgets, whitebox=False, whitebox_steps=8,
                    pgd_eps=(), seed=0, bar=None) -> dict:
     """``bar``: a tqdm bar moved by one per evaluation done (clean, each attack x budget, each PGD radius)."""
-    from .attacks import attack_columns, make_attack
     from ..data.samples import get_tokenizer, tokenizer_settings
+    from ..shaping.attacks import attack_columns, make_attack
     from .whitebox import pgd_eval, predict, whitebox_columns
 
     tokenizer = get_tokenizer(None, tokenizer_settings(options))
@@ -140,9 +140,10 @@ def _evaluations(attacks, budgets, whitebox, pgd_eps) -> int:
 
 def robustness(data, models, names=None, split="test", attacks=None, budgets=None, whitebox=False,
                whitebox_steps=8, pgd_eps=(), max_samples=None, seed=0, normalize_tcp=None, progress=False) -> dict:
-    from ..recipes.common import data_tokenizer, device_summary, load_prepared
-    from ..recipes.evaluate import known_labels, load_classifier
-    from .attacks import DEFAULT_BUDGETS, dataset_options
+    from ..data.prepared import dataset_options, load_prepared
+    from ..shaping.attacks import DEFAULT_BUDGETS
+    from .common import data_tokenizer, device_summary
+    from .evaluate import known_labels, load_classifier
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
     attacks = list(attacks or DEFAULT_BUDGETS)
@@ -153,7 +154,7 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
         raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
     dataset = prepared[split]
     if max_samples and max_samples < len(dataset):
-        from ..recipes.common import balanced_subset
+        from .common import balanced_subset
 
         dataset = balanced_subset(dataset, max_samples, seed)
     options = dataset_options(data)
@@ -207,7 +208,7 @@ def check_plan(attacks, budgets, whitebox=False) -> dict:
     """Every attack name and budget checked before any model runs (a typo used to surface as a KeyError,
     or a budget for an attack not run was silently ignored, or a negative padding ran as a no-op).
     Returns the budgets to use: the defaults overridden by ``budgets``."""
-    from .attacks import ATTACKS, DEFAULT_BUDGETS, make_attack
+    from ..shaping.attacks import ATTACKS, DEFAULT_BUDGETS, make_attack
 
     known = sorted(ATTACKS)
     unknown = [a for a in attacks if a not in ATTACKS]

@@ -27,7 +27,7 @@ BYTE_OFFSET = 6
 
 def batch_inputs(cols: dict, index, dense: bool) -> dict:
     """A padded batch (tensors) of rows ``index`` of column lists, in the model's input names."""
-    from .. import TrafficTokenizer
+    from ..tokenization_traffic_moe import TrafficTokenizer
 
     tok = TrafficTokenizer()
     feats = [{k: cols[k][i] for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids")} for i in index]

@@ -50,7 +50,7 @@ from ..data.decode import Decoded, parse_ip
 
 __all__ = [
     "Flow", "Attack", "Padding", "Split", "Chaff", "Normalize", "Headers", "ATTACKS", "DEFAULT_BUDGETS",
-    "make_attack", "packet_info", "reanonymize", "row_seed", "MTU",
+    "make_attack", "packet_info", "reanonymize", "row_seed", "MTU", "attack_columns", "attacked_dataset",
 ]
 
 MTU = 1500
@@ -611,30 +611,3 @@ def attacked_dataset(dataset, attack: Attack | None, seed: int = 0, **options):
                                  "directions", "timestamps", "ip_lengths")}
     data["label"] = list(dataset["label"])
     return Dataset.from_dict(data, features=None).cast_column("label", dataset.features["label"])
-
-
-def dataset_options(path) -> dict:
-    """max_packets / max_bytes / ttl / anonymize / packet_bytes / header_layout / normalize_tcp a prepared
-    dataset was written with (report.json; datasets from before header layouts: full layout, max_bytes
-    tokens; from before TCP normalisation: none)."""
-    opts = _prepare_options(path)
-    return {"max_packets": int(opts.get("max_packets", 8)), "max_bytes": int(opts.get("max_bytes", 64)),
-            "ttl": opts.get("ttl", "mask"), "anonymized": bool(opts.get("anonymize", True)),
-            "packet_bytes": int(opts.get("packet_bytes", opts.get("max_bytes", 64))),
-            "header_layout": opts.get("header_layout", "full"),
-            "normalize_tcp": bool(opts.get("normalize_tcp", False)),
-            "coalesce_tcp": bool(opts.get("coalesce_tcp", False))}
-
-
-def dataset_level(path) -> str:
-    """``flow`` or ``packet``: what one sample of a prepared dataset is (report.json; default flow)."""
-    return _prepare_options(path).get("level", "flow")
-
-
-def _prepare_options(path) -> dict:
-    """The options `traffic-moe prepare` recorded in a dataset's report.json ({} without one)."""
-    import json
-    from pathlib import Path
-
-    report = Path(path) / "report.json"
-    return json.loads(report.read_text()).get("options", {}) if report.is_file() else {}
