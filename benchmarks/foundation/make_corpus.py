@@ -59,7 +59,8 @@ def main(argv=None):
     if not src.is_dir():
         run([sys.executable, SHARED / "tools" / "split-by-label.py", SV / "pcaps", SV / "flows-ndpi.tsv", src])
     sv17 = work / "sv17"
-    run([*CLI, "prepare", src, "--labels", "dir", "--split", "file", "--split-files-by", "name",
+    # --tunnels outer: nDPI labelled the outer flows (its VXLAN class is the outer UDP flow, not what it carries)
+    run([*CLI, "prepare", src, "--labels", "dir", "--split", "file", "--split-files-by", "name", "--tunnels", "outer",
          "--split-ratios", "0.6,0.1,0.3", "--out", sv17, "--no-progress"])
     # split-by-label names a file <test path with / as __>.pcap; map back to the source captures
     original = {}
