@@ -189,3 +189,40 @@ def test_evaluate_failing_leaves_the_earlier_json_and_plots_intact(model, datase
         main(args)
     assert tree(out) == before
     assert leftovers(out) == []
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def test_finetune_into_a_model_folder_replaces_it_whole_or_not_at_all(model, dataset, tmp_path, monkeypatch):
+    """A fine-tuning run saving into a folder that holds an earlier model: when the save fails (here the
+    tokenizer's, after the weights were written, as on a full disk) the earlier model is byte for byte as it
+    was (the failed run's Trainer checkpoints are in its checkpoints/, where the Trainer writes them while it
+    trains); when it succeeds the folder holds the new model, a user's file in it is carried over, and the card
+    names the folder (not the staging folder it was written in)."""
+    import shutil
+
+    from traffic_moe_hf import TrafficTokenizer
+    from traffic_moe_hf.recipes.finetune import finetune
+
+    out = tmp_path / "m"
+    shutil.copytree(model, out)
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrafficTokenizer, "save_pretrained", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            finetune(str(dataset), str(out), config="tiny", epochs=0.3, batch_size=32, lr=2e-3, seed=1,
+                     progress=False)
+    after = tree(out)  # (the Trainer's checkpoints/ of the failed run are beside it, as they always were)
+    assert {name: digest for name, digest in after.items() if not name.startswith("checkpoints/")} == before
+    assert leftovers(tmp_path) == [] and not (tmp_path / ".m.saving").exists()
+
+    finetune(str(dataset), str(out), config="tiny", epochs=0.3, batch_size=32, lr=2e-3, seed=1, progress=False)
+    after = tree(out)
+    assert after["model.safetensors"] != before["model.safetensors"] and after["notes.txt"] == before["notes.txt"]
+    card = (out / "README.md").read_text()
+    assert f"path = {str(out)!r}" in card and ".saving" not in card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -192,3 +192,47 @@ def atomic_folder(path, carry=None, name: str | None = None):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_folder(staging, path, carry)
+
+
+def _weights(name: str) -> bool:
+    """A model weights file of a Hub folder (an earlier model's: never carried into a new one)."""
+    return name.startswith(("model.safetensors", "model-0", "pytorch_model")) or name.endswith(
+        (".safetensors", ".safetensors.index.json"))
+
+
+@contextlib.contextmanager
+def atomic_checkpoint(path, is_main: bool = True, barrier=None, mentions=("README.md",)):
+    """A model folder (``save_pretrained``'s, tokenizer, card) built in ``.NAME.saving`` beside ``path`` and
+    moved into place complete (:func:`replace_folder`): a run failing or killed while saving leaves an earlier
+    model in ``path`` byte for byte as it was. Entries of the earlier folder the new one lacks are carried over
+    (the Trainer's ``checkpoints/`` that ``--resume`` reads, a user's notes), except model weights files (an
+    earlier sharded model's shards beside new single-file weights would load the old ones).
+
+    Distributed runs: every process saves into the same fixed-name staging folder (``save_pretrained`` writes
+    on the main one); ``is_main`` creates it and moves it into place, ``barrier()`` (e.g. accelerate's
+    ``wait_for_everyone``) keeps the others in step. ``mentions``: files in which the staging folder's path is
+    replaced by ``path`` (a model card naming the folder it was written in)."""
+    final = Path(path)
+    staging = final.parent / f".{final.name}.saving"
+    if is_main:
+        staging_folder(final, staging.name)
+    if barrier is not None:
+        barrier()
+    try:
+        yield staging
+        if barrier is not None:
+            barrier()
+    except BaseException:
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if is_main:
+        for name in mentions:
+            mention = staging / name
+            if mention.is_file():
+                text = mention.read_text()
+                if str(staging) in text:
+                    mention.write_text(text.replace(str(staging), str(final)))
+        replace_folder(staging, final, carry=lambda name: not _weights(name))
+    if barrier is not None:
+        barrier()

@@ -79,10 +79,15 @@ def load_classifier(path):
 
     import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
 
+    from ..safe_loading import UnsafeWeightsError, require_safetensors
     from .common import is_classifier
 
     if not (Path(path) / "config.json").is_file():
         raise SystemExit(f"{path}: not a model folder (no config.json); expected what `traffic-moe finetune` writes")
+    try:  # pickled weights are refused unread (safe_loading): one line naming the file
+        require_safetensors(path)
+    except UnsafeWeightsError as e:
+        raise SystemExit(str(e)) from None
     try:
         config = AutoConfig.from_pretrained(path)
     except ValueError as e:
@@ -91,7 +96,7 @@ def load_classifier(path):
     if architectures and not is_classifier(architectures):
         raise SystemExit(f"{path}: a {', '.join(architectures)} checkpoint has no trained classifier head; fine-tune it "
                          f"first (`traffic-moe finetune --data DIR --from {path} --out MODEL`)")
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True)
     return model.eval()
 
 

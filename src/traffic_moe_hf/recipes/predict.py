@@ -311,7 +311,7 @@ def _predict_files(files, classifier, writer, batch_size, progress, udp_timeout,
 
     summary = {"files_read": 0, "files_failed": dict(missing), "files_warnings": {},
                "flows": 0, "packets_total": 0, "packets_used": 0, "packets_skipped": Counter(), "seconds": 0.0,
-               "max_open_flows": 0}
+               "max_open_flows": 0, "threads": torch.get_num_threads()}
     pool = pool or 8 * batch_size
     n, cap = classifier.max_packets, classifier.max_packet_bytes
     started = time.perf_counter()
@@ -404,7 +404,8 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     table = FlowTable(max_packets=n, max_bytes=classifier.capture_bytes, udp_timeout=udp_timeout,
                       tcp_timeout=tcp_timeout, **classifier.flow_options)
     summary = {"files_read": 0, "files_failed": {}, "files_warnings": {}, "flows": 0, "packets_total": 0,
-               "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0}
+               "packets_used": 0, "packets_skipped": Counter(), "flows_evicted": 0, "max_open_flows": 0,
+               "threads": torch.get_num_threads()}
 
     waiting: queue.Queue = queue.Queue(maxsize=4 * batch_size)  # bounded: a slow model holds the reader back
     failure: list[BaseException] = []
