@@ -215,6 +215,8 @@ def test_prepare_reports_and_records_the_tunnel_mode(tmp_path):
     assert parser.parse_args(["prepare", "x.pcap", "--out", str(tmp_path / "d"), "--tunnels", "outer"]).tunnels == "outer"
     assert tunnels_record(r["options"]) == {} and tunnels_record(o["options"]) == {"tunnels": "outer"}
     assert tunnels_record({"ttl": "mask"}) == {"tunnels": "outer"}
+    with pytest.raises(ValueError, match="tunnels must be one of decap, outer"):
+        prepare(files, None, labels="file", split="none", progress=False, save=False, tunnels="inner")
 
 
 @needs_shared

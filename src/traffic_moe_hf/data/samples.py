@@ -62,6 +62,12 @@ class PrepareConfig:
     tokenize: bool = True
     root_label: dict = field(default_factory=dict)  # file -> label for dir/file modes
 
+    def __post_init__(self):
+        from .decode import TUNNEL_MODES
+
+        if self.tunnels not in TUNNEL_MODES:  # before any file is read (the CLI's choices say the same)
+            raise ValueError(f"tunnels must be one of {', '.join(TUNNEL_MODES)}, not {self.tunnels!r}")
+
 
 _TOKENIZERS: dict = {}
 
