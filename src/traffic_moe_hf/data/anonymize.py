@@ -1,6 +1,8 @@
 """Anonymisation of one IP packet (on by default in ``traffic-moe prepare``), field by field.
 
-The dataset stores packets from the IP header on, so link-layer addresses (MAC) never reach it.
+The dataset stores packets from the IP header on, so link-layer addresses (MAC) never reach it. For a
+tunnelled packet (decapsulated by default, see :mod:`.decode`) that is the *inner* IP header: the fields
+below are masked there, and the outer headers (tunnel endpoints, GRE key, VNI, TEID) are never stored.
 Inside the kept bytes every field that identifies a host, a connection or a capture session — and
 that would let a classifier learn a shortcut instead of traffic behaviour — is set to zero:
 
