@@ -526,13 +526,14 @@ def plot_expert_load(load: dict[str, list[float]], path: Path) -> Path:
 
     layers = list(load)
     matrix = np.asarray([load[name] for name in layers])
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * matrix.shape[1] + 2), max(2.5, 0.45 * len(layers) + 1.5)))
+    # at least 5 inches wide and the title on two lines: a 4-expert model's 4-inch figure cut a one-line title off
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * matrix.shape[1] + 2), max(2.8, 0.45 * len(layers) + 1.8)))
     image = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=0)
     ax.set_xlabel("expert")
     ax.set_ylabel("MoE layer")
     ax.set_yticks(range(len(layers)), [f"{i}" for i in range(len(layers))])
     ax.set_xticks(range(matrix.shape[1]))
-    ax.set_title(f"share of token assignments per expert (uniform = {1 / matrix.shape[1]:.3f})")
+    ax.set_title(f"share of token assignments per expert\n(uniform = {1 / matrix.shape[1]:.3f})", fontsize=10)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

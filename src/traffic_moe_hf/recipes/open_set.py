@@ -91,11 +91,11 @@ def plot(inside: np.ndarray, outside: dict[str, np.ndarray], table: list[dict], 
     for name, values in outside.items():
         ax.hist(nines(values), bins=bins, density=True, histtype="step", linewidth=1.6,
                 label=f"{Path(name).name} ({len(values)} flows)")
-    for row in table:
-        x = float(nines(row["threshold"]))
-        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"keeps {row['keep']:.0%}", (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    va="top", ha="right", fontsize=7, color="grey")
+    # the thresholds lie close together (often within one bin): named in the legend, each in its own line style,
+    # rather than by labels at the lines, which overlapped each other and the bars
+    for row, style in zip(table, (":", "--", "-.", (0, (1, 3)))):
+        ax.axvline(float(nines(row["threshold"])), color="dimgrey", linestyle=style, linewidth=1.2,
+                   label=f"reject below {row['threshold']:.6f}: keeps {row['keep']:.0%} of own flows")
     ticks = np.arange(0, 8)
     ax.set_xticks(ticks, ["0"] + [f"{1 - 10.0 ** -t:.{t}f}" for t in ticks[1:]], fontsize=7)
     ax.set_xlabel("top class probability (a nines scale: 0.9, 0.99, 0.999, ...)")
@@ -113,7 +113,8 @@ def format_lines(result: dict) -> list[str]:
     lines = ["  open set (top class probability as the in-distribution score):"]
     for row in result["thresholds"]:
         accuracy = f", accuracy on them {row['accuracy_kept']:.3f}" if "accuracy_kept" in row else ""
-        lines.append(f"    reject below {row['threshold']:.6f}: keeps {row['inside_kept']:.1%} of the evaluated flows{accuracy}")
+        lines.append(f"    keep rate {row['keep']:.0%}: reject below {row['threshold']:.6f} (keeps {row['inside_kept']:.1%} of the "
+                     f"evaluated flows{accuracy})")
     for name, source in result["sources"].items():
         if "auroc" not in source:
             lines.append(f"    {name}: no foreign flows to score ({source.get('excluded_known_label', 0)} have a label "
