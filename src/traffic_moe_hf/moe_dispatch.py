@@ -258,7 +258,7 @@ def dropless_experts_forward(
             return _moe_triton.fused_experts_inference(self, hidden_states, top_k_index, top_k_weights)
         if hidden_states.dtype != torch.float32 and _hf_grouped_mm is not None:
             # training in bf16/fp16: transformers' grouped_mm (cuBLAS/CUTLASS grouped GEMM) was as fast or
-            # faster than our differentiable Triton kernels on an H200 (benchmarks/results/gpu.md)
+            # faster than our differentiable Triton kernels on an H200 (benchmarks/efficiency/results/gpu.md)
             return _hf_grouped_mm(self, hidden_states, top_k_index, top_k_weights)
         return _moe_triton.triton_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
@@ -312,7 +312,7 @@ def register(name: str = DROPLESS) -> None:
 def default_experts_implementation(device=None, dtype=None) -> str:
     """The experts implementation the model should default to on ``device`` (and ``dtype``).
 
-    From the layer benchmark (benchmarks/results/cpu.md, benchmarks/results/gpu.md):
+    From the layer benchmark (benchmarks/efficiency/results/cpu.md, benchmarks/efficiency/results/gpu.md):
     * CPU: "dropless" (grouped-GEMM path; no host sync, compiles with fullgraph=True);
     * CUDA, fp32, triton importable: "dropless" (fused Triton kernels for inference, its differentiable
       Triton kernels for training; both checked against eager on an H200);

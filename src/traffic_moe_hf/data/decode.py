@@ -2,7 +2,7 @@
 
 Why not ``dpkt.ethernet.Ethernet(frame)``: dpkt builds a Python object per layer and decodes every
 field (and for IP the whole payload chain) — that *is* the cost of the "bare dpkt loop" baseline
-(see ``benchmarks/bench_prepare.py``).  A flow table needs ~10 fields at fixed offsets, so we read
+(see ``benchmarks/ingestion/bench_prepare.py``).  A flow table needs ~10 fields at fixed offsets, so we read
 them with byte indexing / ``struct`` on the frame itself.  dpkt remains the reference for the
 formats; the tests cross-check our fields against dpkt's decode on real captures.
 

@@ -61,7 +61,7 @@ def add_parser(subparsers):
     p.add_argument("--bf16", action="store_true",
                    help="run the model in bfloat16 (CPUs with AVX-512 BF16/AMX, GPUs); on a 2-core AVX-512 BF16 CPU "
                         "measured -1%% to +13%% flows/s for 2.5-3x the peak memory on a large capture in three runs "
-                        "(benchmarks/bench_predict.py)")
+                        "(benchmarks/efficiency/bench_predict.py)")
     p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout, seconds (default 60)")
     p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout, seconds (default 3600)")
     p.add_argument("--reject-below", type=probability, default=None, metavar="P",
@@ -165,7 +165,7 @@ class Ensemble(Classifier):
     """Several fine-tuned checkpoints with the same labels, reading flows alike (packets per flow, tokens and
     stored bytes per packet, header layout, flow assembly, sample level); a flow's class probabilities are the
     members' mean. Members may differ in anything else (pretraining seed, dense or MoE). Measured on tls9 few-shot
-    (docs/results.md, "Ensembles of the pretrainings"): four tiny MoEs from four pretraining seeds 0.981 macro-F1
+    (docs/results/few-shot.md, "Ensembles of the pretrainings"): four tiny MoEs from four pretraining seeds 0.981 macro-F1
     at 10 flows per class against 0.971 for one on average."""
 
     def __init__(self, model_paths, bf16: bool = False):
@@ -273,7 +273,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
     as its sample is complete (its first N packets) or it ends, and its packets are dropped then; the flow
     is only counted until it ends. Ready flows wait in a pool of ``pool`` (default 8 batches), sorted by
     length there so short flows are not padded to the longest (length bucketing). Memory is thus the
-    open flows' counters plus one small row per flow, not every flow's packets (benchmarks/bench_predict.py)."""
+    open flows' counters plus one small row per flow, not every flow's packets (benchmarks/efficiency/bench_predict.py)."""
     from ..data.prepare import collect_inputs
 
     classifier = make_classifier(model_path, bf16=bf16)
@@ -394,7 +394,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
     most ``max_wait`` seconds after the first — into one forward pass (torch releases the GIL while it
     computes). On a busy link flows are classified in full batches; on a quiet one a verdict waits at most
     ``max_wait`` plus one forward pass. One flow per forward pass, as before, was 64% of the file path's
-    flows/s; batched, 92% (benchmarks/bench_predict.py)."""
+    flows/s; batched, 92% (benchmarks/efficiency/bench_predict.py)."""
     from ..data.flows import FlowTable
     from ..data.reader import CaptureError, open_capture
 
