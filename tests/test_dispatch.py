@@ -342,3 +342,64 @@ def test_triton_kernels_on_the_cpu_interpreter(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(pathlib.Path(__file__).parent)], capture_output=True,
                           text=True, timeout=600)
     assert "INTERPRETER_OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"T{s[0]}-E{s[3]}-k{s[4]}-u{s[5]}" for s in SHAPES])
+def test_static_matches_eager(shape):
+    """The trace/export-safe path (every expert on every token, zero weight where not routed) equals eager,
+    gradients included."""
+    T, H, I, E, k, used = shape
+    cfg, m, x, idx, w = _make(T, H, I, E, k, torch.float32, used=used)
+    grad_out = torch.randn(T, H, generator=torch.Generator().manual_seed(1))
+    ref = _run(cfg, m, x, idx, w, "eager", grad_out)
+    got = _run(cfg, m, x, idx, w, "static", grad_out)
+    for name, a, b in zip(NAMES, ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_auto_chooses_by_the_device_and_dtype_the_forward_sees(real_batch, monkeypatch):
+    """The model's default ("auto") asks default_experts_implementation at every forward with the device and
+    dtype of the hidden states: a model built in fp32 and then converted to bf16 is asked about bf16 (the
+    issue: the choice was made once, without a device, when the model was built). A fake selection stands in
+    for CUDA's table (bf16 -> grouped_mm) on this CPU-only machine; explicit requests bypass the choice."""
+    from traffic_moe_hf import TrafficMoeConfig, TrafficMoeForSequenceClassification
+
+    batch, _ = real_batch
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    asked, ran = [], []
+
+    def fake_selection(device, dtype):
+        asked.append((torch.device(device).type, dtype))
+        return "grouped_mm" if dtype == torch.bfloat16 else "dropless"
+
+    originals = {name: ALL_EXPERTS_FUNCTIONS[name] for name in ("dropless", "grouped_mm")}
+
+    def spy(name):
+        def run(*a, **kw):
+            ran.append(name)
+            return originals[name](*a, **kw)
+        return run
+
+    # the real table: CUDA in bf16 gets transformers' grouped_mm (dropless is opt-in there), the CPU dropless
+    assert md.default_experts_implementation(torch.device("cuda", 0), torch.bfloat16) == "grouped_mm"
+    assert md.default_experts_implementation(torch.device("cpu"), torch.bfloat16) == "dropless"
+    monkeypatch.setattr(md, "default_experts_implementation", fake_selection)
+    for name in originals:
+        ALL_EXPERTS_FUNCTIONS.register(name, spy(name))
+    try:
+        torch.manual_seed(0)
+        model = TrafficMoeForSequenceClassification(TrafficMoeConfig.from_preset("tiny", num_labels=9)).eval()
+        assert model.config._experts_implementation == "auto"
+        with torch.no_grad():
+            model(**inputs)
+            assert asked == [("cpu", torch.float32)] * 2 and ran == ["dropless"] * 2  # two MoE layers
+            asked.clear(), ran.clear()
+            model.to(torch.bfloat16)(**inputs)
+            assert asked == [("cpu", torch.bfloat16)] * 2 and ran == ["grouped_mm"] * 2
+            asked.clear(), ran.clear()
+            model.set_experts_implementation("dropless")  # an explicit request is not second-guessed
+            model(**inputs)
+            assert asked == [] and ran == ["dropless"] * 2
+    finally:
+        for name, fn in originals.items():
+            ALL_EXPERTS_FUNCTIONS.register(name, fn)

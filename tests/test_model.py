@@ -221,3 +221,58 @@ def test_parameter_counts():
     experts = sum(layer.mlp.experts.gate_up_proj.numel() + layer.mlp.experts.down_proj.numel() for layer in model.layers)
     assert total == sum(p.numel() for p in model.parameters())
     assert active == total - experts + experts // 4
+
+
+@pytest.mark.parametrize("model_class", [TrafficMoeModel, TrafficMoeForMaskedLM, TrafficMoeForSequenceClassification])
+def test_router_logits_flag_obeys_the_caller(real_batch, model_class):
+    """A config with output_router_logits=True returns router logits unless the caller passes False; with
+    labels the router losses are still added (they need the logits), only the returned field obeys."""
+    batch, _ = real_batch
+    inputs = model_inputs(batch)
+    torch.manual_seed(0)
+    model = model_class(tiny(output_router_logits=True)).eval()
+    with torch.no_grad():
+        assert len(model(**inputs).router_logits) == 2  # the config's default
+        assert model(**inputs, output_router_logits=False).router_logits is None
+        if model_class is TrafficMoeModel:
+            return
+        labels = batch["labels"] if model_class is TrafficMoeForSequenceClassification else batch["input_ids"]
+        with_labels = model(**inputs, labels=labels, output_router_logits=False)
+        assert with_labels.router_logits is None and with_labels.aux_loss is not None
+        model.config.output_router_logits = False
+        assert model(**inputs, labels=labels).router_logits is None
+        asked = model(**inputs, labels=labels, output_router_logits=True)
+        assert len(asked.router_logits) == 2
+        torch.testing.assert_close(asked.loss, with_labels.loss)
+
+
+def test_recorded_outputs_are_the_layers_outputs(real_batch):
+    """Hidden states, attentions and router logits recorded by transformers' output hooks are what the layers
+    compute: hidden state i + 1 is layer i's output on hidden state i, the router logits are the router's on
+    that layer's normalised input, and the attention weights (asked of an sdpa model) are eager's."""
+    batch, _ = real_batch
+    inputs = model_inputs(batch)
+    model = TrafficMoeModel(tiny(num_hidden_layers=3, mlp_layer_types=["moe", "dense", "moe"])).eval()
+    with torch.no_grad():
+        out = model(**inputs, output_router_logits=True, output_hidden_states=True, output_attentions=True)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attn_mask = create_bidirectional_mask(config=model.config, inputs_embeds=out.hidden_states[0],
+                                              attention_mask=inputs["attention_mask"])
+        h = out.hidden_states[0]
+        torch.testing.assert_close(h, model.embeddings(inputs["input_ids"], inputs["packet_ids"], inputs["direction_ids"]))
+        routers = iter(out.router_logits)
+        for i, layer in enumerate(model.layers):
+            if layer.is_moe:
+                flat = layer.mlp_norm(h + layer.attn(layer.attn_norm(h), attn_mask)[0]).reshape(-1, h.shape[-1])
+                torch.testing.assert_close(next(routers), layer.mlp.gate(flat)[0])
+            h = layer(h, attn_mask)
+            if i < 2:
+                torch.testing.assert_close(out.hidden_states[i + 1], h)
+        torch.testing.assert_close(out.hidden_states[-1], model.final_norm(h))
+        eager = copy.deepcopy(model)
+        eager.set_attn_implementation("eager")
+        reference = eager(**inputs, output_attentions=True).attentions
+    assert all(a is not None for a in out.attentions)
+    for a, b in zip(out.attentions, reference):
+        torch.testing.assert_close(a, b)

@@ -225,7 +225,20 @@ def test_save_and_reload_keeps_settings(tmp_path, real_flows):
     )
 
 
-def test_shipped_tokenizer_folder_carries_the_current_code():
-    """tokenizer/ is a Hub folder: its remote-code copy must be the package's tokenizer, not a stale one."""
+def test_shipped_tokenizer_folder_is_generated_from_the_package(tmp_path):
+    """tokenizer/ is produced by `python -m traffic_moe_hf.hub --write-tokenizer tokenizer/`, not edited by hand:
+    regenerated here, every file must equal the committed one byte for byte (the remote-code copy included)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tokenizer"
+    result = subprocess.run([sys.executable, "-m", "traffic_moe_hf.hub", "--write-tokenizer", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shipped = {p.name: p.read_bytes() for p in (REPO / "tokenizer").iterdir() if p.is_file()}
+    generated = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert set(generated) == {"tokenizer.json", "tokenizer_config.json", "tokenization_traffic_moe.py"}
+    drifted = sorted(n for n in set(shipped) | set(generated) if shipped.get(n) != generated.get(n))
+    assert not drifted, f"tokenizer/ drifted from the package: {drifted}; run python -m traffic_moe_hf.hub --write-tokenizer tokenizer/"
     source = REPO / "src" / "traffic_moe_hf" / "tokenization_traffic_moe.py"
-    assert (REPO / "tokenizer" / "tokenization_traffic_moe.py").read_text() == source.read_text()
+    assert generated["tokenization_traffic_moe.py"] == source.read_bytes()

@@ -28,7 +28,7 @@ _LAZY = {
     "TrafficMoeForSequenceClassification": "modeling_traffic_moe",
     "TrafficMoeModel": "modeling_traffic_moe",
     "TrafficMoePreTrainedModel": "modeling_traffic_moe",
-    "count_parameters": "modeling_traffic_moe",
+    "count_parameters": "hub",
     "TrafficTokenizer": "tokenization_traffic_moe",
 }
 

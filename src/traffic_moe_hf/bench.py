@@ -123,7 +123,7 @@ def _sync(device):
 
 def measure(name: str, length: int, device: str, dtype: str, quick: bool) -> dict:
     """Throughput at the best batch size, batch-1 latency and peak memory of one model at one length."""
-    from .modeling_traffic_moe import count_parameters
+    from .hub import count_parameters
 
     torch.manual_seed(0)
     rss_before = _peak_rss_mb()

@@ -8,11 +8,8 @@ every saved checkpoint, so it imports only its sibling files, torch and transfor
 
 from __future__ import annotations
 
-import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,26 +23,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .moe_dispatch import default_experts_implementation
 from .configuration_traffic_moe import TrafficMoeConfig
-
-
-# Every Auto class one checkpoint loads as (save_pretrained writes them all, not only the saved class).
-AUTO_MAP = {
-    "AutoConfig": "configuration_traffic_moe.TrafficMoeConfig",
-    "AutoModel": "modeling_traffic_moe.TrafficMoeModel",
-    "AutoModelForMaskedLM": "modeling_traffic_moe.TrafficMoeForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_traffic_moe.TrafficMoeForSequenceClassification",
-}
-# The files a checkpoint folder carries so that it loads with trust_remote_code=True.
-REMOTE_CODE_FILES = (
-    "configuration_traffic_moe.py",
-    "modeling_traffic_moe.py",
-    "moe_dispatch.py",
-    "moe_triton.py",
-    "tokenization_traffic_moe.py",
-)
+from .hub import TrafficMoeHubMixin
+from .moe_dispatch import AUTO, exporting, static_experts_forward
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -89,13 +71,15 @@ class TrafficMoeSequenceClassifierOutput(ModelOutput):
 def packet_byte_offsets(packet_ids: torch.Tensor) -> torch.Tensor:
     """Offset of every token inside its packet: 0 at a packet's first token (`[PKT]`), then 1, 2, ...
 
-    A packet is a run of equal `packet_ids`; computed on device with a running maximum, no host sync.
+    A packet is a run of equal `packet_ids`; each run's first position is its smallest (a scatter-min per run,
+    then a gather): on device, no host sync, and exportable to ONNX (which has no running maximum).
     """
     positions = torch.arange(packet_ids.shape[-1], device=packet_ids.device).expand_as(packet_ids)
-    starts = torch.ones_like(packet_ids, dtype=torch.bool)
-    starts[..., 1:] = packet_ids[..., 1:] != packet_ids[..., :-1]
-    start_positions = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=-1).values
-    return positions - start_positions
+    starts = torch.ones_like(packet_ids, dtype=torch.long)
+    starts[..., 1:] = (packet_ids[..., 1:] != packet_ids[..., :-1]).long()
+    run = starts.cumsum(dim=-1) - 1  # run index of every token
+    run_start = torch.full_like(positions, packet_ids.shape[-1]).scatter_reduce(-1, run, positions, reduce="amin")
+    return positions - run_start.gather(-1, run)
 
 
 class TrafficMoeEmbeddings(nn.Module):
@@ -147,7 +131,9 @@ def eager_attention_forward(
     **kwargs,
 ):
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # the sdpa mask (True = attend)
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    elif attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
@@ -180,6 +166,8 @@ class TrafficMoeAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        if kwargs.get("output_attentions"):  # weights asked for: only the eager path computes them
+            attention_interface = eager_attention_forward
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -214,7 +202,8 @@ class TrafficMoeExperts(nn.Module):
     """The routed experts of one layer, stored as fused 3-D weights (one slice per expert).
 
     The forward below is the reference (`eager`) path; `experts_implementation` switches to
-    transformers' `grouped_mm`/`batched_mm` or this project's `dropless` dispatch (moe_dispatch.py).
+    transformers' `grouped_mm`/`batched_mm` or this project's `dropless` / `static` dispatch; the default,
+    `auto`, picks one per forward by the device and dtype it runs on (moe_dispatch.py).
     """
 
     def __init__(self, config: TrafficMoeConfig):
@@ -274,14 +263,17 @@ class TrafficMoeSparseMoeBlock(nn.Module):
             else None
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])
-        router_logits, top_k_weights, top_k_index = self.gate(flat)
-        output = self.experts(flat, top_k_index, top_k_weights)
+        _, top_k_weights, top_k_index = self.gate(flat)  # router logits: recorded from the router by a hook
+        if exporting():  # traced / exported: the one implementation a graph records exactly, whatever was chosen
+            output = static_experts_forward(self.experts, flat, top_k_index, top_k_weights)
+        else:
+            output = self.experts(flat, top_k_index, top_k_weights)
         if self.shared_expert is not None:
             output = output + self.shared_expert(flat)
-        return output.reshape(shape), router_logits
+        return output.reshape(shape)
 
 
 class TrafficMoeLayer(GradientCheckpointingLayer):
@@ -297,15 +289,9 @@ class TrafficMoeLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attn_output, attn_weights = self.attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
+        attn_output, _ = self.attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + self.dropout(attn_output)
-        router_logits = None
-        if self.is_moe:
-            mlp_output, router_logits = self.mlp(self.mlp_norm(hidden_states))
-        else:
-            mlp_output = self.mlp(self.mlp_norm(hidden_states))
-        hidden_states = hidden_states + self.dropout(mlp_output)
-        return hidden_states, attn_weights, router_logits
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
 # -------------------------------------------------------------------------------------------- losses
@@ -350,19 +336,33 @@ def _reduce_loss(per_item: torch.Tensor, num_items_in_batch) -> torch.Tensor:
     return per_item.sum() / num_items_in_batch
 
 
-def _add_router_losses(loss, outputs, config, attention_mask, num_local_items, num_items_in_batch):
-    """loss + aux_coef * balance + z_coef * z. Under gradient accumulation the Trainer sums the micro-batch
-    losses without dividing (num_items_in_batch given), so the router losses are weighted by this
-    micro-batch's share of the items, which makes their accumulated sum an average, like the main loss."""
-    aux_loss, z_loss = router_losses(outputs.router_logits, config.num_experts_per_tok, attention_mask)
-    if loss is not None:
-        share = 1.0 if num_items_in_batch is None else num_local_items / num_items_in_batch
-        loss = loss + share * (config.router_aux_loss_coef * aux_loss + config.router_z_loss_coef * z_loss)
-    return loss, aux_loss, z_loss
+def masked_lm_item_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every predicted (label != -100) token."""
+    labels = labels.to(logits.device).view(-1)
+    per_token = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels, ignore_index=-100, reduction="none")
+    return per_token[labels != -100]
+
+
+def classification_item_losses(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """Per-sample loss: MSE (one label), cross-entropy (integer labels; -100 dropped) or BCE (float targets)."""
+    labels = labels.to(logits.device)
+    if problem_type is None:
+        if logits.shape[-1] == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1), reduction="none")
+    if problem_type == "single_label_classification":
+        keep = labels.view(-1) != -100
+        return F.cross_entropy(logits.float(), labels.view(-1), reduction="none")[keep]
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
 
 
 # ------------------------------------------------------------------------------------------------ models
-class TrafficMoePreTrainedModel(PreTrainedModel):
+class TrafficMoePreTrainedModel(TrafficMoeHubMixin, PreTrainedModel):
     config_class = TrafficMoeConfig
     config: TrafficMoeConfig
     base_model_prefix = "model"
@@ -372,6 +372,12 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     main_input_name = "input_ids"
+    # recorded by transformers' output hooks (`capture_outputs` on the encoder's forward)
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(TrafficMoeLayer, index=0),
+        "attentions": OutputRecorder(TrafficMoeAttention, index=1),
+        "router_logits": OutputRecorder(TrafficMoeRouter, index=0),
+    }
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -382,48 +388,47 @@ class TrafficMoePreTrainedModel(PreTrainedModel):
         elif isinstance(module, TrafficMoeRouter):
             init.normal_(module.weight, mean=0.0, std=std)
 
-    def _wants_router_logits(self, labels, output_router_logits) -> bool:
-        """Heads need router logits to add the router losses (labels given) or when asked to return them."""
-        if "moe" not in self.config.mlp_layer_types:
-            return False
-        return labels is not None or bool(
-            self.config.output_router_logits if output_router_logits is None else output_router_logits
-        )
-
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
-        """Default experts path: this project's `dropless` dispatch (fastest here); explicit requests win."""
-        if requested_experts is None:
-            requested_experts = default_experts_implementation()
-        return super().get_correct_experts_implementation(requested_experts)
+        """Default `auto`: the implementation for the device and dtype each forward runs on (moe_dispatch's
+        `default_experts_implementation`, chosen at forward time); explicit requests win."""
+        return super().get_correct_experts_implementation(AUTO if requested_experts is None else requested_experts)
 
-    def save_pretrained(self, save_directory, *args, card_data: dict | None = None, **kwargs):
-        """Writes a Hub-style folder that loads with every Auto class, installed or via `trust_remote_code`:
-        safetensors weights, config.json with an `auto_map` for all Auto classes, the remote-code files and
-        a README.md model card rendered from `model_card.md` (when the package's template is available).
+    def _encode(self, labels, output_router_logits, **inputs) -> tuple[TrafficMoeModelOutput, bool]:
+        """The encoder's outputs for a head, with router logits when the router losses need them (labels
+        given) or the caller asks for them; unset output flags (None) fall back to the config."""
+        want_router = "moe" in self.config.mlp_layer_types and (labels is not None or bool(
+            self.config.output_router_logits if output_router_logits is None else output_router_logits))
+        inputs = {k: v for k, v in inputs.items() if v is not None or not k.startswith("output_")}
+        return self.model(**inputs, output_router_logits=want_router), want_router
 
-        A checkpoint loaded and saved again as the same class without ``card_data`` (a dtype conversion, a
-        copy) keeps its card — the training data and the figures `evaluate --update-card` wrote — instead of
-        a new one reading "not recorded"; pass ``card_data`` to describe new training."""
-        source_architectures = list(self.config.architectures or [])
-        self.config.auto_map = dict(AUTO_MAP)
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        here = Path(__file__).resolve().parent
-        for name in REMOTE_CODE_FILES:
-            if (here / name).is_file():
-                shutil.copyfile(here / name, Path(save_directory) / name)
-        readme = Path(save_directory) / "README.md"
-        data = card_data or getattr(self, "card_data", None)
-        source_card = Path(str(getattr(self.config, "name_or_path", "") or "")) / "README.md"
-        if data is None and source_card.is_file() and source_architectures == [type(self).__name__]:
-            if not (readme.exists() and readme.samefile(source_card)):
-                card = source_card.read_text()
-                readme.write_text(_CARD_PATH_LINE.sub(f"path = {str(save_directory)!r}  # this folder (its Hub id once uploaded)", card))
-            return
-        template = here / "model_card.md"
-        if template.is_file():
-            readme.write_text(render_model_card(template.read_text(), self, data, save_directory))
+    def _head_output(self, output_class, logits, item_losses, outputs, attention_mask, want_router,
+                     output_router_logits, num_items_in_batch):
+        """The heads' one loss helper: the task loss (mean over items, or sum / num_items_in_batch under
+        gradient accumulation) plus the weighted router losses, and the output with router logits only when
+        the caller (else the config) asks for them.
+
+        Under gradient accumulation the Trainer sums the micro-batch losses without dividing
+        (num_items_in_batch given), so the router losses are weighted by this micro-batch's share of the
+        items, which makes their accumulated sum an average, like the main loss."""
+        loss = aux_loss = z_loss = None
+        if item_losses is not None:
+            loss = _reduce_loss(item_losses, num_items_in_batch)
+        if want_router:
+            aux_loss, z_loss = router_losses(outputs.router_logits, self.config.num_experts_per_tok, attention_mask)
+            if loss is not None:
+                share = 1.0 if num_items_in_batch is None else item_losses.shape[0] / num_items_in_batch
+                loss = loss + share * (self.config.router_aux_loss_coef * aux_loss + self.config.router_z_loss_coef * z_loss)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        return output_class(
+            loss=loss,
+            aux_loss=aux_loss,
+            z_loss=z_loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )
 
 
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -434,98 +439,11 @@ def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(total, active per token): a routed expert counts for top_k / num_experts of its parameters."""
-    total = active = 0
-    for module in model.modules():
-        for parameter in module.parameters(recurse=False):
-            n = parameter.numel()
-            total += n
-            if isinstance(module, TrafficMoeExperts):
-                n = n * module.config.num_experts_per_tok // module.num_experts
-            active += n
-    return total, active
-
-
-#: the usage example's flow: a TCP handshake and an HTTP request (documentation addresses, RFC 5737), one
-#: IP packet per line, each led by its direction (> from the initiator, < to it)
-EXAMPLE_FLOW = (
-    "> 4500002c000100004006f6c7c0000201c0000202c0000050000003e8000000006002faf054f90000020405b4",
-    "< 4500002c000100004006f6c7c0000202c00002010050c00000001388000003e96012faf041600000020405b4",
-    "> 45000028000100004006f6cbc0000201c0000202c0000050000003e9000013895010faf0591d0000",
-    "> 45000049000100004006f6aac0000201c0000202c0000050000003e9000013895018faf0e0ec0000474554202f20485454"
-    "502f312e310d0a486f73743a206578616d706c650d0a0d0a",
-)
-_CARD_PATH_LINE = re.compile(r"^path = .*$", flags=re.MULTILINE)
-
-
-def usage_snippet(model_class: str, path, remote_code: bool = True) -> tuple[str, str]:
-    """(Hub pipeline tag, Python code) of a model card's "Use" section; the code runs as written on the
-    folder ``path`` (a classifier: through transformers' pipeline and through the tokenizer and model)."""
-    trust = ", trust_remote_code=True" if remote_code else ""
-    flow = "\n".join(EXAMPLE_FLOW)
-    head = (f"path = {str(path)!r}  # this folder (its Hub id once uploaded)\n"
-            "# a flow: its first IP packets, one hex line each, led by the direction (> from the initiator, < to it)\n"
-            f"flow = {flow!r}\n")
-    if model_class.endswith("ForSequenceClassification"):
-        return "text-classification", (
-            "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n" + head +
-            "\nclassify = pipeline(\"text-classification\", model=path, trust_remote_code=True)\n"
-            "print(classify(flow))  # [{'label': ..., 'score': ...}]\n\n"
-            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
-            f"model = AutoModelForSequenceClassification.from_pretrained(path{trust})\n"
-            "inputs = tokenizer(flow, return_tensors=\"pt\")  # or tokenizer([packets], directions=[[0, 1, ...]], ...)\n"
-            "print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])")
-    if model_class.endswith("ForMaskedLM"):
-        return "fill-mask", (
-            "from transformers import AutoModelForMaskedLM, AutoTokenizer\n\n" + head +
-            "\ntokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
-            f"model = AutoModelForMaskedLM.from_pretrained(path{trust})\n"
-            "inputs = tokenizer(flow, return_tensors=\"pt\")\n"
-            "logits = model(**inputs).logits  # per token: scores over the vocabulary (256 byte values + specials)\n"
-            "print(logits.shape)\n"
-            "# a pretrained encoder: fine-tune it on labelled captures with\n"
-            "#   traffic-moe finetune --data PREPARED --from " + str(path) + " --out CLASSIFIER")
-    return "feature-extraction", (
-        "from transformers import AutoModel, AutoTokenizer\n\n" + head +
-        "\ntokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
-        f"model = AutoModel.from_pretrained(path{trust})\n"
-        "inputs = tokenizer(flow, return_tensors=\"pt\")\n"
-        "print(model(**inputs).last_hidden_state.shape)  # one vector per token")
-
-
-def render_model_card(template: str, model: TrafficMoePreTrainedModel, card_data: dict | None, path=".") -> str:
-    """Fill `{placeholders}` of the model-card template; unknown ones read "not recorded"."""
-    config = model.config
-    total, active = count_parameters(model)
-    pipeline_tag, usage = usage_snippet(type(model).__name__, path)
-    fields = {
-        "pipeline_tag": pipeline_tag,
-        "usage": usage,
-        "model_class": type(model).__name__,
-        "num_parameters": f"{total / 1e6:.2f}M",
-        "active_parameters": f"{active / 1e6:.2f}M",
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "num_experts": config.num_experts,
-        "num_experts_per_tok": config.num_experts_per_tok,
-        "num_shared_experts": config.num_shared_experts,
-        "moe_intermediate_size": config.moe_intermediate_size,
-        "mlp_layer_types": ", ".join(config.mlp_layer_types),
-        "labels": ", ".join(str(v) for v in config.id2label.values()) if config.id2label else "none",
-    }
-    fields.update(card_data or {})
-
-    class _Missing(dict):
-        def __missing__(self, key):
-            return "not recorded"
-
-    return template.format_map(_Missing(fields))
-
-
 class TrafficMoeModel(TrafficMoePreTrainedModel):
-    """The encoder: embeddings, `num_hidden_layers` layers, final LayerNorm."""
+    """The encoder: embeddings, `num_hidden_layers` layers, final LayerNorm.
+
+    `output_hidden_states`, `output_attentions`, `output_router_logits` (keyword arguments, else the
+    config's) are recorded by transformers' output hooks (`_can_record_outputs`)."""
 
     def __init__(self, config: TrafficMoeConfig):
         super().__init__(config)
@@ -541,7 +459,7 @@ class TrafficMoeModel(TrafficMoePreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.tok_embeddings = value
 
-    @can_return_tuple
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -549,40 +467,15 @@ class TrafficMoeModel(TrafficMoePreTrainedModel):
         packet_ids: torch.LongTensor | None = None,
         direction_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
         **kwargs,
     ) -> TrafficMoeModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
-
         hidden_states = self.embeddings(input_ids, packet_ids, direction_ids, inputs_embeds)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        all_router_logits = () if output_router_logits else None
         for layer in self.layers:
-            hidden_states, attn_weights, router_logits = layer(hidden_states, mask, **kwargs)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-            if output_router_logits and router_logits is not None:
-                all_router_logits += (router_logits,)
-        hidden_states = self.final_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
-        return TrafficMoeModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-            router_logits=all_router_logits,
-        )
+            hidden_states = layer(hidden_states, mask, **kwargs)
+        return TrafficMoeModelOutput(last_hidden_state=self.final_norm(hidden_states))
 
 
 class TrafficMoePredictionHead(nn.Module):
@@ -630,42 +523,15 @@ class TrafficMoeForMaskedLM(TrafficMoePreTrainedModel):
         **kwargs,
     ) -> TrafficMoeMaskedLMOutput:
         """`labels`: byte ids to predict at masked positions, -100 elsewhere."""
-        want_router = self._wants_router_logits(labels, output_router_logits)
-        outputs = self.model(
-            input_ids,
-            attention_mask=attention_mask,
-            packet_ids=packet_ids,
-            direction_ids=direction_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=want_router,
-            **kwargs,
+        outputs, want_router = self._encode(
+            labels, output_router_logits, input_ids=input_ids, attention_mask=attention_mask, packet_ids=packet_ids,
+            direction_ids=direction_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, **kwargs,
         )
         logits = self.decoder(self.head(outputs.last_hidden_state))
-        loss = aux_loss = z_loss = None
-        num_local = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            per_token = F.cross_entropy(
-                logits.view(-1, logits.shape[-1]).float(), labels.view(-1), ignore_index=-100, reduction="none"
-            )
-            keep = labels.view(-1) != -100
-            num_local = keep.sum()
-            loss = _reduce_loss(per_token[keep], num_items_in_batch)
-        if want_router:
-            loss, aux_loss, z_loss = _add_router_losses(
-                loss, outputs, self.config, attention_mask, num_local, num_items_in_batch
-            )
-        return TrafficMoeMaskedLMOutput(
-            loss=loss,
-            aux_loss=aux_loss,
-            z_loss=z_loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            router_logits=outputs.router_logits if output_router_logits or self.config.output_router_logits else None,
-        )
+        item_losses = None if labels is None else masked_lm_item_losses(logits, labels)
+        return self._head_output(TrafficMoeMaskedLMOutput, logits, item_losses, outputs, attention_mask, want_router,
+                                 output_router_logits, num_items_in_batch)
 
 
 class TrafficMoeForSequenceClassification(TrafficMoePreTrainedModel):
@@ -701,55 +567,15 @@ class TrafficMoeForSequenceClassification(TrafficMoePreTrainedModel):
         **kwargs,
     ) -> TrafficMoeSequenceClassifierOutput:
         """`labels`: class index per sample (-100 ignored), float targets for regression or multi-label."""
-        want_router = self._wants_router_logits(labels, output_router_logits)
-        outputs = self.model(
-            input_ids,
-            attention_mask=attention_mask,
-            packet_ids=packet_ids,
-            direction_ids=direction_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=want_router,
-            **kwargs,
+        outputs, want_router = self._encode(
+            labels, output_router_logits, input_ids=input_ids, attention_mask=attention_mask, packet_ids=packet_ids,
+            direction_ids=direction_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, **kwargs,
         )
-        pooled = self.dropout(self.head(self.pool(outputs.last_hidden_state, attention_mask)))
-        logits = self.classifier(pooled)
-
-        loss = aux_loss = z_loss = None
-        num_local = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            problem_type = self.config.problem_type
-            if problem_type is None:
-                if self.num_labels == 1:
-                    problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    problem_type = "single_label_classification"
-                else:
-                    problem_type = "multi_label_classification"
-            if problem_type == "regression":
-                per_item = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1), reduction="none")
-            elif problem_type == "single_label_classification":
-                keep = labels.view(-1) != -100
-                per_item = F.cross_entropy(logits.float(), labels.view(-1), reduction="none")[keep]
-            else:
-                per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
-            num_local = per_item.shape[0]
-            loss = _reduce_loss(per_item, num_items_in_batch)
-        if want_router:
-            loss, aux_loss, z_loss = _add_router_losses(
-                loss, outputs, self.config, attention_mask, num_local, num_items_in_batch
-            )
-        return TrafficMoeSequenceClassifierOutput(
-            loss=loss,
-            aux_loss=aux_loss,
-            z_loss=z_loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            router_logits=outputs.router_logits if output_router_logits or self.config.output_router_logits else None,
-        )
+        logits = self.classifier(self.dropout(self.head(self.pool(outputs.last_hidden_state, attention_mask))))
+        item_losses = None if labels is None else classification_item_losses(logits, labels, self.config.problem_type)
+        return self._head_output(TrafficMoeSequenceClassifierOutput, logits, item_losses, outputs, attention_mask,
+                                 want_router, output_router_logits, num_items_in_batch)
 
 
 __all__ = [
@@ -757,5 +583,4 @@ __all__ = [
     "TrafficMoeForSequenceClassification",
     "TrafficMoeModel",
     "TrafficMoePreTrainedModel",
-    "count_parameters",
 ]

@@ -27,8 +27,16 @@ On CUDA with Triton available, the forward is routed to ``moe_triton`` instead:
 gather fused into the up-projection GEMM, scatter fused into the down-projection
 GEMM, no atomics.
 
-Importing this module registers the implementation as ``"dropless"`` in
-``transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS``.
+Importing this module registers three implementations in
+``transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS``:
+
+* ``"dropless"``: the dispatch above;
+* ``"static"``: every expert on every token, weighted by its routing weight (zero where the token is
+  not routed to it): no data-dependent shape or control flow, so ``torch.jit.trace``,
+  ``torch.export`` and ONNX record it exactly (``num_experts / top_k`` times the expert FLOPs);
+* ``"auto"`` (the model's default): at every forward, the implementation
+  ``default_experts_implementation`` names for the device and dtype the hidden states are on, and
+  ``"static"`` while the model is being traced or exported.
 """
 
 from __future__ import annotations
@@ -54,15 +62,22 @@ except ImportError:  # pragma: no cover - file imported as a top-level module
 
 
 __all__ = [
+    "AUTO",
     "DROPLESS",
-    "dropless_experts_forward",
+    "STATIC",
+    "auto_experts_forward",
     "default_experts_implementation",
+    "dropless_experts_forward",
+    "exporting",
     "grouped_mm",
-    "route",
     "register",
+    "route",
+    "static_experts_forward",
 ]
 
 DROPLESS = "dropless"
+STATIC = "static"
+AUTO = "auto"
 
 # Set to False to force the portable path on CUDA (used by tests / benchmarks).
 USE_TRITON = True
@@ -304,9 +319,73 @@ def apply_gate(module, h: torch.Tensor) -> torch.Tensor:
     return module.act_fn(gate) * up
 
 
+def static_experts_forward(
+    self: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Every expert on every token, weighted by the token's routing weight for it (zero where not routed).
+
+    The same sum as the sparse paths, without a data-dependent shape, loop or host read: a tracer
+    (``torch.jit.trace``) or exporter (``torch.export``, ``torch.onnx.export``) records exactly what runs
+    for every input, where the eager loop over the experts hit by the example and the Triton kernels
+    (launched outside the dispatcher) are not recorded faithfully. Costs ``num_experts / top_k`` times the
+    routed experts' FLOPs; the loop below is over a Python constant (the number of experts).
+    """
+    has_gate = getattr(self, "has_gate", True)
+    trans = not getattr(self, "is_transposed", False)
+    w_up = self.gate_up_proj if has_gate else self.up_proj
+    num_experts = w_up.size(0)
+    dtype = hidden_states.dtype
+    acc = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    # (tokens, experts) routing weights: scatter, so an index tensor never becomes a Python value
+    weights = hidden_states.new_zeros(hidden_states.size(0), num_experts, dtype=acc)
+    weights = weights.scatter_add(1, top_k_index, top_k_weights.to(acc))
+    x = hidden_states.to(w_up.dtype)
+    out = torch.zeros(hidden_states.shape, device=hidden_states.device, dtype=acc)
+    for e in range(num_experts):
+        h = x @ (w_up[e].t() if trans else w_up[e])
+        if getattr(self, "has_bias", False):
+            h = h + (self.gate_up_proj_bias if has_gate else self.up_proj_bias)[e]
+        h = apply_gate(self, h) if has_gate else self.act_fn(h)
+        y = h @ (self.down_proj[e].t() if trans else self.down_proj[e])
+        if getattr(self, "has_bias", False):
+            y = y + self.down_proj_bias[e]
+        if getattr(self, "has_post_expert_norm", False):
+            y = self.post_expert_norm(y)
+        out = out + y.to(acc) * weights[:, e : e + 1]
+    return out.to(dtype)
+
+
+def exporting() -> bool:
+    """True while ``torch.jit.trace``, ``torch.export`` or ``torch.onnx.export`` records the model."""
+    if torch.jit.is_tracing():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    if is_exporting is not None and is_exporting():
+        return True
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+def auto_experts_forward(
+    self: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The model's default: chosen at every forward by the device and dtype the hidden states are on
+    (a model loaded on the CPU and moved to CUDA in bf16 gets that pair's default, not the CPU's), and
+    ``"static"`` while being traced or exported."""
+    name = STATIC if exporting() else default_experts_implementation(hidden_states.device, hidden_states.dtype)
+    return ALL_EXPERTS_FUNCTIONS[name](self, hidden_states, top_k_index, top_k_weights)
+
+
 def register(name: str = DROPLESS) -> None:
-    """(Re-)register the implementation under ``name`` in transformers' experts interface."""
+    """(Re-)register the implementations in transformers' experts interface (``name``: the dropless one's)."""
     ALL_EXPERTS_FUNCTIONS.register(name, dropless_experts_forward)
+    ALL_EXPERTS_FUNCTIONS.register(STATIC, static_experts_forward)
+    ALL_EXPERTS_FUNCTIONS.register(AUTO, auto_experts_forward)
 
 
 def default_experts_implementation(device=None, dtype=None) -> str:

@@ -419,12 +419,14 @@ def _define_ops() -> None:
 # experts forward
 # ---------------------------------------------------------------------------
 def _sort_pairs(top_k_index: torch.Tensor, num_experts: int):
-    """One stable sort of the token-expert pairs by expert: ``perm`` (sorted row -> flat ``t*k + j`` slot) and
-    the int32 end of each expert's segment, all on device."""
-    eid = top_k_index.reshape(-1)
-    sorted_eid, perm = torch.sort(eid, stable=True)
-    bounds = torch.arange(1, num_experts + 1, device=eid.device, dtype=sorted_eid.dtype)
-    return perm, torch.searchsorted(sorted_eid, bounds).to(torch.int32)
+    """``(perm, seg_end)`` from the dispatch's one routing sort, ``moe_dispatch.route`` (imported on use:
+    moe_dispatch imports this module, so a top-level import would be circular)."""
+    try:
+        from .moe_dispatch import route  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - file imported as a top-level module
+        from moe_dispatch import route  # noqa: PLC0415
+    _, perm, _, seg_end = route(top_k_index, num_experts)
+    return perm, seg_end
 
 
 def triton_experts_forward(self, hidden_states, top_k_index, top_k_weights):

@@ -14,7 +14,8 @@ import torch
 
 from ..configuration_traffic_moe import TrafficMoeConfig
 from ..data.prepared import MODEL_COLUMNS, load_prepared  # noqa: F401  (load_prepared: its old import path)
-from ..modeling_traffic_moe import TrafficMoeForMaskedLM, count_parameters
+from ..hub import count_parameters
+from ..modeling_traffic_moe import TrafficMoeForMaskedLM
 from ..tokenization_traffic_moe import TrafficTokenizer
 
 

@@ -115,7 +115,7 @@ def run(args) -> int:
 
 def dense_model_card(model, card: dict, path=".") -> str:
     """A README.md for the dense BERT baseline's folder, with the sections `evaluate --update-card` fills."""
-    from ..modeling_traffic_moe import usage_snippet
+    from ..hub import usage_snippet
     from .common import parameter_summary
 
     pipeline_tag, usage = usage_snippet(type(model).__name__, path, remote_code=False)
