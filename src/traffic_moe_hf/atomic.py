@@ -19,9 +19,25 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    try:  # Linux: read, not set (setting it and back would race with files other threads create)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
+
+
+def _target(path) -> tuple[Path, bool]:
+    """Where a file output goes and whether it can be replaced atomically: a link is followed (its target is
+    replaced, the link kept); a device or pipe (``/dev/stdout``, a FIFO), or anything named under /dev or /proc,
+    is written in place."""
+    final = Path(path)
+    if os.path.abspath(final).startswith(("/dev/", "/proc/")):  # /dev/stdout: whatever fd 1 is, written through
+        return final, False
+    if final.is_symlink():
+        final = final.resolve()
+    return final, not final.exists() or final.is_file()
 
 
 def _give_mode(tmp: str, final: str, folder: bool = False) -> None:
@@ -49,7 +65,10 @@ def _temp_file(final: Path) -> tuple[int, str]:
 def atomic_path(path):
     """A temporary file name beside ``path`` to write to (``savefig``, ``save_file``, ...): moved onto ``path``
     when the block ends without an error, removed otherwise."""
-    final = Path(path)
+    final, replaceable = _target(path)
+    if not replaceable:
+        yield final
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(final)
     os.close(fd)
@@ -72,7 +91,8 @@ def atomic_open(path, mode: str = "w", **kwargs):
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if tmp.is_file():
+                os.fsync(f.fileno())
 
 
 def write_text(path, text: str, encoding: str = "utf-8") -> Path:
@@ -87,24 +107,30 @@ class AtomicFile:
     (or garbage after neither) leaves ``path`` as it was. ``file``: the open temporary, named ``name``."""
 
     def __init__(self, path, mode: str = "w", **kwargs):
-        self.path = Path(path)
+        self.path, self.replaceable = _target(path)
+        if not self.replaceable:  # a device or pipe: written as it comes
+            self.name, self.file = str(self.path), open(self.path, mode, **kwargs)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.name = _temp_file(self.path)
         self.file = os.fdopen(fd, mode, **kwargs)
 
     def commit(self) -> Path:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.replaceable:
+            os.fsync(self.file.fileno())
         self.file.close()
-        _give_mode(self.name, str(self.path))
-        os.replace(self.name, self.path)
+        if self.replaceable:
+            _give_mode(self.name, str(self.path))
+            os.replace(self.name, self.path)
         return self.path
 
     def discard(self) -> None:
         if not self.file.closed:
             self.file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.name)
+        if self.replaceable:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name)
 
 
 def staging_folder(path, name: str | None = None) -> Path:
