@@ -89,11 +89,12 @@ def test_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
 def test_robustness_plan_is_checked_before_any_model_runs(attacks, budgets, message):
     """`traffic-moe robustness` checks attack names and budgets first (a typo was a KeyError after the
     clean pass; a negative padding ran as a silent no-op and was reported as a result)."""
+    from traffic_moe_hf.errors import TrafficMoeError
     from traffic_moe_hf.recipes.robustness import check_plan
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(TrafficMoeError) as exit_info:
         check_plan(attacks, budgets)
-    assert message in str(exit_info.value.code)
+    assert message in str(exit_info.value)
 
 
 def test_robustness_plan_keeps_defaults_and_warns_about_unused_budgets(capsys):

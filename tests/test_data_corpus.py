@@ -7,6 +7,8 @@ import shutil
 import datasets
 import pytest
 
+from traffic_moe_hf.errors import TrafficMoeError
+
 from _data_util import DEMO
 from traffic_moe_hf.data.prepare import add_parser
 
@@ -46,7 +48,7 @@ def test_unlabelled_corpus_refused_by_finetune(tmp_path):
     out = tmp_path / "corpus"
     assert _cli([str(DEMO / "dns.pcap"), "--labels", "none", "--out", str(out), "--no-progress"]) == 0
     assert "label" not in load_prepared(out, labelled=False)["train"].column_names
-    with pytest.raises(SystemExit, match="unlabelled corpus"):
+    with pytest.raises(TrafficMoeError, match="unlabelled corpus"):
         load_prepared(out)
 
 

@@ -8,6 +8,7 @@ import datasets
 import pytest
 
 from _data_util import DEMO
+from traffic_moe_hf.errors import TrafficMoeError
 from traffic_moe_hf.data.decode import Decoded, parse_ip
 from traffic_moe_hf.data.prepare import add_parser, prepare
 from traffic_moe_hf.data.samples import encode_packets, write_pcap
@@ -524,7 +525,7 @@ def test_prepare_says_what_it_did_not_write_and_skips_its_own_output(tmp_path, c
     assert main(["prepare", str(tmp_path), "--out", str(out), "--min-packets", "1000", "--no-progress"]) == 1
     text = capsys.readouterr().out
     assert "no samples, so no dataset" in text and not (out / "dataset_dict.json").exists()
-    with pytest.raises(SystemExit, match="wrote no samples here .*40 too_short"):
+    with pytest.raises(TrafficMoeError, match="wrote no samples here .*40 too_short"):
         load_prepared(out)
     assert main(["prepare", str(tmp_path), "--out", str(out), "--labels", "file", "--no-progress"]) == 0
     text = capsys.readouterr().out

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from traffic_moe_hf.data.prepare import prepare
+from traffic_moe_hf.errors import TrafficMoeError
 from traffic_moe_hf.recipes.evaluate import evaluate
 from traffic_moe_hf.recipes.finetune import finetune
 from traffic_moe_hf.recipes.predict import predict_files
@@ -165,7 +166,7 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
         assert low <= budget <= high
     with pytest.raises(ValueError, match="view budgets"):
         pretrain_mod.shaped_views(train, str(prepared), budgets="nope")
-    with pytest.raises(SystemExit, match="view-copies must be at least 1"):
+    with pytest.raises(TrafficMoeError, match="view-copies must be at least 1"):
         pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=0)
 
     # copies: capture the corpus the trainer would get, without training
@@ -305,7 +306,7 @@ def test_finetune_refuses_a_train_split_with_one_label(tmp_path):
 
     data = tmp_path / "one-label"
     prepare([str(DEMO / "dns.pcap"), str(DEMO / "mqtt.pcap")], str(data), labels="dir", progress=False)
-    with pytest.raises(SystemExit, match=r"at least two labels in the train split, found \['loopback9'\]"):
+    with pytest.raises(TrafficMoeError, match=r"at least two labels in the train split, found \['loopback9'\]"):
         finetune(str(data), str(tmp_path / "model"), config="tiny", epochs=1, progress=False)
 
 
@@ -390,7 +391,7 @@ def test_finetune_few_shot_and_dense_baseline(prepared, tmp_path):
     again = finetune(str(prepared), str(tmp_path / "dense2"), init_from=str(tmp_path / "dense"), shots=2, min_steps=1,
                      batch_size=8, progress=False)
     assert again["model"] == "BertForSequenceClassification"
-    with pytest.raises(SystemExit, match="is a Traffic-MoE checkpoint, not a dense BERT"):
+    with pytest.raises(TrafficMoeError, match="is a Traffic-MoE checkpoint, not a dense BERT"):
         finetune(str(prepared), str(tmp_path / "x"), init_from=str(tmp_path / "few"), dense=True, progress=False)
 
 
@@ -422,7 +423,7 @@ def test_self_training_labels_the_pool_with_the_teachers_confident_verdicts(prep
     assert st["pool"] == len(pool) and summary["train_samples"] == 18 + st["chosen"] and st["chosen"] > 0
     assert st["teacher"]["train_samples"] == 18 and 0 <= st["agreement_with_pool_labels"] <= 1
     assert not (tmp_path / "st" / "self-training-teacher").exists()
-    with pytest.raises(SystemExit, match="--self-train is for few-shot runs"):
+    with pytest.raises(TrafficMoeError, match="--self-train is for few-shot runs"):
         finetune(str(prepared), str(tmp_path / "x"), config="tiny", progress=False, self_train=dict(per_class=3, threshold=0.9))
 
 
@@ -488,7 +489,7 @@ def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pre
     summary = finetune(str(prepared), str(tmp_path / "lpft"), init_from=str(pretrained[0]), shots=5, min_steps=4,
                        epochs=1, batch_size=8, progress=False, head_init="probe")
     assert summary["head_init"] == "probe" and summary["probe"]["probe_train_accuracy"] > 0.5
-    with pytest.raises(SystemExit, match="pretrained checkpoint"):
+    with pytest.raises(TrafficMoeError, match="pretrained checkpoint"):
         finetune(str(prepared), str(tmp_path / "x"), config="tiny", shots=2, min_steps=1, progress=False, head_init="probe")
 
 
@@ -666,7 +667,7 @@ def test_resume_continues_the_same_run(prepared, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
     # resuming with another model than the run's is named before training (was torch's "size mismatch" page)
-    with pytest.raises(SystemExit, match="is another model than the one asked for: hidden_size"):
+    with pytest.raises(TrafficMoeError, match="is another model than the one asked for: hidden_size"):
         pretrain([str(prepared)], str(interrupted), resume=True, **{**common, "config": "small"})
 
 
@@ -792,11 +793,11 @@ def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
     assert (tok.max_packets, tok.max_packet_bytes, tok.header_layout, tok.capture_bytes) == (8, 64, "compact", 128)
     legacy = data_tokenizer(old)
     assert (legacy.header_layout, legacy.max_packet_bytes, legacy.capture_bytes) == ("full", 64, 64)
-    with pytest.raises(SystemExit, match="tokenized differently"):
+    with pytest.raises(TrafficMoeError, match="tokenized differently"):
         data_tokenizer([new, old])
     ckpt = tmp_path / "ckpt"
     TrafficTokenizer(header_layout="full").save_pretrained(ckpt)
-    with pytest.raises(SystemExit, match="ckpt"):
+    with pytest.raises(TrafficMoeError, match="ckpt"):
         data_tokenizer(new, ckpt)
     TrafficTokenizer().save_pretrained(ckpt)
     assert data_tokenizer(new, ckpt).header_layout == "compact"
@@ -806,7 +807,7 @@ def test_data_tokenizer_follows_the_dataset_and_refuses_mismatches(tmp_path):
     config.pop("header_layout"), config.pop("capture_bytes")
     (legacy_ckpt / "tokenizer_config.json").write_text(json.dumps(config))
     assert data_tokenizer(old, legacy_ckpt).header_layout == "full"
-    with pytest.raises(SystemExit, match="legacy-ckpt"):
+    with pytest.raises(TrafficMoeError, match="legacy-ckpt"):
         data_tokenizer(new, legacy_ckpt)
 
 
@@ -833,7 +834,7 @@ def test_dense_baseline_takes_a_16_packet_window(tmp_path):
     assert pre["steps"] == 1
     short = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                      intermediate_size=32, max_position_embeddings=1024))
-    with pytest.raises(SystemExit, match=r"old-ckpt: this dense BERT has 1024 position embeddings but .* 1560 tokens"):
+    with pytest.raises(TrafficMoeError, match=r"old-ckpt: this dense BERT has 1024 position embeddings but .* 1560 tokens"):
         check_dense_positions(short, tokenizer, "old-ckpt")
 
 
@@ -1115,5 +1116,5 @@ def test_open_set_evaluate_and_predict_reject_the_same_foreign_flows(prepared, f
     assert args.ood == ["a", "b"] and args.ood_exclude == ["https"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "x.pcap", "--model", "m", "--out", "o.csv", "--reject-below", "1.5"])
-    with pytest.raises(SystemExit, match="not a dataset"):
+    with pytest.raises(TrafficMoeError, match="not a dataset"):
         evaluate(str(prepared), str(out), audit=False, ood=[str(tmp_path / "missing")])

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import TrafficMoeError
+
 # sub-command name -> module that implements it (module.add_parser(subparsers))
 SUBCOMMANDS = {
     "demo": "traffic_moe_hf.demo",
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         no_library_bars()
     try:
         status = int(args.func(args) or 0)
+    except TrafficMoeError as err:  # library code raises; the command reports it in one line (stderr, exit status 1)
+        raise SystemExit(str(err)) from None
     except BrokenPipeError:  # `traffic-moe predict - --out - | head`: the reader left; end quietly, as Unix tools do
         import os
 

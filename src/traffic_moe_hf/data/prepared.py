@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import TrafficMoeError
+
 __all__ = ["MODEL_COLUMNS", "load_prepared", "dataset_options", "dataset_level", "prepare_options"]
 
 #: the columns the model consumes (``prepare`` writes them when it tokenizes)
@@ -29,17 +31,17 @@ def load_prepared(path: str | os.PathLike, labelled: bool = True):
         if report.is_file():  # prepare ran here and kept no sample
             r = json.loads(report.read_text())
             skipped = ", ".join(f"{v} {k}" for k, v in r.get("flows_skipped", {}).items()) or "none skipped"
-            raise SystemExit(f"{path}: `traffic-moe prepare` wrote no samples here ({r.get('files_read', 0)} files read, "
+            raise TrafficMoeError(f"{path}: `traffic-moe prepare` wrote no samples here ({r.get('files_read', 0)} files read, "
                              f"{r.get('flows', 0)} flows, flows skipped: {skipped}; see its report.json)")
-        raise SystemExit(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
+        raise TrafficMoeError(f"{path}: not a dataset written by `traffic-moe prepare` (no dataset_dict.json)")
     data = load_from_disk(str(path))
     for split in data.values():
         if labelled and "label" not in split.column_names and all(c in split.column_names for c in MODEL_COLUMNS):
-            raise SystemExit(f"{path}: an unlabelled corpus (prepared with --labels none): pretrain on it, or prepare "
+            raise TrafficMoeError(f"{path}: an unlabelled corpus (prepared with --labels none): pretrain on it, or prepare "
                              "labelled captures (--labels dir|file|csv:PATH) to fine-tune or evaluate")
         missing = [c for c in (*MODEL_COLUMNS, *(("label",) if labelled else ())) if c not in split.column_names]
         if missing:
-            raise SystemExit(f"{path}: dataset lacks columns {missing}; prepare it again with tokenization on")
+            raise TrafficMoeError(f"{path}: dataset lacks columns {missing}; prepare it again with tokenization on")
     return data
 
 

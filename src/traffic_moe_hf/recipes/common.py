@@ -17,6 +17,7 @@ from ..data.prepared import MODEL_COLUMNS, load_prepared  # noqa: F401  (load_pr
 from ..hub import count_parameters
 from ..modeling_traffic_moe import TrafficMoeForMaskedLM
 from ..tokenization_traffic_moe import TrafficTokenizer
+from ..errors import TrafficMoeError
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -36,7 +37,7 @@ def data_tokenizer(paths, checkpoint: str | os.PathLike | None = None) -> Traffi
     distinct = {json.dumps(v, sort_keys=True) for v in settings.values()}
     if len(distinct) > 1:
         lines = "\n".join(f"  {where}: {v}" for where, v in settings.items())
-        raise SystemExit("these inputs were tokenized differently (prepare the data again with the same "
+        raise TrafficMoeError("these inputs were tokenized differently (prepare the data again with the same "
                          f"--max-packets/--max-bytes/--packet-bytes/--header-layout):\n{lines}")
     return TrafficTokenizer(**next(iter(settings.values())))
 
@@ -44,7 +45,7 @@ def data_tokenizer(paths, checkpoint: str | os.PathLike | None = None) -> Traffi
 def label_names(dataset) -> list[str]:
     feature = dataset.features["label"]
     if not hasattr(feature, "names"):
-        raise SystemExit("the dataset's `label` column is not a ClassLabel; prepare it with labels")
+        raise TrafficMoeError("the dataset's `label` column is not a ClassLabel; prepare it with labels")
     return list(feature.names)
 
 
@@ -176,7 +177,7 @@ def check_dense_positions(model, tokenizer: TrafficTokenizer, where) -> None:
     """A clear error when a dense checkpoint has fewer positions than the data's flows can take."""
     have, need = model.config.max_position_embeddings, dense_positions(tokenizer)
     if have < need:
-        raise SystemExit(f"{where}: this dense BERT has {have} position embeddings but the data's flows take up to "
+        raise TrafficMoeError(f"{where}: this dense BERT has {have} position embeddings but the data's flows take up to "
                          f"{need} tokens ({tokenizer.max_packets} packets x {tokenizer.max_packet_bytes} tokens, padded); "
                          "pretrain the dense baseline on data prepared with this window, or prepare fewer packets/bytes")
 

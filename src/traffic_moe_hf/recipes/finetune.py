@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, positive, probability
 from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
+from ..errors import TrafficMoeError
 
 
 def add_parser(subparsers):
@@ -97,7 +98,7 @@ def run(args) -> int:
         try:
             training_ranges(attacks)  # a clear error now, not after the data is loaded
         except ValueError as e:
-            raise SystemExit(f"--adv-attacks: {e}")
+            raise TrafficMoeError(f"--adv-attacks: {e}")
     result = finetune(
         data=args.data, out=args.out, init_from=args.init_from, config=args.config, dense=args.dense,
         match=args.match, shots=args.shots, epochs=args.epochs, min_steps=args.min_steps,
@@ -319,30 +320,30 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         try:
             init_from = resolve_checkpoint(init_from)
         except FileNotFoundError as e:
-            raise SystemExit(f"--from {e}") from None
+            raise TrafficMoeError(f"--from {e}") from None
     if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
-        raise SystemExit(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
+        raise TrafficMoeError(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
                          "`traffic-moe pretrain` or `traffic-moe finetune` writes")
     if init_from:  # the checkpoint decides which model is fine-tuned (it used to fail deep inside loading)
         model_type = checkpoint_model_type(init_from)
         if model_type not in ("traffic_moe", "bert"):
-            raise SystemExit(f"--from {init_from}: a {model_type!r} checkpoint; expected Traffic-MoE or the dense BERT "
+            raise TrafficMoeError(f"--from {init_from}: a {model_type!r} checkpoint; expected Traffic-MoE or the dense BERT "
                              "baseline, as `traffic-moe pretrain` / `finetune` write them")
         if model_type == "bert" and not dense:
             print(f"finetune: --from {init_from} is a dense BERT checkpoint: fine-tuning the dense baseline (as with "
                   "--dense)", file=sys.stderr)
             dense = True
         elif model_type == "traffic_moe" and dense:
-            raise SystemExit(f"--dense --from {init_from}: that is a Traffic-MoE checkpoint, not a dense BERT; drop "
+            raise TrafficMoeError(f"--dense --from {init_from}: that is a Traffic-MoE checkpoint, not a dense BERT; drop "
                              "--dense to fine-tune it, or pretrain the dense baseline (`traffic-moe pretrain --dense`)")
     if head_init == "auto":  # LP-FT where it measured better: few-shot from a pretrained checkpoint (README)
         head_init = "probe" if shots is not None and init_from else "random"
     if head_init not in ("random", "probe"):
-        raise SystemExit(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
+        raise TrafficMoeError(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
     if head_init == "probe" and not init_from:
-        raise SystemExit("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
+        raise TrafficMoeError("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
     if self_train is not None and shots is None:
-        raise SystemExit("--self-train is for few-shot runs: give --shots K (the flows beyond K per class are its "
+        raise TrafficMoeError("--self-train is for few-shot runs: give --shots K (the flows beyond K per class are its "
                          "unlabeled pool)")
     teacher_kwargs = dict(init_from=init_from, config=config, dense=dense, match=match, shots=shots, epochs=epochs,
                           min_steps=min_steps, batch_size=batch_size, lr=lr, patience=patience,
@@ -352,14 +353,14 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     set_seed(seed)
     prepared = load_prepared(data)
     if "train" not in prepared:
-        raise SystemExit(f"{data}: no train split (has {list(prepared)}); `prepare --split none` writes one test split, "
+        raise TrafficMoeError(f"{data}: no train split (has {list(prepared)}); `prepare --split none` writes one test split, "
                          "for evaluating a trained model — prepare training data with --split flow|file|time")
     names = label_names(prepared["train"])
     if len(prepared["train"]) == 0:
-        raise SystemExit(f"{data}: the train split is empty")
+        raise TrafficMoeError(f"{data}: the train split is empty")
     present = sorted({names[i] for i in set(prepared["train"]["label"])})
     if len(present) < 2:
-        raise SystemExit(
+        raise TrafficMoeError(
             f"{data}: a classifier needs at least two labels in the train split, found {present} — labels come "
             f"from `traffic-moe prepare --labels` (dir: each capture's folder name, file: its file name, csv:PATH: "
             f"a flow table)")
@@ -401,7 +402,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
                                                  copies=adversarial.get("copies", 3), budgets=budgets)
     train = model_view(prepared["train"], dense=dense)
     if len(train) == 0:
-        raise SystemExit(f"{data}: the train split is empty")
+        raise TrafficMoeError(f"{data}: the train split is empty")
     validation = model_view(prepared[eval_split], dense=dense) if use_validation else None
     labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 

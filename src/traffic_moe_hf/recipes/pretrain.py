@@ -41,6 +41,7 @@ from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
+from ..errors import TrafficMoeError
 
 
 @dataclass
@@ -118,7 +119,7 @@ def check_resume_shape(config, checkpoint) -> None:
     differ = [f"{k} {saved[k]} (checkpoint) vs {ours[k]} (now)" for k in _SHAPE_FIELDS
               if k in saved and k in ours and saved[k] != ours[k]]
     if differ:
-        raise SystemExit(f"--resume: {checkpoint} is another model than the one asked for: {'; '.join(differ)}. "
+        raise TrafficMoeError(f"--resume: {checkpoint} is another model than the one asked for: {'; '.join(differ)}. "
                          "Resume with the options of that run (--config, --dense, --match), or use another --out")
 
 
@@ -196,7 +197,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     from .expert_load import ExpertLoadCallback
 
     if view_copies < 1:
-        raise SystemExit(f"--view-copies must be at least 1, not {view_copies} (--contrastive 0 turns the views off)")
+        raise TrafficMoeError(f"--view-copies must be at least 1, not {view_copies} (--contrastive 0 turns the views off)")
     set_seed(seed)
     if "test" in splits:
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
@@ -216,7 +217,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
                     viewed = shaped_views(part, path, seed=seed + 1000 * copy, budgets=view_budgets)
                     parts.append(_unlabelled(model_view(viewed, dense=dense, extra=VIEW_COLUMNS)))
     if not parts:
-        raise SystemExit(f"no samples in splits {list(splits)} of {list(data)}; they have "
+        raise TrafficMoeError(f"no samples in splits {list(splits)} of {list(data)}; they have "
                          + "; ".join(f"{p}: {h or 'nothing'}" for p, h in available.items())
                          + " — choose others with --splits (never a split you will test on)")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..argtypes import HelpFormatter, at_least, comma_list, non_negative, output_file
+from ..errors import TrafficMoeError
 
 
 # HotFlip budgets (bytes chosen per data packet / chaff packets per packet); override with --budgets
@@ -62,7 +63,7 @@ def run(args) -> int:
     try:
         budgets = json.loads(args.budgets) if args.budgets else None
     except json.JSONDecodeError as e:
-        raise SystemExit(f"--budgets: not JSON ({e}); expected e.g. '{{\"padding\": [64, 1500]}}'") from None
+        raise TrafficMoeError(f"--budgets: not JSON ({e}); expected e.g. '{{\"padding\": [64, 1500]}}'") from None
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
     result = robustness(args.data, args.model, names=args.name, split=args.split, attacks=attacks, budgets=budgets,
                         whitebox=args.whitebox, whitebox_steps=args.whitebox_steps, pgd_eps=args.pgd_eps,
@@ -151,7 +152,7 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
     names = list(names or []) + [Path(m).name for m in models[len(names or []):]]
     prepared = load_prepared(data)
     if split not in prepared:
-        raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
+        raise TrafficMoeError(f"{data}: no split {split!r} (has {list(prepared)})")
     dataset = prepared[split]
     if max_samples and max_samples < len(dataset):
         from .common import balanced_subset
@@ -213,21 +214,21 @@ def check_plan(attacks, budgets, whitebox=False) -> dict:
     known = sorted(ATTACKS)
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
-        raise SystemExit(f"--attacks: unknown attack(s) {unknown}; choose from {known} (white-box: --whitebox)")
+        raise TrafficMoeError(f"--attacks: unknown attack(s) {unknown}; choose from {known} (white-box: --whitebox)")
     if not isinstance(budgets or {}, dict):
-        raise SystemExit(f"--budgets: expected a JSON object {{attack: [budgets]}}, got {type(budgets).__name__}")
+        raise TrafficMoeError(f"--budgets: expected a JSON object {{attack: [budgets]}}, got {type(budgets).__name__}")
     budgets = dict(budgets or {})
     for name, values in budgets.items():
         base = name.removeprefix("whitebox_") if name in WHITEBOX_BUDGETS else name
         if base not in ATTACKS:
-            raise SystemExit(f"--budgets: unknown attack {name!r}; choose from {known + sorted(WHITEBOX_BUDGETS)}")
+            raise TrafficMoeError(f"--budgets: unknown attack {name!r}; choose from {known + sorted(WHITEBOX_BUDGETS)}")
         if not isinstance(values, list) or not values:
-            raise SystemExit(f"--budgets {name}: expected a non-empty list of budgets, got {values!r}")
+            raise TrafficMoeError(f"--budgets {name}: expected a non-empty list of budgets, got {values!r}")
         for v in values:
             try:
                 make_attack(base, v)
             except ValueError as e:
-                raise SystemExit(f"--budgets {name}: {e}") from None
+                raise TrafficMoeError(f"--budgets {name}: {e}") from None
         if name not in attacks and not (whitebox and name in WHITEBOX_BUDGETS):
             print(f"traffic-moe robustness: --budgets {name}: that attack is not run (--attacks "
                   f"{','.join(attacks)}{'' if whitebox else '; white-box needs --whitebox'})", file=sys.stderr)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.prepared import dataset_options
 from .attacks import ATTACKS, attack_columns, make_attack, row_seed
+from ..errors import TrafficMoeError
 
 __all__ = ["TRAIN_BUDGETS", "TRAIN_RANGES", "training_ranges", "draw_budget", "draw_choices", "copy_choices", "shape_rows",
            "augment_split", "names"]
@@ -89,7 +90,7 @@ def shape_rows(dataset, choice: list, seed_of, columns, options: dict, skip_empt
     call per distinct choice (seeded by ``seed_of((name, budget))``), results scattered back in row
     order. Returns ``columns`` → list per row; with ``skip_empty`` rows without packets stay None."""
     if "packets" not in dataset.column_names:
-        raise SystemExit(f"{purpose} needs the `packets` column that `traffic-moe prepare` writes")
+        raise TrafficMoeError(f"{purpose} needs the `packets` column that `traffic-moe prepare` writes")
     rows = [len(p) > 0 for p in dataset["packets"]] if skip_empty else None
     out = {c: [None] * len(dataset) for c in columns}
     for key in sorted(set(choice), key=str):

@@ -1,0 +1,13 @@
+"""The project's exception: library code raises it, ``traffic-moe`` (:mod:`traffic_moe_hf.cli`) turns it into
+the one-line error users see (the message, on stderr, exit status 1), as ``raise SystemExit(message)`` did.
+
+A leaf module (no project imports), so every layer can raise it. Bad input that Python already names well
+may raise the builtin instead (``ValueError``, ``FileNotFoundError``); the CLI reports those the same way
+when they come from a check of ours (see ``cli.main``).
+"""
+
+from __future__ import annotations
+
+
+class TrafficMoeError(Exception):
+    """A failed run or bad input, with a message that names the file or option and the reason."""
