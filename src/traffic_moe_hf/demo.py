@@ -1,10 +1,12 @@
 """``traffic-moe demo``: the main job end to end on the real captures shipped in ``data/demo/``.
 
-prepare (flow split, anonymised) -> masked-packet pretraining -> fine-tuning of Traffic-MoE (pretrained
-and from scratch) and of the dense BERT baseline -> evaluation side by side -> a Hub folder with its
-model card -> reloaded with ``AutoModelForSequenceClassification`` -> prediction on a capture. The
-evaluation includes the open-set check (``evaluate --ood``) against the shipped captures of other services.
-Ends with a results table; everything lands in ``--out`` (default ``runs/demo``).
+prepare (flow split, anonymised) -> fine-tuning of the shipped pretrained checkpoint (``traffic-moe-mini``),
+of the same model from scratch and of the shipped dense BERT baseline (``bert-mini``) -> evaluation side by
+side -> a Hub folder with its model card -> reloaded with ``AutoModelForSequenceClassification`` ->
+prediction on a capture. A short continued pretraining of the shipped checkpoint on the slice's train split
+shows the pretraining step (``--pretrain-steps``; 0 skips it). The evaluation includes the open-set check
+(``evaluate --ood``) against the shipped captures of other services. Ends with a results table; everything
+lands in ``--out`` (default ``runs/demo``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ def add_parser(subparsers):
                               description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of captures, one file per class (default: shipped slice)")
     p.add_argument("--out", type=output_folder, default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="model size preset (default tiny)")
-    p.add_argument("--pretrain-steps", type=at_least(1), default=250, help="pretraining steps of each model")
+    p.add_argument("--from", dest="init_from", default="traffic-moe-mini",
+                   help="the pretrained Traffic-MoE to fine-tune: a shipped checkpoint's short name or a folder "
+                        "(default traffic-moe-mini)")
+    p.add_argument("--dense-from", default="bert-mini",
+                   help="the pretrained dense BERT baseline (default bert-mini, the shipped one)")
+    p.add_argument("--config", default=None, choices=sorted(PRESETS),
+                   help="size preset of the from-scratch row (default: the pretrained checkpoint's size)")
+    p.add_argument("--pretrain-steps", type=at_least(0), default=20,
+                   help="steps of the short continued pretraining shown in stage 2 (default 20; 0 skips it)")
     p.add_argument("--finetune-epochs", type=positive, default=12.0,
                    help="all-data fine-tuning: at most this many epochs (default 12; validation macro-F1 on the slice "
                         "reaches 1.0 within 2-5 epochs)")
@@ -39,6 +48,15 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=int, default=0, help="random seed (split, initialisation, few-shot flows)")
     p.set_defaults(func=run)
     return p
+
+
+def _preset_of(checkpoint) -> str:
+    """The size preset whose shape the checkpoint has (the from-scratch row is trained at the same size)."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    for name, shape in PRESETS.items():
+        if all(config.get(k) == v for k, v in shape.items()):
+            return name
+    raise SystemExit(f"demo: {checkpoint}: its size matches no preset ({sorted(PRESETS)}); pass --config")
 
 
 def _stage(title: str):
@@ -73,28 +91,32 @@ def run(args) -> int:
         raise SystemExit(f"demo: {args.data}: needs captures of at least two classes, one file per class "
                          f"(the label is the file name); {found}")
 
-    _stage("2/6 masked-packet + flow-contrastive pretraining (Traffic-MoE and dense BERT, train split only)")
+    from .checkpoints import resolve_checkpoint
+
+    try:
+        moe_from, dense_from = resolve_checkpoint(args.init_from), resolve_checkpoint(args.dense_from)
+    except FileNotFoundError as e:
+        raise SystemExit(f"demo: {e}") from None
+    config = args.config or _preset_of(moe_from)
+
+    _stage(f"2/6 the pretrained checkpoint {args.init_from}; a short continued pretraining on the train split")
     t = time.perf_counter()
-    # 16 flows per step = 32 sequences: each flow and its shaped view (flow-contrastive term)
-    common = dict(data=[str(out / "data")], config=args.config, max_steps=args.pretrain_steps, batch_size=16,
-                  seed=args.seed, save_steps=10_000)
-    pre_moe = pretrain(out=str(out / "pretrained-moe"), **common)
-    pre_dense = pretrain(out=str(out / "pretrained-dense"), dense=True, **common)
-
-    def losses(summary):  # fewer steps than one logging interval log no loss
-        first, last = summary.get("first_logged_loss"), summary.get("last_logged_loss")
-        return f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged (too few steps)"
-
-    print(f"pretraining loss (masked packets + flow-contrastive): Traffic-MoE {losses(pre_moe)}; dense BERT {losses(pre_dense)}")
+    if args.pretrain_steps:  # masked packets + flow contrast, from the shipped weights (domain-adaptive pretraining)
+        pre = pretrain(data=[str(out / "data")], out=str(out / "pretrain-continued"), init_from=moe_from,
+                       max_steps=args.pretrain_steps, batch_size=16, seed=args.seed, save_steps=10_000, progress=False)
+        first, last = pre.get("first_logged_loss"), pre.get("last_logged_loss")
+        print(f"{args.pretrain_steps} steps from {moe_from}: loss "
+              + (f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "not logged (too few steps)")
+              + " (the fine-tuning below starts from the shipped weights, not from these)")
     timings["pretrain"] = time.perf_counter() - t
 
     _stage("3/6 fine-tuning on all training flows, and few-shot")
     t = time.perf_counter()
     data = str(out / "data")
     runs = {
-        "Traffic-MoE pretrained": dict(init_from=str(out / "pretrained-moe")),
-        "Traffic-MoE from scratch": dict(config=args.config),
-        "dense BERT pretrained": dict(init_from=str(out / "pretrained-dense"), dense=True),
+        "Traffic-MoE pretrained": dict(init_from=moe_from),
+        "Traffic-MoE from scratch": dict(config=config),
+        "dense BERT pretrained": dict(init_from=dense_from, dense=True),
     }
     folders = {}
     for name, kwargs in runs.items():

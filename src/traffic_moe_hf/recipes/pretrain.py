@@ -143,6 +143,9 @@ def add_parser(subparsers):
                    help="output checkpoint folder (Hub layout); OUT/checkpoints holds the Trainer's checkpoints for "
                         "--resume (optimizer state, pickles): share OUT without it")
     p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, mini, small, base (default small)")
+    p.add_argument("--from", dest="init_from", default=None,
+                   help="continue from a pretrained checkpoint instead (a folder, or a shipped short name: "
+                        "traffic-moe-mini, bert-mini): domain-adaptive pretraining on your own traffic")
     p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
     p.add_argument("--match", choices=("active", "total"), default="active",
                    help="with --dense: match the MoE's active (default) or total parameters")
@@ -177,6 +180,7 @@ def run(args) -> int:
         packet_probability=args.packet_probability, seed=args.seed, resume=args.resume,
         save_steps=args.save_steps, progress=args.progress, contrastive=args.contrastive,
         temperature=args.temperature, view_copies=args.view_copies, view_budgets=args.view_budgets,
+        init_from=args.init_from,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; rank 0's summary is the saved one
         print(json.dumps(result, indent=2))
@@ -187,7 +191,10 @@ def run(args) -> int:
 def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
              seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
-             temperature=0.1, view_copies=1, view_budgets="list") -> dict:
+             temperature=0.1, view_copies=1, view_budgets="list", init_from=None) -> dict:
+    """Library entry point of ``traffic-moe pretrain``. ``init_from``: continue from a pretrained checkpoint
+    (a folder or a shipped short name, e.g. ``traffic-moe-mini``) instead of a new model of ``config`` —
+    domain-adaptive pretraining on one's own unlabelled traffic; the checkpoint decides MoE or dense."""
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
@@ -202,7 +209,18 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     if "test" in splits:
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
     parts = []
-    tokenizer = data_tokenizer(data)  # every source tokenized alike (a clear error otherwise)
+    if init_from:
+        from ..checkpoints import resolve_checkpoint
+        from .common import checkpoint_model_type
+
+        try:
+            init_from = resolve_checkpoint(init_from)
+        except FileNotFoundError as e:
+            raise TrafficMoeError(f"--from {e}") from None
+        if not (Path(init_from) / "config.json").is_file():
+            raise TrafficMoeError(f"--from {init_from}: not a checkpoint folder (no config.json)")
+        dense = checkpoint_model_type(init_from) == "bert"
+    tokenizer = data_tokenizer(data, init_from)  # every source (and the checkpoint) tokenized alike, else a clear error
     available = {}
     for path in data:
         prepared = load_prepared(path, labelled=False)
@@ -222,8 +240,10 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
                          + " — choose others with --splits (never a split you will test on)")
     corpus = concatenate_datasets(parts).shuffle(seed=seed)
 
-    cfg = moe_config(config, tokenizer, **(config_overrides or {}))
-    if dense:
+    cfg = None if init_from else moe_config(config, tokenizer, **(config_overrides or {}))
+    if init_from:
+        model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(init_from)
+    elif dense:
         model = BertForMaskedLM(dense_config(cfg, match=match, max_length=dense_positions(tokenizer)))
     else:
         model = TrafficMoeForMaskedLM(cfg)
@@ -277,8 +297,13 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         f"(splits: {', '.join(splits)})",
         "evaluation": "pretraining only; see the fine-tuned checkpoints",
     }
-    save_final_model(trainer, model, out, **({} if dense else {"card_data": card}))
-    (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
+    from ..atomic import atomic_checkpoint
+
+    # saved beside OUT and moved in complete (OUT/checkpoints carried over for --resume): a failed save leaves an
+    # earlier model in OUT as it was
+    with atomic_checkpoint(out, trainer.is_world_process_zero(), trainer.accelerator.wait_for_everyone) as saving:
+        save_final_model(trainer, model, saving, **({} if dense else {"card_data": card}))
+        (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(saving)
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "out": str(out),

@@ -1,0 +1,136 @@
+"""The shipped foundation checkpoints (checkpoints/traffic-moe-mini, checkpoints/bert-mini) and the short names
+that select them: they load with the Auto classes installed and via trust_remote_code without the package, give
+a new head for K labels, and `pretrain --from` / `finetune --from` take them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import DEMO, REPO
+from traffic_moe_hf.checkpoints import SHIPPED, CheckpointNotFound, resolve_checkpoint
+
+MOE = REPO / "checkpoints" / "traffic-moe-mini"
+DENSE = REPO / "checkpoints" / "bert-mini"
+shipped = pytest.mark.skipif(not (MOE / "config.json").is_file(), reason="no shipped checkpoint in this checkout")
+
+
+def _flows(real_flows, tokenizer):
+    flows = [real_flows[label][0] for label in ("dns", "http", "ssh")]
+    return tokenizer([p for p, _ in flows], directions=[d for _, d in flows], padding=True, return_tensors="pt")
+
+
+@shipped
+def test_shipped_checkpoints_load_with_the_auto_classes(real_flows):
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
+
+    for folder, model_type in ((MOE, "TrafficMoeModel"), (DENSE, "BertModel")):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        batch = _flows(real_flows, tokenizer)
+        encoder = AutoModel.from_pretrained(folder).eval()
+        assert type(encoder).__name__ == model_type
+        classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=4).eval()
+        with torch.no_grad():
+            hidden = encoder(**batch).last_hidden_state
+            logits = classifier(**batch).logits
+        assert hidden.shape[:2] == batch["input_ids"].shape and torch.isfinite(hidden).all()
+        assert logits.shape == (3, 4)
+        # the card names the corpus, the compute and the transfer table
+        card = (folder / "README.md").read_text()
+        assert "## Pretraining corpus" in card and "## Compute" in card and "## Transfer" in card
+        assert (folder / "model.safetensors").stat().st_size < 40e6
+
+
+@shipped
+def test_shipped_checkpoint_loads_without_the_package(real_flows, tmp_path):
+    """trust_remote_code=True in a process where traffic_moe_hf cannot be imported: the same hidden states."""
+    from transformers import AutoModel, AutoTokenizer
+    from safetensors.torch import load_file, save_file
+
+    import traffic_moe_hf  # noqa: F401
+
+    batch = _flows(real_flows, AutoTokenizer.from_pretrained(MOE))
+    save_file({k: v.contiguous() for k, v in batch.items()}, tmp_path / "in.safetensors")
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["traffic_moe_hf"] = None  # not importable here
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel, AutoTokenizer
+        folder, inp, out = sys.argv[1:4]
+        assert type(AutoTokenizer.from_pretrained(folder, trust_remote_code=True)).__name__ == "TrafficTokenizer"
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            save_file({"h": model(**load_file(inp)).last_hidden_state.contiguous()}, out)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    r = subprocess.run([sys.executable, "-c", script, str(MOE), str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with torch.no_grad():
+        installed = AutoModel.from_pretrained(MOE).eval()(**batch).last_hidden_state
+    assert torch.allclose(load_file(tmp_path / "out.safetensors")["h"], installed, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    """A tiny pretraining on the demo slice, placed as a shipped checkpoint under a checkpoints folder."""
+    from traffic_moe_hf.data.prepare import prepare
+    from traffic_moe_hf.recipes.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("foundation")
+    prepare([str(DEMO)], str(root / "data"), labels="file", progress=False)
+    pretrain([str(root / "data")], str(root / "checkpoints" / "traffic-moe-mini"), config="tiny", max_steps=2,
+             batch_size=8, progress=False)
+    return root
+
+
+def test_short_names_resolve(tiny_pretrained, monkeypatch, tmp_path):
+    assert set(SHIPPED) == {"traffic-moe-mini", "bert-mini"}
+    monkeypatch.setenv("TRAFFIC_MOE_CHECKPOINTS", str(tiny_pretrained / "checkpoints"))
+    assert resolve_checkpoint("traffic-moe-mini") == str(tiny_pretrained / "checkpoints" / "traffic-moe-mini")
+    assert resolve_checkpoint(str(tmp_path)) == str(tmp_path)  # a folder is itself
+    assert resolve_checkpoint("no/such/folder") == "no/such/folder"  # not a short name: left to the caller's check
+    if not (DENSE / "config.json").is_file():
+        with pytest.raises(CheckpointNotFound, match="bert-mini: a shipped checkpoint's short name"):
+            resolve_checkpoint("bert-mini")
+
+
+def test_finetune_and_pretrain_from_a_short_name(tiny_pretrained, monkeypatch):
+    from traffic_moe_hf.recipes.finetune import finetune
+    from traffic_moe_hf.recipes.pretrain import pretrain
+
+    monkeypatch.setenv("TRAFFIC_MOE_CHECKPOINTS", str(tiny_pretrained / "checkpoints"))
+    data = str(tiny_pretrained / "data")
+    out = tiny_pretrained / "ft"
+    summary = finetune(data, str(out), init_from="traffic-moe-mini", shots=2, min_steps=2, epochs=1, progress=False)
+    assert summary["steps"] >= 2 and "traffic-moe-mini" in (out / "README.md").read_text()
+    cont = pretrain([data], str(tiny_pretrained / "continued"), init_from="traffic-moe-mini", max_steps=1,
+                    batch_size=8, progress=False)
+    assert cont["steps"] == 1
+    base = torch.load  # noqa: F841 (weights compared below through the configs)
+    import json
+
+    a = json.loads((tiny_pretrained / "checkpoints" / "traffic-moe-mini" / "config.json").read_text())
+    b = json.loads((tiny_pretrained / "continued" / "config.json").read_text())
+    assert a["hidden_size"] == b["hidden_size"] == 64 and a["num_experts"] == b["num_experts"]
+
+
+def test_pretrain_from_a_missing_short_name_is_one_clear_error(tiny_pretrained, monkeypatch, tmp_path):
+    from traffic_moe_hf.errors import TrafficMoeError
+    from traffic_moe_hf.recipes.pretrain import pretrain
+
+    monkeypatch.setenv("TRAFFIC_MOE_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setattr("traffic_moe_hf.checkpoints.checkpoint_dirs", lambda: [tmp_path])
+    with pytest.raises(TrafficMoeError, match="--from traffic-moe-mini: a shipped checkpoint's short name"):
+        pretrain([str(tiny_pretrained / "data")], str(tmp_path / "x"), init_from="traffic-moe-mini", max_steps=1,
+                 progress=False)
+    assert not (tmp_path / "x").exists()
