@@ -36,8 +36,8 @@ PLACES = {
     # the model files (remote code) and the package root, whose names are the model's
     "": "model", "configuration_traffic_moe": "model", "modeling_traffic_moe": "model", "moe_dispatch": "model",
     "moe_triton": "model", "hub": "model",
-    # recipes that train, evaluate and apply models
-    "recipes": "training",
+    # recipes that train, evaluate, export and apply models
+    "recipes": "training", "export": "training",
     # old import paths (robustness.* -> shaping / recipes); nothing in the package may import them
     "robustness": "aliases",
     # commands
@@ -68,7 +68,7 @@ MODULES = project_modules()
 def layer_of(name: str) -> str | None:
     best = None
     for prefix, layer in PLACES.items():
-        if prefix == "" or name == prefix or name.startswith(prefix + "."):
+        if name == prefix or (prefix and name.startswith(prefix + ".")):  # "": the package root only
             if best is None or len(prefix) > len(best[0]):
                 best = (prefix, layer)
     return best[1] if best else None
