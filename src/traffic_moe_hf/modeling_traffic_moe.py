@@ -399,7 +399,7 @@ class TrafficMoePreTrainedModel(TrafficMoeHubMixin, PreTrainedModel):
         want_router = "moe" in self.config.mlp_layer_types and (labels is not None or bool(
             self.config.output_router_logits if output_router_logits is None else output_router_logits))
         inputs = {k: v for k, v in inputs.items() if v is not None or not k.startswith("output_")}
-        return self.model(**inputs, output_router_logits=want_router), want_router
+        return self.model(**inputs, output_router_logits=want_router, return_dict=True), want_router
 
     def _head_output(self, output_class, logits, item_losses, outputs, attention_mask, want_router,
                      output_router_logits, num_items_in_batch):

@@ -359,13 +359,12 @@ def static_experts_forward(
 
 
 def exporting() -> bool:
-    """True while ``torch.jit.trace``, ``torch.export`` or ``torch.onnx.export`` records the model."""
+    """True while ``torch.jit.trace``, ``torch.export`` or ``torch.onnx.export`` records the model (the ONNX
+    exporter records through ``torch.export``, or ``torch.jit.trace`` with ``dynamo=False``)."""
     if torch.jit.is_tracing():
         return True
     is_exporting = getattr(torch.compiler, "is_exporting", None)
-    if is_exporting is not None and is_exporting():
-        return True
-    return bool(torch.onnx.is_in_onnx_export())
+    return bool(is_exporting is not None and is_exporting())
 
 
 def auto_experts_forward(
