@@ -55,6 +55,9 @@ def corpus_table(work: Path) -> str:
     return "\n".join(rows)
 
 
+#: mean model-input tokens per training flow of the corpus (measured 2026-12-06 over its four train splits)
+TOKENS_PER_FLOW = 198
+
 CARD = """---
 library_name: transformers
 license: apache-2.0
@@ -128,22 +131,21 @@ def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: s
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(tmp)
     short = dst.name
     loss_plot(state["log_history"], tmp / "loss.png", f"{short}: pretraining loss")
-    total = sum(p.numel() for p in model.parameters())
+    from traffic_moe_hf.recipes.common import parameter_summary
+
+    counts = parameter_summary(model)
+    total, active = counts["parameters_total"], counts["parameters_active"]
     if dense:
-        active = total
         arch = f"BERT encoder, {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, FFN {model.config.intermediate_size} (matched to the MoE's active parameters)"
     else:
-        from traffic_moe_hf import count_parameters
-
-        counts = count_parameters(model)
-        total, active = counts.get("parameters_total", total), counts.get("parameters_active", total)
         c = model.config
         arch = (f"Traffic-MoE encoder, {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_experts} experts "
                 f"(FFN {c.moe_intermediate_size}) top-{c.num_experts_per_tok}")
     history = [h for h in state["log_history"] if "loss" in h]
     steps = state["global_step"]
     compute = (f"{steps} steps x 32 flows (+ 32 shaped views) = {steps * 32:,} flows read "
-               f"(~{steps * 32 * 2 * 470 / 1e6:.1f}M tokens at ~470 tokens per flow); {hours:.2f} h on {machine}. "
+               f"(x2 with the views: {steps * 64 * TOKENS_PER_FLOW / 1e6:.1f}M tokens at the corpus' mean "
+               f"{TOKENS_PER_FLOW} tokens per flow); {hours:.2f} h on {machine}. "
                f"Loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> {history[-1]['loss']:.3f} (step {history[-1]['step']}).")
     transfer_md = HERE / "results" / "transfer.md"
     transfer = transfer_md.read_text() if transfer_md.is_file() else "Not measured yet."
