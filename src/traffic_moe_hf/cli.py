@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="traffic-moe",
         description="Sparse Mixture-of-Experts foundation model for network traffic (HuggingFace plugin).",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         try:
@@ -39,8 +40,42 @@ def build_parser() -> argparse.ArgumentParser:
             if not (err.name and module_name.startswith(err.name)):  # a real missing dependency: say so
                 raise
             continue  # sub-command not part of this installation
-        module.add_parser(subparsers)
+        sub = module.add_parser(subparsers)
+        if name in MODEL_COMMANDS and sub is not None:
+            add_threads_option(sub)
     return parser
+
+
+def version_line() -> str:
+    """``traffic-moe --version``: this package's version and those of Python, torch and transformers (read from
+    the installed packages' metadata: nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    def installed(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"traffic-moe {__version__} (Python {platform.python_version()}, torch {installed('torch')}, "
+            f"transformers {installed('transformers')})")
+
+
+#: sub-commands that run a model: they take ``--threads`` (applied once, in :func:`main`, before they run)
+MODEL_COMMANDS = {"pretrain", "finetune", "evaluate", "predict", "robustness", "bench", "demo"}
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    from .argtypes import at_least
+
+    p.add_argument("--threads", type=at_least(1), default=None, metavar="N",
+                   help="CPU threads for the model (torch's intra-op threads). Default: the cores not already busy "
+                        "(usable cores less the 1-minute load average, at least 1), or OMP_NUM_THREADS when set: "
+                        "one thread per core beside another busy process ran predict 6x slower "
+                        "(benchmarks/efficiency/busy_sensor.py)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     check_extras(args.command)
     if getattr(args, "progress", True) is False:
         no_library_bars()
+    if hasattr(args, "threads"):  # a command that runs a model (MODEL_COMMANDS)
+        from .threads import apply_threads
+
+        apply_threads(args.threads)
     try:
         status = int(args.func(args) or 0)
     except TrafficMoeError as err:  # library code raises; the command reports it in one line (stderr, exit status 1)

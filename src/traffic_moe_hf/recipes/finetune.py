@@ -496,10 +496,14 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     trainer.model.config.traffic_flow_options = {
         **{k: options[k] for k in ("normalize_tcp", "coalesce_tcp", "ttl")}, "level": dataset_level(data),
         "anonymize": options["anonymized"], **tunnels_record(data)}
-    save_final_model(trainer, trainer.model, out, **({} if dense else {"card_data": card}))
-    (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(out)
-    if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too
-        (out / "README.md").write_text(dense_model_card(trainer.model, card, out))
+    from ..atomic import atomic_checkpoint
+
+    # saved beside OUT and moved in complete: a failed save leaves an earlier model in OUT as it was
+    with atomic_checkpoint(out, trainer.is_world_process_zero(), trainer.accelerator.wait_for_everyone) as saving:
+        save_final_model(trainer, trainer.model, saving, **({} if dense else {"card_data": card}))
+        (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(saving)
+        if dense and trainer.is_world_process_zero():  # transformers' BERT writes no card: the baseline gets one too
+            (saving / "README.md").write_text(dense_model_card(trainer.model, card, out))
     summary = {
         "out": str(out),
         "model": type(trainer.model).__name__,
