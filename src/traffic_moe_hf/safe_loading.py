@@ -8,19 +8,22 @@ loads a model folder the user names (``evaluate`` / ``predict`` / ``robustness``
 ``finetune --from`` through ``from_pretrained_quietly``) calls :func:`require_safetensors` first and also
 passes ``use_safetensors=True`` to ``from_pretrained``.
 
-A leaf module: no project imports.
+A leaf module but for the project's exception (errors.py, itself a leaf).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import TrafficMoeError
+
 SAFE = ("model.safetensors", "model.safetensors.index.json")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
-class UnsafeWeightsError(ValueError):
-    """A model folder whose weights are not safetensors: the message is one line naming the file."""
+class UnsafeWeightsError(TrafficMoeError, ValueError):
+    """A model folder whose weights are not safetensors: the message is one line naming the file (``traffic-moe``
+    reports it as such, as any :class:`TrafficMoeError`)."""
 
 
 def require_safetensors(folder) -> Path:
