@@ -91,7 +91,13 @@ def _register_if_ready(finished: str | None = None) -> None:
     factories while the modeling file is still running; the registration then waits for that file to finish.
     ``finished``: the watched module that has just executed (still marked as importing until its loader returns)."""
     global _registered
-    if _registered or _AUTO_PACKAGE not in sys.modules or any(_initializing(n) for n in _WATCHED if n != finished):
+    if _registered or _AUTO_PACKAGE not in sys.modules:
+        return
+    # nor while any transformers module is half-imported: transformers' modeling_utils loads the Auto factories
+    # midway (through its quantizers), and the registration imports the modeling file, which needs
+    # PreTrainedModel; it then runs when the outermost transformers import finishes
+    if any(_initializing(n) for n in (*_WATCHED, *[m for m in list(sys.modules) if m.startswith("transformers.")])
+           if n != finished):
         return
     _registered = True
     for finder in [f for f in sys.meta_path if isinstance(f, _RegisterWhenLoaded)]:
@@ -105,7 +111,7 @@ class _RegisterWhenLoaded:
     executed. It leaves ``sys.meta_path`` once the registration has run."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in _WATCHED:
+        if fullname not in _WATCHED and not fullname.startswith("transformers."):
             return None
         for finder in sys.meta_path:
             if isinstance(finder, _RegisterWhenLoaded) or not hasattr(finder, "find_spec"):
