@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -118,18 +116,24 @@ own evaluation (`traffic-moe evaluate`) before trusting a score.
 
 
 def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: str):
+    from traffic_moe_hf.atomic import atomic_folder
+
+    state = json.loads((src / "trainer_state.json").read_text())
+    with atomic_folder(dst, carry=lambda name: False) as tmp:  # the earlier version replaced whole, when complete
+        _write(src, tmp, dense, work, hours, machine, state, dst.name)
+    size = sum(f.stat().st_size for f in dst.iterdir()) / 1e6
+    print(f"shipped {src} -> {dst} ({size:.1f} MB, step {state['global_step']})")
+
+
+def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine: str, state: dict, short: str):
     from transformers import BertForMaskedLM
 
     from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
 
-    state = json.loads((src / "trainer_state.json").read_text())
-    tmp = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(src)
     model.save_pretrained(tmp)
     tokenizer = TrafficTokenizer.from_pretrained(src)
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(tmp)
-    short = dst.name
     loss_plot(state["log_history"], tmp / "loss.png", f"{short}: pretraining loss")
     from traffic_moe_hf.recipes.common import parameter_summary
 
@@ -154,16 +158,6 @@ def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: s
                        trc="" if dense else ", trust_remote_code=True", arch=arch, total=total / 1e6, active=active / 1e6,
                        corpus=corpus_table(work), compute=compute, transfer=transfer)
     (tmp / "README.md").write_text(card)
-    if dst.exists():
-        old = dst.with_name(dst.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, dst)
-    size = sum(f.stat().st_size for f in dst.iterdir()) / 1e6
-    print(f"shipped {src} -> {dst} ({size:.1f} MB, step {steps})")
 
 
 def main(argv=None):

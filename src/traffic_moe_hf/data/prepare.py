@@ -229,7 +229,7 @@ def _apply_exclude(files, patterns):
     return kept, left_out
 
 
-def _per_source(inputs, files, per_file, flows_kept) -> dict:
+def _per_source(inputs, files, per_file) -> dict:
     """Files, packets and flows per command-line input (a corpus from several sources says what each gave)."""
     roots = [(inp, os.path.abspath(inp)) for inp in inputs]
     out = {inp: {"files": 0, "files_read": 0, "packets": 0, "packets_used": 0, "flows": 0, "samples": 0} for inp in inputs}
@@ -245,7 +245,7 @@ def _per_source(inputs, files, per_file, flows_kept) -> dict:
             s["packets"] += per_file[name]["packets"]
             s["packets_used"] += per_file[name]["used"]
             s["flows"] += per_file[name]["flows"]
-            s["samples"] += flows_kept.get(name, 0)
+            s["samples"] += per_file[name].get("samples", 0)
     return out
 
 
@@ -383,8 +383,7 @@ def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="f
     results = [p[0] if len(p) == 1 else merge_shards(p) for p in parts]
     t_read = time.perf_counter() - t0
     ds, report = _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups)
-    report["sources"] = _per_source(inputs, files, report.get("per_file", {}), report.get("_flows_kept", {}))
-    report.pop("_flows_kept", None)
+    report["sources"] = _per_source(inputs, files, report.get("per_file", {}))
     t_assemble = time.perf_counter() - t0 - t_read
 
     def timing():
@@ -669,7 +668,8 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     split_report["flows_in_several_splits"] = crossing
     unlabelled = cfg.label_mode == "none"
     names = [] if unlabelled else sorted(set(cols.get("label", [])))
-    report["_flows_kept"] = Counter(cols["source_file"][i] for i in range(n) if keep[i])
+    for name, kept in Counter(cols["source_file"][i] for i in range(n) if keep[i]).items():
+        report["per_file"][name]["samples"] = kept  # what each file gave the dataset (sources sum them)
     samples = {}
     ds = None
     removed = Counter()

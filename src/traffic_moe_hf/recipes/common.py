@@ -340,6 +340,22 @@ def parameter_summary(model) -> dict:
     return {"parameters_total": total, "parameters_active": active}
 
 
+def pretrained_folder(init_from: str | os.PathLike) -> str:
+    """``--from``: a checkpoint folder or a shipped checkpoint's short name (``traffic-moe-mini``) -> the folder,
+    or a ``TrafficMoeError`` saying why not (before transformers would try the Hub with it)."""
+    from ..checkpoints import resolve_checkpoint
+    from ..errors import TrafficMoeError
+
+    try:
+        path = resolve_checkpoint(init_from)
+    except FileNotFoundError as e:
+        raise TrafficMoeError(f"--from {e}") from None
+    if not (Path(path) / "config.json").is_file():
+        raise TrafficMoeError(f"--from {path}: not a checkpoint folder (no config.json); expected what "
+                              "`traffic-moe pretrain` or `traffic-moe finetune` writes")
+    return path
+
+
 def checkpoint_model_type(path: str | os.PathLike) -> str | None:
     """The ``model_type`` of a checkpoint folder's config.json ("traffic_moe", "bert", ...)."""
     return json.loads((Path(path) / "config.json").read_text()).get("model_type")

@@ -308,6 +308,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         model_view,
         moe_config,
         parameter_summary,
+        pretrained_folder,
         save_final_model,
         steps_for,
         trainer_metrics,
@@ -315,15 +316,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
     )
 
     if init_from:  # a shipped checkpoint's short name (traffic-moe-mini) or a folder
-        from ..checkpoints import resolve_checkpoint
-
-        try:
-            init_from = resolve_checkpoint(init_from)
-        except FileNotFoundError as e:
-            raise TrafficMoeError(f"--from {e}") from None
-    if init_from and not (Path(init_from) / "config.json").is_file():  # else transformers tries the Hub
-        raise TrafficMoeError(f"--from {init_from}: not a checkpoint folder (no config.json); expected what "
-                         "`traffic-moe pretrain` or `traffic-moe finetune` writes")
+        init_from = pretrained_folder(init_from)
     if init_from:  # the checkpoint decides which model is fine-tuned (it used to fail deep inside loading)
         model_type = checkpoint_model_type(init_from)
         if model_type not in ("traffic_moe", "bert"):

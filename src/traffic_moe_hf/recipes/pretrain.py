@@ -210,15 +210,9 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
     parts = []
     if init_from:
-        from ..checkpoints import resolve_checkpoint
-        from .common import checkpoint_model_type
+        from .common import checkpoint_model_type, pretrained_folder
 
-        try:
-            init_from = resolve_checkpoint(init_from)
-        except FileNotFoundError as e:
-            raise TrafficMoeError(f"--from {e}") from None
-        if not (Path(init_from) / "config.json").is_file():
-            raise TrafficMoeError(f"--from {init_from}: not a checkpoint folder (no config.json)")
+        init_from = pretrained_folder(init_from)
         dense = checkpoint_model_type(init_from) == "bert"
     tokenizer = data_tokenizer(data, init_from)  # every source (and the checkpoint) tokenized alike, else a clear error
     available = {}
