@@ -4,6 +4,7 @@ a new head for K labels, and `pretrain --from` / `finetune --from` take them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,9 +117,6 @@ def test_finetune_and_pretrain_from_a_short_name(tiny_pretrained, monkeypatch):
     cont = pretrain([data], str(tiny_pretrained / "continued"), init_from="traffic-moe-mini", max_steps=1,
                     batch_size=8, progress=False)
     assert cont["steps"] == 1
-    base = torch.load  # noqa: F841 (weights compared below through the configs)
-    import json
-
     a = json.loads((tiny_pretrained / "checkpoints" / "traffic-moe-mini" / "config.json").read_text())
     b = json.loads((tiny_pretrained / "continued" / "config.json").read_text())
     assert a["hidden_size"] == b["hidden_size"] == 64 and a["num_experts"] == b["num_experts"]

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 
