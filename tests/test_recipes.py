@@ -296,7 +296,7 @@ def test_evaluate_on_data_with_no_label_the_model_knows_says_so(finetuned, tmp_p
     out, _ = finetuned
     data = tmp_path / "other-labels"
     prepare([str(DEMO / "dns.pcap")], str(data), labels="dir", split="none", progress=False)  # label "loopback9"
-    with pytest.raises(SystemExit, match=r"none of its \d+ samples has a label the model knows.*'loopback9'.*'dns'"):
+    with pytest.raises(TrafficMoeError, match=r"none of its \d+ samples has a label the model knows.*'loopback9'.*'dns'"):
         evaluate(str(data), str(out), split="test", audit=False)
 
 
@@ -315,9 +315,9 @@ def test_classifying_with_a_checkpoint_that_is_no_classifier_says_so(pretrained,
     confident-looking nonsense) or a folder that holds no model is a clear error."""
     from traffic_moe_hf.recipes.evaluate import load_classifier
 
-    with pytest.raises(SystemExit, match="TrafficMoeForMaskedLM checkpoint has no trained classifier head; fine-tune it"):
+    with pytest.raises(TrafficMoeError, match="TrafficMoeForMaskedLM checkpoint has no trained classifier head; fine-tune it"):
         load_classifier(str(pretrained[0]))
-    with pytest.raises(SystemExit, match="not a model folder"):
+    with pytest.raises(TrafficMoeError, match="not a model folder"):
         predict_files([str(DEMO / "dns.pcap")], str(tmp_path), str(tmp_path / "out.csv"), progress=False)
 
 
@@ -1032,9 +1032,9 @@ def test_predict_ensemble_averages_members_aligned_by_label_name(prepared, finet
     assert "expert_load" in alone and "expert_load" not in both
 
     renamed = variant("renamed", rename="not-a-class")
-    with pytest.raises(SystemExit, match="differs from .* in labels"):
+    with pytest.raises(TrafficMoeError, match="differs from .* in labels"):
         Ensemble([str(out), renamed])
-    with pytest.raises(SystemExit, match="other labels"):
+    with pytest.raises(TrafficMoeError, match="other labels"):
         evaluate(str(prepared), [str(out), renamed], audit=False)
     from traffic_moe_hf.cli import build_parser, main
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from traffic_moe_hf.errors import TrafficMoeError
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "loopback9"
 
@@ -71,7 +73,7 @@ def test_evaluate_refuses_pickled_weights_without_running_them(pickled_model, tm
     from traffic_moe_hf.recipes.evaluate import load_classifier
 
     folder, marker = pickled_model
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(TrafficMoeError) as refused:
         load_classifier(folder)
     assert str(folder / "pytorch_model.bin") in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists()
@@ -84,7 +86,7 @@ def test_finetune_from_refuses_pickled_weights_without_running_them(pickled_mode
     folder, marker = pickled_model
     data = tmp_path / "data"
     prepare([str(DEMO / "dns.pcap"), str(DEMO / "ssh.pcap")], str(data), labels="file", progress=False)
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(TrafficMoeError) as refused:
         finetune(str(data), str(tmp_path / "out"), init_from=str(folder), epochs=1, progress=False)
     assert str(folder / "pytorch_model.bin") in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists() and not (tmp_path / "out" / "model.safetensors").exists()

@@ -280,7 +280,7 @@ def bench(models=MODELS, lengths=None, device="cpu", dtype="float32", quick=Fals
     results = []
     for length in lengths:
         for name in models:
-            print(f"bench {name} @ {length} tokens ...", file=sys.stderr, flush=True)
+            print(f"bench {name} @ {length} tokens ...", file=sys.stderr, flush=True)  # the command's progress line
             results.append(measure(name, length, device, dtype, quick) if cuda
                            else measure_in_fresh_process(name, length, device, dtype, quick))
     report = {"machine": machine(device), "device": device, "dtype": dtype, "models": results, "ratios": ratios(results)}

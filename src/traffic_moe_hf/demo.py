@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .argtypes import HelpFormatter, at_least, output_folder, positive
 from .configuration_traffic_moe import PRESETS
+from .errors import TrafficMoeError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "demo" / "loopback9"
 # traffic of other services (the tls9 captures re-made at MTU 700, shipped for the generalisation tests): the
@@ -56,7 +57,7 @@ def _preset_of(checkpoint) -> str:
     for name, shape in PRESETS.items():
         if all(config.get(k) == v for k, v in shape.items()):
             return name
-    raise SystemExit(f"demo: {checkpoint}: its size matches no preset ({sorted(PRESETS)}); pass --config")
+    raise TrafficMoeError(f"demo: {checkpoint}: its size matches no preset ({sorted(PRESETS)}); pass --config")
 
 
 def _stage(title: str):
@@ -67,7 +68,7 @@ def run(args) -> int:
     if not Path(args.data).is_dir():  # before any output or import; an installed wheel holds no captures
         where = ("the shipped slice is in a clone's data/demo/loopback9, not in an installed package"
                  if Path(args.data) == DEFAULT_DATA else "no such folder")
-        raise SystemExit(f"demo: {args.data}: {where}; pass --data FOLDER (captures, one file per class)")
+        raise TrafficMoeError(f"demo: {args.data}: {where}; pass --data FOLDER (captures, one file per class)")
     from .data.prepare import format_report, prepare
     from .recipes.evaluate import add_to_model_card, evaluate, format_result
     from .recipes.finetune import finetune
@@ -88,15 +89,15 @@ def run(args) -> int:
     labels = report.get("labels", [])
     if report["files_read"] == 0 or len(labels) < 2:  # before minutes of pretraining, not after
         found = f"{report['files_read']} capture(s) read" + (f", labels {labels}" if labels else "")
-        raise SystemExit(f"demo: {args.data}: needs captures of at least two classes, one file per class "
-                         f"(the label is the file name); {found}")
+        raise TrafficMoeError(f"demo: {args.data}: needs captures of at least two classes, one file per class "
+                             f"(the label is the file name); {found}")
 
     from .checkpoints import resolve_checkpoint
 
     try:
         moe_from, dense_from = resolve_checkpoint(args.init_from), resolve_checkpoint(args.dense_from)
     except FileNotFoundError as e:
-        raise SystemExit(f"demo: {e}") from None
+        raise TrafficMoeError(f"demo: {e}") from None
     config = args.config or _preset_of(moe_from)
 
     _stage(f"2/6 the pretrained checkpoint {args.init_from}; a short continued pretraining on the train split")

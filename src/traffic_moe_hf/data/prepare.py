@@ -116,6 +116,7 @@ def _ratios(s: str):
 
 
 def run(args) -> int:
+    # the command's own usage errors: one line on stderr and exit status 2, as argparse reports a bad option
     from .labels import LabelCsvError, parse_labels_option
 
     try:

@@ -159,7 +159,7 @@ def warn_window(config, tokenizer: TrafficTokenizer, where) -> bool:
     if tokenizer.max_packet_bytes + 1 > config.max_position_embeddings:
         short.append(f"{tokenizer.max_packet_bytes} tokens per packet, {config.max_position_embeddings - 1} byte "
                      "offsets embedded")
-    if short:
+    if short:  # a caveat, not an error: a notice to the command's user (errors.py)
         print(f"{where}: the data's window is larger than the model's ({'; '.join(short)}): the excess shares the "
               "last index, so the model cannot tell those positions apart; prepare a smaller window or train a "
               "model for this one", file=sys.stderr)
@@ -232,12 +232,10 @@ def from_pretrained_quietly(cls, path, **kwargs):
     and the others start at random, whatever the two label counts."""
     from transformers.utils import logging as hf_logging
 
-    from ..safe_loading import UnsafeWeightsError, require_safetensors
+    from ..safe_loading import require_safetensors
 
-    try:  # pickled weights are refused unread (safe_loading): one line naming the file
-        require_safetensors(path)
-    except UnsafeWeightsError as e:
-        raise SystemExit(str(e)) from None
+    # pickled weights are refused unread: safe_loading's UnsafeWeightsError (a TrafficMoeError) names the file
+    require_safetensors(path)
     old_names = _classifier_labels(path)
     new_names = [kwargs["id2label"][i] for i in range(len(kwargs["id2label"]))] if "id2label" in kwargs else None
     relabel = old_names is not None and new_names is not None and old_names != new_names

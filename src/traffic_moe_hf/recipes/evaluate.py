@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..argtypes import HelpFormatter, at_least, output_file, output_folder
+from ..errors import TrafficMoeError
 from ..progress import honours_progress
 
 
@@ -59,7 +60,7 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     if len(args.model) > 1 and args.update_card:
-        raise SystemExit("evaluate: --update-card writes one model's card; give one --model")
+        raise TrafficMoeError("evaluate: --update-card writes one model's card; give one --model")
     args.model = args.model[0] if len(args.model) == 1 else args.model
     result = evaluate(args.data, args.model, split=args.split, json_out=args.json_out, plots=args.plots,
                       batch_size=args.batch_size, audit=args.audit, progress=args.progress, ood=args.ood,
@@ -79,23 +80,21 @@ def load_classifier(path):
 
     import traffic_moe_hf  # noqa: F401  (registers the Auto classes)
 
-    from ..safe_loading import UnsafeWeightsError, require_safetensors
+    from ..safe_loading import require_safetensors
     from .common import is_classifier
 
     if not (Path(path) / "config.json").is_file():
-        raise SystemExit(f"{path}: not a model folder (no config.json); expected what `traffic-moe finetune` writes")
-    try:  # pickled weights are refused unread (safe_loading): one line naming the file
-        require_safetensors(path)
-    except UnsafeWeightsError as e:
-        raise SystemExit(str(e)) from None
+        raise TrafficMoeError(f"{path}: not a model folder (no config.json); expected what `traffic-moe finetune` writes")
+    # pickled weights are refused unread: safe_loading's UnsafeWeightsError (a TrafficMoeError) names the file
+    require_safetensors(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except ValueError as e:
-        raise SystemExit(f"{path}: not a model this package can load ({e})") from None
+        raise TrafficMoeError(f"{path}: not a model this package can load ({e})") from None
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not is_classifier(architectures):
-        raise SystemExit(f"{path}: a {', '.join(architectures)} checkpoint has no trained classifier head; fine-tune it "
-                         f"first (`traffic-moe finetune --data DIR --from {path} --out MODEL`)")
+        raise TrafficMoeError(f"{path}: a {', '.join(architectures)} checkpoint has no trained classifier head; fine-tune it "
+                             f"first (`traffic-moe finetune --data DIR --from {path} --out MODEL`)")
     model = AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True)
     return model.eval()
 
@@ -156,7 +155,7 @@ def warn_flow_assembly(data, model, model_path) -> list[str]:
     options.update(anonymize=options["anonymized"], level=dataset_level(data))
     differ = [f"{k}: data {options[k]}, model {trained[k]}" for k in ("normalize_tcp", "coalesce_tcp", "ttl", "anonymize", "level")
               if k in trained and options[k] != trained[k]]
-    if differ:
+    if differ:  # a caveat, not an error: a notice to the command's user (errors.py)
         print(f"{data}: flows assembled otherwise than {model_path}'s training data ({'; '.join(differ)}); "
               "prepare the data with the model's settings (--tcp-coalesce / --no-tcp-normalize / --ttl / "
               "--no-anonymize / --level) to score it on what it was trained on", file=sys.stderr)
@@ -186,11 +185,11 @@ def known_labels(dataset, model, where: str):
     keep = np.flatnonzero(labels >= 0)
     if not len(keep):
         model_names = class_names(model)
-        raise SystemExit(
+        raise TrafficMoeError(
             f"{where}: none of its {len(labels)} samples has a label the model knows — labels are matched by "
             f"name; the data has {data_names[:12]}{' ...' if len(data_names) > 12 else ''}, the model "
             f"{model_names[:12]}{' ...' if len(model_names) > 12 else ''}")
-    if len(keep) < len(labels):
+    if len(keep) < len(labels):  # a notice to the command's user (errors.py)
         print(f"{where}: {len(labels) - len(keep)} of {len(labels)} samples have a label the model does not know; "
               f"they are left out and counted in samples_skipped_unknown_label", file=sys.stderr)
     return mapping, labels, keep
@@ -218,7 +217,7 @@ def evaluate(data, model_path, split="test", json_out=None, plots=None, batch_si
     for path in members:
         data_tokenizer(data, path)  # each model's input layout must be the data's
     if split not in prepared:
-        raise SystemExit(f"{data}: no split {split!r} (has {list(prepared)})")
+        raise TrafficMoeError(f"{data}: no split {split!r} (has {list(prepared)})")
     model, others = load_ensemble(members, data)
     names_model = class_names(model)
     dense = model.config.model_type == "bert"
@@ -335,8 +334,8 @@ def load_ensemble(members: list, data) -> tuple:
         other = load_classifier(path)
         other_names = class_names(other)
         if sorted(other_names) != sorted(names):
-            raise SystemExit(f"evaluate: {path} has other labels than {members[0]}: the models of an ensemble must "
-                             "share labels")
+            raise TrafficMoeError(f"evaluate: {path} has other labels than {members[0]}: the models of an ensemble must "
+                                 "share labels")
         warn_flow_assembly(data, other, path)
         others.append((other, [other_names.index(n) for n in names]))
     return model, others

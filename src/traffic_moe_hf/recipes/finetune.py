@@ -322,7 +322,7 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
         if model_type not in ("traffic_moe", "bert"):
             raise TrafficMoeError(f"--from {init_from}: a {model_type!r} checkpoint; expected Traffic-MoE or the dense BERT "
                              "baseline, as `traffic-moe pretrain` / `finetune` write them")
-        if model_type == "bert" and not dense:
+        if model_type == "bert" and not dense:  # a notice to the command's user, one line on stderr (errors.py)
             print(f"finetune: --from {init_from} is a dense BERT checkpoint: fine-tuning the dense baseline (as with "
                   "--dense)", file=sys.stderr)
             dense = True
@@ -357,12 +357,12 @@ def finetune(data, out, init_from=None, config="small", dense=False, match="acti
             f"{data}: a classifier needs at least two labels in the train split, found {present} — labels come "
             f"from `traffic-moe prepare --labels` (dir: each capture's folder name, file: its file name, csv:PATH: "
             f"a flow table)")
-    if len(present) < len(names):
+    if len(present) < len(names):  # a notice to the command's user (errors.py)
         print(f"finetune: {sorted(set(names) - set(present))} have no training flow; the model will never predict "
               f"them", file=sys.stderr)
     # few-shot runs have no fair validation set: fixed steps, last model
     use_validation = shots is None and eval_split in prepared and len(prepared[eval_split]) > 0
-    if shots is None and not use_validation:
+    if shots is None and not use_validation:  # a notice to the command's user (errors.py)
         print(f"finetune: {data} has no {eval_split!r} samples: training for the set epochs and keeping the last "
               f"model (no best-checkpoint selection, no early stopping)", file=sys.stderr)
     if shots is not None:  # the K flows per class first; shaped copies below are copies of exactly these

@@ -37,6 +37,7 @@ from collections import Counter
 import torch
 
 from ..argtypes import HelpFormatter, at_least, output_file, positive, probability
+from ..errors import TrafficMoeError
 from ..progress import honours_progress
 from .open_set import UNKNOWN
 
@@ -75,7 +76,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     if "-" in args.captures:
         if len(args.captures) > 1:
-            raise SystemExit("predict: '-' (stdin) cannot be combined with other captures")
+            raise TrafficMoeError("predict: '-' (stdin) cannot be combined with other captures")
         summary = predict_stream(sys.stdin.buffer, args.model, args.out, udp_timeout=args.udp_timeout,
                                  tcp_timeout=args.tcp_timeout, bf16=args.bf16, batch_size=args.batch_size or 16,
                                  reject_below=args.reject_below)
@@ -83,6 +84,7 @@ def run(args) -> int:
         summary = predict_files(args.captures, args.model, args.out, batch_size=args.batch_size or 64, progress=args.progress,
                                 udp_timeout=args.udp_timeout, tcp_timeout=args.tcp_timeout, bf16=args.bf16,
                                 reject_below=args.reject_below)
+    # the command's own output: its summary line, on stderr so that `--out -` leaves stdout to the rows
     print(json.dumps(summary), file=sys.stderr)
     return 0 if summary["files_read"] > 0 else 1
 
@@ -182,8 +184,8 @@ class Ensemble(Classifier):
                 ("flow assembly", member.flow_options, first.flow_options),
                 ("sample level", member.level, first.level)) if a != b]
             if differ:
-                raise SystemExit(f"predict: {path} differs from {model_paths[0]} in {', '.join(differ)}: the models "
-                                 "of an ensemble must share labels and read flows alike")
+                raise TrafficMoeError(f"predict: {path} differs from {model_paths[0]} in {', '.join(differ)}: the models "
+                                     "of an ensemble must share labels and read flows alike")
         self.orders = [[member.names.index(n) for n in first.names] for member in self.members]
 
     def _probabilities(self, flows, directions) -> torch.Tensor:
@@ -195,7 +197,7 @@ def make_classifier(model_path, bf16: bool = False) -> Classifier:
     """One checkpoint folder, or a list of them (an :class:`Ensemble` when there is more than one)."""
     paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
     if not paths:
-        raise SystemExit("predict: no --model given")
+        raise TrafficMoeError("predict: no --model given")
     return Classifier(paths[0], bf16=bf16) if len(paths) == 1 else Ensemble(paths, bf16=bf16)
 
 
@@ -277,6 +279,7 @@ def predict_files(captures, model_path, out, batch_size=64, progress=True, udp_t
 
     classifier = make_classifier(model_path, bf16=bf16)
     files, missing, repeated = collect_inputs(captures)
+    # notices to the command's user, one plain line each on stderr (not warnings/logging: see errors.py)
     for m, why in missing.items():
         print(f"predict: {m}: {why}", file=sys.stderr)
     if repeated:
@@ -460,7 +463,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
         records = open_capture(stream)
     except CaptureError as err:
         summary["files_failed"]["-"] = str(err)
-        print(f"predict: -: {err}", file=sys.stderr)  # as for a file
+        print(f"predict: -: {err}", file=sys.stderr)  # as for a file: a notice to the command's user (errors.py)
         writer.discard()  # nothing read: an earlier --out file stays as it was
         return summary
     summary["files_read"] = 1
@@ -485,7 +488,7 @@ def predict_stream(stream, model_path, out, udp_timeout=60.0, tcp_timeout=3600.0
                 reading[0] = False
         except KeyboardInterrupt:  # Ctrl-C on a live capture: the end of the stream, not the loss of its open flows
             summary["interrupted"] = True
-        if summary.get("interrupted"):
+        if summary.get("interrupted"):  # notices to the command's user (errors.py)
             print("predict: -: interrupted; classifying the flows still open", file=sys.stderr)
         if records.warning:  # a stream cut mid-record (a killed tcpdump): its flows are still classified below
             summary["files_warnings"]["-"] = records.warning

@@ -206,7 +206,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
     if view_copies < 1:
         raise TrafficMoeError(f"--view-copies must be at least 1, not {view_copies} (--contrastive 0 turns the views off)")
     set_seed(seed)
-    if "test" in splits:
+    if "test" in splits:  # a notice to the command's user, one line on stderr (errors.py)
         print("warning: pretraining on a split named 'test'", file=sys.stderr)
     parts = []
     if init_from:
@@ -281,7 +281,7 @@ def pretrain(data, out, config="small", dense=False, match="active", splits=("tr
         from transformers.trainer_utils import get_last_checkpoint
 
         last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
-        if last is None:
+        if last is None:  # a notice to the command's user (errors.py)
             print(f"--resume: no checkpoint under {out / 'checkpoints'}, starting fresh", file=sys.stderr)
         else:
             check_resume_shape(model.config, last)

@@ -188,7 +188,9 @@ def robustness(data, models, names=None, split="test", attacks=None, budgets=Non
         model = load_classifier(path)
         _mapping, labels, keep = known_labels(dataset, model, f"{data} ({split})")
         view = dataset.select(keep) if len(keep) < len(dataset) else dataset
-        if window_note:  # printed once a model has passed its checks: a fatal error is not preceded by a caveat
+        # the caveat is a notice to the command's user (errors.py), printed once a model has passed its checks: a
+        # fatal error is not preceded by a caveat
+        if window_note:
             print(window_note, file=sys.stderr)
             window_note = None
         res = evaluate_model(model, view, labels[keep], options, attacks, all_budgets, whitebox=whitebox,
@@ -229,7 +231,7 @@ def check_plan(attacks, budgets, whitebox=False) -> dict:
                 make_attack(base, v)
             except ValueError as e:
                 raise TrafficMoeError(f"--budgets {name}: {e}") from None
-        if name not in attacks and not (whitebox and name in WHITEBOX_BUDGETS):
+        if name not in attacks and not (whitebox and name in WHITEBOX_BUDGETS):  # a notice, not an error (errors.py)
             print(f"traffic-moe robustness: --budgets {name}: that attack is not run (--attacks "
                   f"{','.join(attacks)}{'' if whitebox else '; white-box needs --whitebox'})", file=sys.stderr)
     return {**DEFAULT_BUDGETS, **budgets}
