@@ -35,6 +35,11 @@ def test_every_command_that_runs_a_model_takes_threads_and_prepare_does_not():
 
 def test_default_is_the_cores_not_busy_and_at_least_one(monkeypatch):
     cores = threads_mod.usable_cores()
+    for busy, want in ((0.2, cores), (1.1, max(1, cores - 1)), (float(cores), 1), (40.0, 1)):
+        monkeypatch.setattr(threads_mod, "busy_cores", lambda b=busy: b)
+        assert threads_mod.default_threads() == want, busy
+    # where /proc/stat cannot be read: the 1-minute load average
+    monkeypatch.setattr(threads_mod, "busy_cores", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert threads_mod.default_threads() == cores
     monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
@@ -72,3 +77,50 @@ def test_predict_runs_with_the_threads_given_or_the_environments(model):
     assert _predict_threads(model, "--threads", "3") == 3
     assert _predict_threads(model, env={"OMP_NUM_THREADS": "1"}) == 1  # no option: the environment's
     assert 1 <= _predict_threads(model) <= threads_mod.usable_cores()
+
+
+def test_busy_cores_sees_one_busy_process():
+    """A real busy loop on one of this process's cores reads as about one busy core (Linux only)."""
+    import subprocess
+    import sys
+
+    if threads_mod.busy_cores() is None:
+        pytest.skip("no /proc/stat")
+    idle = threads_mod.busy_cores(0.3)
+    if idle > threads_mod.usable_cores() - 1:
+        pytest.skip(f"the machine is already busy ({idle:.1f} cores): no free core to see a busy loop on")
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        busy = threads_mod.busy_cores(0.5)
+    finally:
+        loop.kill()
+        loop.wait()
+    assert busy >= 0.7 and busy - idle >= 0.5, (idle, busy)
+
+
+def test_busy_cores_reads_proc_stat(monkeypatch):
+    """The share of non-idle time between two reads of /proc/stat, times the cores read."""
+    reads = iter([(100, 400), (250, 600)])  # 150 busy jiffies of 200 on this process's cores
+    monkeypatch.setattr(threads_mod, "_cpu_times", lambda cpus: next(reads))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert threads_mod.busy_cores(0.0) == pytest.approx(1.5)
+    monkeypatch.setattr(threads_mod, "_cpu_times", lambda cpus: None)
+    assert threads_mod.busy_cores(0.0) is None
+
+
+def test_cpu_times_counts_only_the_given_cores(monkeypatch, tmp_path):
+    import builtins
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  30 5 10 100 2 0 0 0 0 0\n"
+                    "cpu0 10 5 5 50 1 0 0 0 0 0\n"
+                    "cpu1 20 0 5 50 1 0 0 0 0 0\n"
+                    "intr 1 2 3\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(stat if f == "/proc/stat" else f, *a, **k))
+    assert threads_mod._cpu_times({1}) == (25, 76)  # user 20 + system 5 busy; idle and iowait not
+    assert threads_mod._cpu_times(None) == (45, 147)  # cpu0's nice 5 counts
+    assert threads_mod._cpu_times({7}) is None

@@ -4,8 +4,11 @@ torch starts one intra-op thread per core. Beside another CPU-bound process (tcp
 training job) that oversubscribes the cores: its OpenMP threads wait for each other at every operator and
 the one that lost its core stalls the rest. On a 2-core machine beside one busy process ``predict`` ran at
 45 flows/s with torch's default against 298 with one thread. The default here is therefore the number of
-cores not already busy: the cores this process may run on less the 1-minute load average (at least one);
-on an idle machine that is every core, as before. ``OMP_NUM_THREADS`` set in the environment is honoured
+cores not already busy (at least one): the cores this process may run on less the cores other processes keep
+busy *now*, read from ``/proc/stat`` over a short window (0.15 s) for this process's cores; where that file
+is missing (not Linux), less the 1-minute load average. On an idle machine that is every core, as before.
+The load average alone lagged: right after one busy minute (a previous command, a finished test) it still
+read ~1 on an idle 2-core machine, and predict ran on one thread at 0.6x of what two gave. ``OMP_NUM_THREADS`` set in the environment is honoured
 as torch honours it (no ``--threads``: left alone). ``benchmarks/efficiency/busy_sensor.py`` measures it.
 
 A leaf module: no project imports.
@@ -24,14 +27,62 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """The usable cores not busy according to the 1-minute load average, at least 1 (all usable cores where
-    the platform has no load average)."""
-    cores = usable_cores()
+def _cpu_times(cpus: set[int] | None) -> tuple[int, int] | None:
+    """(busy, total) jiffies summed over ``cpus`` (all when None) from ``/proc/stat``; None where unreadable."""
     try:
-        busy = os.getloadavg()[0]
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    seen = False
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        fields = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+        # busy: all but idle and iowait. Niced work counts: it still takes time slices, and an OpenMP thread
+        # preempted by it stalls the others (measured: 2 threads beside two niced jobs ran slower than 1)
+        free = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        busy += sum(fields) - free
+        total += sum(fields)
+        seen = True
+    return (busy, total) if seen else None
+
+
+def busy_cores(window: float = 0.15) -> float | None:
+    """How many of this process's cores other processes keep busy now: the busy share of their CPU time over
+    ``window`` seconds (from ``/proc/stat``; niced work counts too) times their number. None where
+    ``/proc/stat`` is unreadable."""
+    import time
+
+    try:
+        cpus = set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        busy = 0.0
+        cpus = None
+    first = _cpu_times(cpus)
+    if first is None:
+        return None
+    time.sleep(window)
+    second = _cpu_times(cpus)
+    if second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (len(cpus) if cpus else (os.cpu_count() or 1))
+
+
+def default_threads() -> int:
+    """The usable cores not busy now (:func:`busy_cores`; the 1-minute load average where that cannot be
+    read), at least 1."""
+    cores = usable_cores()
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
     return max(1, min(cores, cores - int(busy + 0.5)))
 
 
