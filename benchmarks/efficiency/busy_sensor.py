@@ -7,7 +7,7 @@ captures, ~2,000 flows; ``--captures`` a subset):
 
 - ``torch default``: ``--threads`` = every usable core (what predict did before the option existed);
 - ``--threads 1``;
-- ``new default``: no option (the cores not busy by the 1-minute load average, at least 1),
+- ``new default``: no option (the cores not busy now, read from /proc/stat; at least 1),
 
 each under two loads, alternated in rounds: *baseline* (the machine as it is: whatever else runs on it is
 recorded, e.g. a background training job) and *+1 busy* (baseline plus one pure-Python busy loop started

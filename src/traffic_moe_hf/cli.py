@@ -73,7 +73,7 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--threads", type=at_least(1), default=None, metavar="N",
                    help="CPU threads for the model (torch's intra-op threads). Default: the cores not already busy "
-                        "(usable cores less the 1-minute load average, at least 1), or OMP_NUM_THREADS when set: "
+                        "(usable cores less those busy now, at least 1), or OMP_NUM_THREADS when set: "
                         "one thread per core beside another busy process ran predict 6x slower "
                         "(benchmarks/efficiency/busy_sensor.py)")
 
