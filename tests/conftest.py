@@ -10,6 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "loopback9"
 SHARED_DATA = REPO.parent / "shared" / "data"
+# the defaults (8 packets, 128 stored bytes, 64 tokens each in the compact layout): with fewer bytes the demo
+# slice has too few distinct flows for the grouped split to leave a test set that measures anything
+# (4 x 32 bytes: 62 distinct inputs among 360 flows)
+SMALL = dict(max_packets=8, max_bytes=128)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,3 +67,37 @@ def real_batch(real_flows):
     batch = tokenizer(flows, directions=directions, padding=True, return_tensors="pt")
     batch["labels"] = torch.tensor(targets)
     return batch, labels
+
+
+# The recipes' fixtures (tests/test_cmd_*.py): the demo slice prepared once, a tiny model pretrained on it and
+# fine-tuned from that, each once per session however many of those files run (test_robustness.py prepares
+# its own data under the same name).
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    from traffic_moe_hf.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    report = prepare([str(DEMO)], str(out), labels="file", split="flow", ratios=(0.6, 0.2, 0.2), progress=False, **SMALL)
+    assert report["files_read"] == 9 and report["packets_total"] == report["packets_used"] + sum(report["packets_skipped"].values())
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(prepared, tmp_path_factory):
+    from traffic_moe_hf.recipes.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pretrained")
+    summary = pretrain([str(prepared)], str(out), config="tiny", max_steps=30, batch_size=16, lr=2e-3, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def finetuned(prepared, pretrained, tmp_path_factory):
+    from traffic_moe_hf.recipes.finetune import finetune
+
+    out = tmp_path_factory.mktemp("finetuned")
+    summary = finetune(str(prepared), str(out), init_from=str(pretrained[0]), epochs=8, batch_size=16, lr=2e-3,
+                       progress=False)
+    return out, summary
