@@ -34,6 +34,8 @@ the masked fields produce identical model input.
 
 from __future__ import annotations
 
+from .headers import payload_start
+
 __all__ = ["anonymize", "TTL_MODES"]
 
 TTL_MODES = ("mask", "keep", "initial")
@@ -55,10 +57,7 @@ def anonymize(d, max_bytes: int, ttl: str = "mask") -> bytes:
     result is cut to ``max_bytes``."""
     ip = d.ip
     l4 = d.l4
-    if d.proto == 6:
-        hdr_end = l4 + (ip[l4 + 12] >> 4) * 4
-    else:
-        hdr_end = l4 + 8
+    hdr_end = payload_start(ip, l4, d.proto)
     b = bytearray(ip[: max(max_bytes, hdr_end)])
     n = len(b)
     if d.version == 4:

@@ -52,6 +52,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from .headers import IPV4_HEADER_LENGTH, TCP_HEADER_LENGTH, ipv4_header_length, ipv6_extension_length
+
 __all__ = ["Decoded", "decode", "ip_offset", "parse_ip", "decapsulate", "is_tunnel", "SKIP_REASONS", "IPPROTO_NAMES",
            "TUNNEL_MODES", "TUNNEL_KINDS", "MAX_TUNNEL_DEPTH", "UDP_TUNNEL_PORTS"]
 
@@ -226,19 +228,14 @@ def _ip_payload(ip: bytes):
     the IP length (snap length). The cold path of tunnels only."""
     if ip[0] >> 4 == 4:
         tot = ((ip[2] << 8) | ip[3]) or len(ip)
-        return ip[9], ip[(ip[0] & 15) * 4 : tot], tot > len(ip)
+        return ip[9], ip[ipv4_header_length(ip) : tot], tot > len(ip)
     tot = 40 + ((ip[4] << 8) | ip[5])
     if tot == 40:
         tot = len(ip)
     proto, off = ip[6], 40
     while proto in _V6_EXT or proto == 44 or proto == 51:  # as parse_ip walked them (and found them sound)
-        if proto == 44:  # an atomic fragment header (parse_ip returned "ip_fragment" for real fragments)
-            end = off + 8
-        elif proto == 51:
-            end = off + (ip[off + 1] + 2) * 4
-        else:
-            end = off + (ip[off + 1] + 1) * 8
-        proto, off = ip[off], end
+        # (a fragment header here is an atomic one: parse_ip returned "ip_fragment" for real fragments)
+        proto, off = ip[off], off + ipv6_extension_length(ip, off, proto)
     return proto, ip[off:tot], tot > len(ip)
 
 
@@ -397,7 +394,7 @@ def parse_ip(ip: bytes):
     if v == 4:
         if n < 20:
             return "truncated"
-        ihl = (ip[0] & 15) * 4
+        ihl = IPV4_HEADER_LENGTH[ip[0]]
         if ihl < 20:
             return "malformed"
         tot = (ip[2] << 8) | ip[3]
@@ -431,14 +428,9 @@ def parse_ip(ip: bytes):
             hops += 1
             if n < l4 + 8 or hops > 16:
                 return "truncated" if n < l4 + 8 else "malformed"
-            if proto == 44:  # fragment header
-                if ((ip[l4 + 2] << 8) | ip[l4 + 3]) & 0xFFF9:  # offset != 0 or more-fragments
-                    return "ip_fragment"
-                end = l4 + 8
-            elif proto == 51:  # AH: length in 4-byte units minus 2
-                end = l4 + (ip[l4 + 1] + 2) * 4
-            else:
-                end = l4 + (ip[l4 + 1] + 1) * 8
+            if proto == 44 and ((ip[l4 + 2] << 8) | ip[l4 + 3]) & 0xFFF9:  # fragment: offset != 0 or more-fragments
+                return "ip_fragment"
+            end = l4 + ipv6_extension_length(ip, l4, proto)
             ext.append((l4, end, proto))
             proto = ip[l4]
             l4 = end
@@ -449,7 +441,7 @@ def parse_ip(ip: bytes):
     if proto == 6:
         if n < l4 + 20:
             return "truncated"
-        if (ip[l4 + 12] >> 4) < 5:
+        if TCP_HEADER_LENGTH[ip[l4 + 12]] < 20:  # a data offset below 5 words
             return "malformed"
         sport, dport, seq = struct.unpack_from(">HHI", ip, l4)
         return Decoded(ip, v, 6, src, dst, sport, dport, l4, tot, ip[l4 + 13], seq, ext)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from .anonymize import anonymize
 from .decode import Decoded
+from .headers import tcp_header_length
 
 __all__ = ["Flow", "FlowTable", "TcpNormalizer", "tcp_normalize", "coalesce", "merge_segment", "tcp_coalesce", "bursts",
            "TCP_WINDOW_LIMIT"]
@@ -109,13 +110,13 @@ def _headers_length(packet: bytes) -> int:
     d = parse_ip(bytes(packet))
     if type(d) is not Decoded or len(packet) <= d.l4 + 12:
         return 0
-    return d.l4 + (packet[d.l4 + 12] >> 4) * 4
+    return d.l4 + tcp_header_length(packet, d.l4)
 
 
 def tcp_payload_length(d: Decoded) -> int:
     """Payload bytes of a decoded TCP segment as on the wire (IP length minus all headers)."""
     ip = d.ip
-    doff = (ip[d.l4 + 12] >> 4) * 4 if len(ip) > d.l4 + 12 else 20
+    doff = tcp_header_length(ip, d.l4) if len(ip) > d.l4 + 12 else 20
     return max(0, d.ip_len - d.l4 - doff)
 
 
@@ -169,7 +170,7 @@ def coalesce(prev: bytes, cur: bytes, max_bytes: int) -> bytes | None:
         return None
     out = bytearray(prev[:max_bytes])
     if len(prev) >= a.ip_len:  # prev is complete: the merged prefix continues with cur's payload
-        start = b.l4 + (cur[b.l4 + 12] >> 4) * 4
+        start = b.l4 + tcp_header_length(cur, b.l4)
         out += cur[start : start + max(0, max_bytes - len(out))]
     total = a.ip_len + add
     if a.version == 4:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .decode import IP_TUNNEL_PROTOS, UDP_TUNNEL_PORTS, Decoded, decapsulate, decode, parse_ip
 from .flows import FlowTable, bursts
+from .headers import IPV4_HEADER_LENGTH
 from .reader import CaptureError, linktype_name, open_capture
 
 __all__ = ["PrepareConfig", "process_file", "encode_packets", "write_pcap", "restore_headers", "COLUMNS", "get_tokenizer",
@@ -241,7 +242,7 @@ def process_file(path: str, cfg: PrepareConfig, display_name: str | None = None,
             if lt == 1 and frame[12:14] == b"\x08\x00":
                 owner = shard
                 if shards > 1:  # flow_shard from the raw bytes of an unfragmented IPv4 TCP/UDP packet
-                    p = 14 + (frame[14] & 15) * 4
+                    p = 14 + IPV4_HEADER_LENGTH[frame[14]]
                     if (p >= 34 and len(frame) >= p + 4 and frame[14] >> 4 == 4 and frame[23] in (6, 17)
                             and not (frame[20] & 0x3F or frame[21])
                             and not (decap and frame[23] == 17 and ((frame[p] << 8 | frame[p + 1]) in tunnel_ports

@@ -14,6 +14,7 @@ def flow_features(packets, directions, ip_lengths, num_packets: int = PACKETS, p
     """Per packet (first `num_packets`, zero-filled): direction (+1/-1), IP length, TCP flags, and the
     first `payload_bytes` payload bytes available in the stored (anonymised, cut) packet."""
     from ..data.decode import Decoded, parse_ip
+    from ..data.headers import payload_start
 
     width = 3 + payload_bytes
     row = np.zeros(num_packets * width, dtype=np.float32)
@@ -24,7 +25,7 @@ def flow_features(packets, directions, ip_lengths, num_packets: int = PACKETS, p
         decoded = parse_ip(bytes(packet))
         if type(decoded) is Decoded:
             row[base + 2] = decoded.flags
-            header = decoded.l4 + (((packet[decoded.l4 + 12] >> 4) * 4) if decoded.proto == 6 else 8)
+            header = payload_start(packet, decoded.l4, decoded.proto)
             payload = np.frombuffer(bytes(packet[header : header + payload_bytes]), dtype=np.uint8)
             row[base + 3 : base + 3 + len(payload)] = payload
     return row

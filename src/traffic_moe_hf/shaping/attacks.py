@@ -47,6 +47,7 @@ import numpy as np
 
 from ..data.anonymize import anonymize
 from ..data.decode import Decoded, parse_ip
+from ..data.headers import payload_start
 
 __all__ = [
     "Flow", "Attack", "Padding", "Split", "Chaff", "Normalize", "Headers", "ATTACKS", "DEFAULT_BUDGETS",
@@ -93,10 +94,7 @@ def packet_info(p: bytes) -> dict | None:
     d = parse_ip(bytes(p))
     if type(d) is not Decoded:
         return None
-    if d.proto == TCP:
-        hdr_end = d.l4 + (p[d.l4 + 12] >> 4) * 4
-    else:
-        hdr_end = d.l4 + 8
+    hdr_end = payload_start(p, d.l4, d.proto)
     if len(p) < hdr_end:
         return None
     ip_len = d.ip_len if d.version == 4 else 40 + ((p[4] << 8) | p[5])
