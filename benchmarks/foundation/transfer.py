@@ -3,7 +3,8 @@ scratch and the random forests, on sv17 (real-world, 17 nDPI labels, split by so
 loopback9 / tls9 / attack10 — all training data and 1 / 5 / 10 flows per class (seeds 0..S-1).
 
     .venv/bin/python benchmarks/foundation/transfer.py --work /work/data/foundation \\
-        [--tasks sv17 ...] [--rows moe scratch dense] [--cells all 10 ...] [--seeds 10] [--report-only]
+        [--tasks sv17 ...] [--rows moe scratch dense] [--cells all 10 ...] [--seeds 10] [--run-seeds 1 2]
+        [--report-only]
 
 Datasets come from ``benchmarks/foundation/make_corpus.py`` (WORK/sv17, WORK/loopback9, ...: prepare's
 defaults). Every model row is ``finetune(data, out, init_from=..., shots=k, seed=s)`` with every other option
@@ -62,6 +63,9 @@ def main(argv=None):
     ap.add_argument("--rows", nargs="*", default=["moe", "scratch", "dense"])
     ap.add_argument("--cells", nargs="*", default=list(CELLS))
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--run-seeds", type=int, nargs="*", default=None,
+                    help="measure only these seeds' missing cells (default: 0..--seeds-1, seed by seed); the table "
+                         "still shows every cached seed below --seeds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -78,6 +82,37 @@ def main(argv=None):
     out = a.work / "transfer"
     runs = out / "runs"
     table = {}
+
+    def cell_path(task, key, cell, seed):
+        return runs / task / f"{key}-{cell}-{seed}.json"
+
+    # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
+    jobs = [(task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
+            for task in a.tasks for cell in a.cells for key in a.rows
+            if (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
+    if a.report_only:
+        jobs = []
+    for task, key, cell, seed in jobs:
+        data = str(a.work / task)
+        title, kwargs = rows[key]
+        path = cell_path(task, key, cell, seed)
+        if path.is_file():  # another process measured it meanwhile
+            continue
+        folder = out / "ckpt" / task / f"{key}-{cell}-{seed}"
+        log(task, title, cell, "seed", seed)
+        t = time.perf_counter()
+        fin = finetune(data, str(folder), shots=None if cell == "all" else int(cell), seed=seed,
+                       progress=False, **kwargs)
+        test = evaluate(data, str(folder), split="test", audit=False)
+        val = evaluate(data, str(folder), split="validation", audit=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+                                    "validation_macro_f1": val["macro_f1"], "steps": fin.get("steps"),
+                                    "seconds": round(time.perf_counter() - t, 1),
+                                    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                                    "machine": device_summary(), "threads": a.threads,
+                                    "kwargs": {k: str(v) for k, v in kwargs.items()}}, indent=1))
+        log(" ", path.name, f"test {test['macro_f1']:.3f} validation {val['macro_f1']:.3f}")
     for task in a.tasks:
         data = str(a.work / task)
         prepared = load_prepared(data)
@@ -87,27 +122,8 @@ def main(argv=None):
             cells = {}
             for cell in CELLS:
                 seeds = [0] if cell == "all" else list(range(a.seeds))
-                got = []
-                for seed in seeds:
-                    path = runs / task / f"{key}-{cell}-{seed}.json"
-                    if not path.is_file() and not a.report_only and key in a.rows and cell in a.cells:
-                        folder = out / "ckpt" / task / f"{key}-{cell}-{seed}"
-                        log(task, title, cell, "seed", seed)
-                        t = time.perf_counter()
-                        fin = finetune(data, str(folder), shots=None if cell == "all" else int(cell), seed=seed,
-                                       progress=False, **kwargs)
-                        test = evaluate(data, str(folder), split="test", audit=False)
-                        val = evaluate(data, str(folder), split="validation", audit=False)
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        path.write_text(json.dumps({"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
-                                                    "validation_macro_f1": val["macro_f1"], "steps": fin.get("steps"),
-                                                    "seconds": round(time.perf_counter() - t, 1),
-                                                    "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                                                    "machine": device_summary(), "threads": a.threads,
-                                                    "kwargs": {k: str(v) for k, v in kwargs.items()}}, indent=1))
-                    if path.is_file():
-                        got.append(json.loads(path.read_text()))
-                cells[cell] = got
+                cells[cell] = [json.loads(p.read_text()) for p in (cell_path(task, key, cell, s) for s in seeds)
+                               if p.is_file()]
             t_rows[title] = cells
         for title, fn in (("random forest (classic: 8 packets, 32 payload bytes)", lambda tr, s: random_forest(tr, prepared["test"], names, seed=s)),
                           ("random forest (first 512 token ids)", lambda tr, s: token_forest(tr, prepared["test"], names, seed=s))):

@@ -1,0 +1,113 @@
+"""Does more pretraining or a bigger model pay? sv17 10-per-class macro-F1 (VALIDATION split, linear probe on the
+frozen encoder) against pretraining compute, one line per preset.
+
+    .venv/bin/python benchmarks/foundation/scaling.py --probes WORK/probe.json [--out benchmarks/foundation/results]
+
+Reads what ``probe.py --out WORK/probe.json`` appended: one entry per checkpoint (``.../<preset>-checkpoint-N``,
+``.../pre-<preset>/checkpoints/checkpoint-N``, or ``random <preset>`` for step 0). Compute per checkpoint:
+``6 x active parameters x tokens`` (the usual estimate of training FLOPs; the MoE counts only the experts a
+token is routed to), tokens = steps x flows per step x mean tokens per flow, both from the pretraining summary
+(``--flows-per-step``, ``--mean-tokens``; the corpus of ``make_corpus.py``: 64 and 198). The y axis is the
+probe's mean over 10 few-shot draws (10 flows per class) on sv17's validation split: the cheap proxy this
+project chooses checkpoints by (a fine-tune per point would take ~10-45 CPU-minutes); the test split is never
+read. Writes scaling.png and scaling.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# dense BERT checkpoints are named bert-...; the MoE ones by preset (moe-... is the mini run's earlier name)
+NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini"}
+
+
+def point(entry) -> tuple[str, int] | None:
+    """(model, pretraining step) of a probe entry, None when its name says neither."""
+    ckpt = entry["checkpoint"]
+    m = re.fullmatch(r"random (\w+)", ckpt)
+    if m:
+        return m.group(1), 0
+    m = re.search(r"(?:^|/)(?:pre-)?([\w-]+?)(?:/checkpoints/|-)checkpoint-(\d+)/?$", ckpt)
+    if m and m.group(1) in NAMES:
+        return NAMES[m.group(1)], int(m.group(2))
+    return None
+
+
+def active_parameters(model: str) -> int:
+    """Parameters a token passes through (MoE: the routed experts only), embeddings excluded."""
+    from traffic_moe_hf import TrafficMoeConfig, TrafficMoeModel
+    from traffic_moe_hf.recipes.common import dense_config, parameter_summary
+
+    if model.startswith("bert-"):
+        from transformers import BertModel
+
+        preset = model.split("-", 1)[1]
+        net = BertModel(dense_config(TrafficMoeConfig.from_preset(preset), match="active"))
+    else:
+        net = TrafficMoeModel(TrafficMoeConfig.from_preset(model))
+    embeddings = sum(p.numel() for n, p in net.named_parameters() if "embeddings" in n)
+    return int(parameter_summary(net)["parameters_active"]) - embeddings
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probes", type=Path, required=True)
+    ap.add_argument("--flows-per-step", type=int, default=64)
+    ap.add_argument("--mean-tokens", type=float, default=198.0)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    a = ap.parse_args(argv)
+    entries = json.loads(a.probes.read_text())
+    series: dict[str, dict[int, dict]] = {}
+    for e in entries:
+        p = point(e)
+        if p and "sv17" in e.get("data", "") and e.get("split") == "validation":
+            series.setdefault(p[0], {})[p[1]] = e  # a later probe of the same checkpoint replaces the earlier
+    rows = []
+    for model, by_step in sorted(series.items()):
+        active = active_parameters(model)
+        for step, e in sorted(by_step.items()):
+            flops = 6 * active * step * a.flows_per_step * a.mean_tokens
+            rows.append(dict(model=model, step=step, active=active, flops=flops, probe10=e["10_per_class_mean"],
+                             probe10_std=e["10_per_class_std"], probe_all=e["all"], date=e.get("date", "")))
+    a.out.mkdir(parents=True, exist_ok=True)
+    lines = ["sv17 validation macro-F1 of a linear probe on the frozen encoder (10 flows per class: mean ± std over 10 "
+             "draws; all: every training flow) against pretraining compute (6 × active non-embedding parameters × "
+             f"tokens; tokens = steps × {a.flows_per_step} flows × {a.mean_tokens:g} tokens). Step 0: random initialisation. "
+             f"Written by `benchmarks/foundation/scaling.py --probes {a.probes.name}`.", "",
+             "| model | active params (no embeddings) | pretraining steps | compute (TFLOP) | probe, 10 per class | probe, all | probed |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['active'] / 1e6:.2f}M | {r['step']} | {r['flops'] / 1e12:.1f} | "
+                     f"{r['probe10']:.3f} ± {r['probe10_std']:.3f} | {r['probe_all']:.3f} | {r['date']} |")
+    (a.out / "scaling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for model in sorted({r["model"] for r in rows}):
+        pts = [r for r in rows if r["model"] == model]
+        x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
+        ax.errorbar(x, [r["probe10"] for r in pts], yerr=[r["probe10_std"] for r in pts], marker="o", capsize=3,
+                    label=f"{model} ({pts[0]['active'] / 1e6:.2f}M active)")
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nrandom initialisation drawn at 0.1; bars: std over 10 draws", fontsize=9)
+    ax.set_ylabel("sv17 validation macro-F1\n(linear probe, 10 flows per class)")
+    ax.set_title("Does more pretraining or a bigger model pay?", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(a.out / "scaling.png", dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
