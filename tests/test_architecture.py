@@ -24,7 +24,7 @@ LAYERS = ["base", "tokenizer", "capture", "data", "shaping", "model", "training"
 PLACES = {
     # leaves: no project imports, usable by every layer
     "errors": "base", "argtypes": "base", "progress": "base", "atomic": "base", "checkpoints": "base",
-    "threads": "base", "safe_loading": "base",
+    "threads": "base", "safe_loading": "base", "options": "base",
     # the tokenizer: a model file, but torch-free at import and what the data layer tokenizes with
     "tokenization_traffic_moe": "tokenizer",
     # a packet off the wire: read, decode (header offsets), anonymise

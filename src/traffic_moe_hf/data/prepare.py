@@ -20,8 +20,10 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from ..argtypes import HelpFormatter, at_least, output_folder, positive
+from ..options import keyword_arguments
 from ..progress import library_bars
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
@@ -280,15 +282,92 @@ def _work(item, on_progress=None):
 ARROW_CHUNK = 2048
 
 
-def prepare(inputs, out, labels="dir", label_column=None, level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
-            dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
-            anonymize=True, ttl="mask",
-            udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
-            store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train", exclude=(),
-            split_files_by="path", tunnels="decap"):
-    """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON).
+@dataclass
+class PrepareOptions:
+    """:func:`prepare`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+
+    labels: str = field(default="dir", metadata={"help": (
+        "dir (parent directory name, default), file (file name), csv:PATH (a CSV of 5-tuples [+ time range] and "
+        "labels, or a Zeek conn.log in TSV or JSON form) or none (an unlabelled pretraining corpus: no label "
+        "column; the report counts flows and packets per input)")})
+    label_column: str | None = field(default=None, metadata={"help": (
+        "with csv:PATH, the column holding the label (default: label/class/category), e.g. service (Zeek's DPI "
+        "verdict) or detailed-label (IoT-23)")})
+    level: str = field(default="flow", metadata={"help": "one sample per flow (default) or per packet"})
+    split: str = field(default="flow", metadata={"help": (
+        "split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")})
+    ratios: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={"help": (
+        "train,validation,test fractions, summing to 1 (default 0.8,0.1,0.1; --split-ratios)")})
+    seed: int = field(default=0, metadata={"help": "seed of the random split (default 0)"})
+    dedup: str = field(default="group", metadata={"help": (
+        "identical model inputs: group (split flows sharing an input together; default, split flow at flow level "
+        "only, else remove), remove (from the later split) or report")})
+    max_packets: int = field(default=8, metadata={"help": "packets per flow the model reads (first N; default 8)"})
+    max_bytes: int = field(default=128, metadata={"help": (
+        "bytes stored per packet from the IP header (first M; default 128)")})
+    packet_bytes: int = field(default=64, metadata={"help": (
+        "byte tokens per packet the model sees, after the header layout (default 64)")})
+    header_layout: str = field(default="compact", metadata={"help": (
+        "model input: compact (default) leaves out the header fields anonymisation masks, so more payload fits in"
+        " packet_bytes; full keeps the packet as stored")})
+    min_packets: int = field(default=1, metadata={"help": "skip flows with fewer packets (default 1)"})
+    anonymize: bool = field(default=True, metadata={"help": (
+        "mask addresses, ports, IDs, checksums, sequence numbers (default); False keeps them (--no-anonymize: NOT"
+        " recommended; see docs/data.md)")})
+    ttl: str = field(default="mask", metadata={"help": (
+        "IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")})
+    udp_timeout: float = field(default=60.0, metadata={"help": "UDP flow idle timeout in seconds (default 60)"})
+    tcp_timeout: float = field(default=3600.0, metadata={"help": "TCP flow idle timeout in seconds (default 3600)"})
+    tokenizer: str | None = field(default=None, metadata={"help": (
+        "tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")})
+    num_proc: int = field(default=1, metadata={"help": (
+        "worker processes (default 1): parallel by file; a capture larger than its share of the input (e.g. the "
+        "only one) is split over the processes by flow")})
+    progress: bool = field(default=True, metadata={"help": "a progress bar (False: none, as --no-progress)"})
+    save: bool = field(default=True, metadata={"help": (
+        "write the dataset to `out`; False writes nothing and returns the DatasetDict in report[\"_dataset\"] (no "
+        "command-line option)")})
+    store_packets: int | None = field(default=None, metadata={"help": (
+        "packets stored per flow (default: max_packets); more than the model reads lets `traffic-moe robustness` "
+        "shape flows and still fill the model's window with real packets")})
+    normalize_tcp: bool = field(default=True, metadata={"help": (
+        "leave retransmitted and out-of-window TCP segments out of the samples, counted, as an IDS stream "
+        "normaliser does (default); False keeps them (--no-tcp-normalize; see docs/data.md)")})
+    coalesce_tcp: bool = field(default=False, metadata={"help": (
+        "merge the segments of one TCP write (no PSH/FIN before the last) into one packet, so a write split by a "
+        "smaller MSS or an evasion tool reads as the write it was (default off; --tcp-coalesce)")})
+    large_groups: str = field(default="train", metadata={"help": (
+        "with dedup group: a group of identical inputs larger than the validation/test share of its label goes to"
+        " train (default), so one input repeated many times cannot dominate an evaluation split; 'any' splits it "
+        "like any group (before 2026-11-29)")})
+    exclude: tuple[str, ...] = field(default=(), metadata={"help": (
+        "leave out capture files whose path (as given, or its name inside an input folder) matches one of these "
+        "shell patterns (counted in the report), e.g. the held-out captures of a task")})
+    split_files_by: str = field(default="path", metadata={"help": (
+        "with split file: the unit is the capture's path (default), or its file name, so that files of one name "
+        "in several label folders (one source capture written once per label, as split-by-label.py does) fall on "
+        "one side of the split")})
+    tunnels: str = field(default="decap", metadata={"help": (
+        "decap (default): read the packet a GRE / ERSPAN / IP-in-IP / VXLAN / Geneve / GTP-U tunnel carries "
+        "(outer headers dropped; counted per tunnel kind); outer: the outer packet only")})
+
+
+def prepare(inputs, out, options: PrepareOptions | None = None, **overrides):
+    """Library entry point of ``traffic-moe prepare``; returns the report (also saved as JSON). The options are
+    the fields of :class:`PrepareOptions`: keyword arguments (``prepare(inputs, out, labels="file")``), a
+    ``PrepareOptions``, or both (the keywords override its fields; see :mod:`traffic_moe_hf.options`).
     With ``save=False`` nothing is written and the ``DatasetDict`` is returned in
     ``report["_dataset"]``."""
+    return _prepare(inputs, out, **keyword_arguments(PrepareOptions, options, overrides, "prepare"))
+
+
+def _prepare(inputs, out, labels="dir", label_column=None, level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
+             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
+             anonymize=True, ttl="mask",
+             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
+             store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train", exclude=(),
+             split_files_by="path", tunnels="decap"):
+    """:func:`prepare`'s body; its keyword arguments and their defaults are :class:`PrepareOptions`' fields."""
     from .labels import CsvLabels, LabelCsvError, label_from_path, parse_labels_option
     from .samples import PrepareConfig
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, pos
 from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
 from ..errors import TrafficMoeError
+from ..options import keyword_arguments
 
 
 def add_parser(subparsers):
@@ -273,16 +275,67 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 5
     return rows, {**info, "chosen": len(chosen), "per_class": per, "agreement_with_pool_labels": agreement}
 
 
-@honours_progress
-def finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
-             min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
-             config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",
-             keep_checkpoints=False, self_train=None) -> dict:
-    """``self_train`` (few-shot only): ``{"per_class": M, "threshold": p}`` — a teacher fine-tuned on the
+@dataclass
+class FinetuneOptions:
+    """:func:`finetune`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+
+    init_from: str | None = field(default=None, metadata={"help": (
+        "pretrained checkpoint to start from: a folder, or a shipped one by short name (traffic-moe-mini; "
+        "bert-mini, the dense baseline); None: a new model of `config` (--from)")})
+    config: str = field(default="small", metadata={"help": "size preset when training from scratch (default small)"})
+    dense: bool = field(default=False, metadata={"help": "train the dense BERT baseline"})
+    match: str = field(default="active", metadata={"help": (
+        "with dense from scratch: match the MoE's active (default) or total parameters")})
+    shots: int | None = field(default=None, metadata={"help": "use only K training samples per class (few-shot)"})
+    epochs: float = field(default=10.0, metadata={"help": (
+        "passes over the training flows (early stopping may end sooner)")})
+    min_steps: int = field(default=300, metadata={"help": (
+        "few-shot: train at least this many steps (60 left tiny models far from fitting 10 flows per class)")})
+    batch_size: int = field(default=32, metadata={"help": "flows per step"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    patience: int = field(default=3, metadata={"help": "early stopping: evaluations without improvement"})
+    use_class_weights: bool = field(default=True, metadata={"help": (
+        "classes weighted by inverse frequency (default); False: plain cross-entropy (--no-class-weights)")})
+    seed: int = field(default=0, metadata={"help": "random seed (initialisation, order, few-shot flows)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars (False: none, as --no-progress)"})
+    config_overrides: dict | None = field(default=None, metadata={"help": (
+        "model configuration fields to override, e.g. {\"num_experts\": 4} (no command-line option)")})
+    eval_split: str = field(default="validation", metadata={"help": (
+        "the split that selects the best checkpoint and stops early (no command-line option)")})
+    adversarial: dict | None = field(default=None, metadata={"help": (
+        "shaping augmentation (--adversarial): {\"copies\", \"eps\", \"steps\", \"weight\", \"attacks\"}, as --adv-copies, "
+        "--adv-eps, --adv-steps, --adv-weight, --adv-attacks; None: off")})
+    head_init: str = field(default="auto", metadata={"help": (
+        "probe: start the classifier from a linear probe fitted on the frozen pretrained encoder's features "
+        "(LP-FT; needs init_from); auto (default): probe for few-shot runs (shots with init_from), random "
+        "otherwise")})
+    keep_checkpoints: bool = field(default=False, metadata={"help": (
+        "keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by default they are"
+        " removed once the selected model is saved, so OUT is the shareable model")})
+    self_train: dict | None = field(default=None, metadata={"help": (
+        "few-shot self-training (--self-train): {\"per_class\": M, \"threshold\": p}, as --self-train-per-class, "
+        "--self-train-threshold; None: off")})
+
+
+def finetune(data, out, options: FinetuneOptions | None = None, **overrides) -> dict:
+    """Library entry point of ``traffic-moe finetune``; returns the run's summary. The options are the fields of
+    :class:`FinetuneOptions`: keyword arguments (``finetune(data, out, epochs=3)``), a ``FinetuneOptions``, or
+    both (the keywords override its fields; see :mod:`traffic_moe_hf.options`).
+
+    ``self_train`` (few-shot only): ``{"per_class": M, "threshold": p}`` — a teacher fine-tuned on the
     ``shots`` flows per class (same recipe, saved under ``OUT/self-training-teacher``) labels the train split's
     other flows; the model in OUT is then fine-tuned from ``init_from`` again on the shots plus, per predicted
     class, the M most confident distinct inputs with confidence ≥ p. The pool's true labels are read only to
     report how many pseudo-labels were right (``summary["self_training"]``), never to train or select."""
+    return _finetune(data, out, **keyword_arguments(FinetuneOptions, options, overrides, "finetune"))
+
+
+@honours_progress
+def _finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
+              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
+              config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",
+              keep_checkpoints=False, self_train=None) -> dict:
+    """:func:`finetune`'s body; its keyword arguments and their defaults are :class:`FinetuneOptions`' fields."""
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hashlib
@@ -42,6 +42,7 @@ from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 from ..errors import TrafficMoeError
+from ..options import keyword_arguments
 
 
 @dataclass
@@ -187,14 +188,60 @@ def run(args) -> int:
     return 0
 
 
+@dataclass
+class PretrainOptions:
+    """:func:`pretrain`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+
+    config: str = field(default="small", metadata={"help": "size preset: tiny, mini, small, base (default small)"})
+    dense: bool = field(default=False, metadata={"help": "pretrain the dense BERT baseline instead (same tokenizer)"})
+    match: str = field(default="active", metadata={"help": (
+        "with dense: match the MoE's active (default) or total parameters")})
+    splits: tuple[str, ...] = field(default=("train",), metadata={"help": (
+        "splits to read (default train; never test)")})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the pretraining corpus"})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "stop after this many steps (overrides epochs; default -1: unset)")})
+    batch_size: int = field(default=32, metadata={"help": "flows per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear schedule, 6% warm-up)"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "share of byte tokens masked (80/10/10 rule)"})
+    span_probability: float = field(default=0.03, metadata={"help": (
+        "share of tokens starting a masked span of bytes")})
+    packet_probability: float = field(default=0.05, metadata={"help": "share of packets masked whole"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUT/checkpoints"})
+    save_steps: int = field(default=200, metadata={"help": "steps between checkpoints (for resume)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars (False: none, as --no-progress)"})
+    config_overrides: dict | None = field(default=None, metadata={"help": (
+        "model configuration fields to override, e.g. {\"num_experts\": 4} (no command-line option)")})
+    contrastive: float = field(default=1.0, metadata={"help": (
+        "weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")})
+    temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature (default 0.1)"})
+    view_copies: int = field(default=1, metadata={"help": (
+        "shaped views made per flow (each flow appears once per view; default 1)")})
+    view_budgets: str = field(default="list", metadata={"help": (
+        "shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")})
+    init_from: str | None = field(default=None, metadata={"help": (
+        "continue from a pretrained checkpoint instead (a folder, or a shipped short name: traffic-moe-mini, "
+        "bert-mini): domain-adaptive pretraining on your own traffic (--from)")})
+
+
+def pretrain(data, out, options: PretrainOptions | None = None, **overrides) -> dict:
+    """Library entry point of ``traffic-moe pretrain``; returns the run's summary. The options are the fields of
+    :class:`PretrainOptions`: keyword arguments (``pretrain(data, out, max_steps=100)``), a ``PretrainOptions``,
+    or both (the keywords override its fields; see :mod:`traffic_moe_hf.options`).
+
+    ``init_from``: continue from a pretrained checkpoint (a folder or a shipped short name, e.g.
+    ``traffic-moe-mini``) instead of a new model of ``config`` — domain-adaptive pretraining on one's own
+    unlabelled traffic; the checkpoint decides MoE or dense."""
+    return _pretrain(data, out, **keyword_arguments(PretrainOptions, options, overrides, "pretrain"))
+
+
 @honours_progress
-def pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
-             batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
-             seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
-             temperature=0.1, view_copies=1, view_budgets="list", init_from=None) -> dict:
-    """Library entry point of ``traffic-moe pretrain``. ``init_from``: continue from a pretrained checkpoint
-    (a folder or a shipped short name, e.g. ``traffic-moe-mini``) instead of a new model of ``config`` —
-    domain-adaptive pretraining on one's own unlabelled traffic; the checkpoint decides MoE or dense."""
+def _pretrain(data, out, config="small", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
+              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
+              seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=1.0,
+              temperature=0.1, view_copies=1, view_budgets="list", init_from=None) -> dict:
+    """:func:`pretrain`'s body; its keyword arguments and their defaults are :class:`PretrainOptions`' fields."""
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
