@@ -19,12 +19,18 @@ from __future__ import annotations
 import os
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity: a container's or ``taskset``'s limit), else all."""
+def _affinity() -> set[int] | None:
+    """The cores this process may run on (a container's or ``taskset``'s limit); None where not known."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), else all."""
+    cpus = _affinity()
+    return (len(cpus) or 1) if cpus is not None else (os.cpu_count() or 1)
 
 
 def _cpu_times(cpus: set[int] | None) -> tuple[int, int] | None:
@@ -45,9 +51,9 @@ def _cpu_times(cpus: set[int] | None) -> tuple[int, int] | None:
         fields = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
         # busy: all but idle and iowait. Niced work counts: it still takes time slices, and an OpenMP thread
         # preempted by it stalls the others (measured: 2 threads beside two niced jobs ran slower than 1)
-        free = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        busy += sum(fields) - free
-        total += sum(fields)
+        all_time = sum(fields)
+        busy += all_time - fields[3] - (fields[4] if len(fields) > 4 else 0)
+        total += all_time
         seen = True
     return (busy, total) if seen else None
 
@@ -58,10 +64,7 @@ def busy_cores(window: float = 0.15) -> float | None:
     ``/proc/stat`` is unreadable."""
     import time
 
-    try:
-        cpus = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = None
+    cpus = _affinity()
     first = _cpu_times(cpus)
     if first is None:
         return None
@@ -70,7 +73,7 @@ def busy_cores(window: float = 0.15) -> float | None:
     if second is None or second[1] <= first[1]:
         return None
     share = (second[0] - first[0]) / (second[1] - first[1])
-    return share * (len(cpus) if cpus else (os.cpu_count() or 1))
+    return share * usable_cores()
 
 
 def default_threads() -> int:
