@@ -72,6 +72,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="append results to this JSON file (a list)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    from traffic_moe_hf.atomic import write_text
     from traffic_moe_hf.recipes.common import data_tokenizer, label_names, load_prepared, model_view
 
     data = load_prepared(a.data)
@@ -92,7 +93,7 @@ def main(argv=None):
     if a.out:
         path = Path(a.out)
         old = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(old + results, indent=1))
+        write_text(path, json.dumps(old + results, indent=1))  # atomically: earlier probes are never lost
     return 0
 
 

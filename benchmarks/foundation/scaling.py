@@ -85,7 +85,9 @@ def main(argv=None):
     for r in rows:
         lines.append(f"| {r['model']} | {r['active'] / 1e6:.2f}M | {r['step']} | {r['flops'] / 1e12:.1f} | "
                      f"{r['probe10']:.3f} ± {r['probe10_std']:.3f} | {r['probe_all']:.3f} | {r['date']} |")
-    (a.out / "scaling.md").write_text("\n".join(lines) + "\n")
+    from traffic_moe_hf.atomic import write_text
+
+    write_text(a.out / "scaling.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 

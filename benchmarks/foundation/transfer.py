@@ -70,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    from traffic_moe_hf.atomic import write_text  # a killed run leaves no half-written cell or table
     from traffic_moe_hf.checkpoints import resolve_checkpoint
     from traffic_moe_hf.recipes.baselines import random_forest
     from traffic_moe_hf.recipes.common import device_summary, few_shot, label_names, load_prepared
@@ -87,11 +88,10 @@ def main(argv=None):
         return runs / task / f"{key}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
-    jobs = [(task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
-            for task in a.tasks for cell in a.cells for key in a.rows
-            if (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
-    if a.report_only:
-        jobs = []
+    jobs = [] if a.report_only else [
+        (task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
+        for task in a.tasks for cell in a.cells for key in a.rows
+        if (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
     for task, key, cell, seed in jobs:
         data = str(a.work / task)
         title, kwargs = rows[key]
@@ -106,7 +106,7 @@ def main(argv=None):
         test = evaluate(data, str(folder), split="test", audit=False)
         val = evaluate(data, str(folder), split="validation", audit=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+        write_text(path, json.dumps({"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
                                     "validation_macro_f1": val["macro_f1"], "steps": fin.get("steps"),
                                     "seconds": round(time.perf_counter() - t, 1),
                                     "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -135,10 +135,10 @@ def main(argv=None):
     report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(), "seeds": a.seeds,
               "moe": a.moe, "dense": a.dense, "tasks": table}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.json").write_text(json.dumps(report, indent=1))
+    write_text(out / "transfer.json", json.dumps(report, indent=1))
     md = markdown(report)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "transfer.md").write_text(md)
+    write_text(HERE / "results" / "transfer.md", md)
     print(md)
     return 0
 
