@@ -252,3 +252,67 @@ def test_model_window_fits_the_data_or_is_said(capsys):
     assert not warn_window(config, wide, "x")
     assert warn_window(moe_config("tiny"), wide, "ckpt")
     assert "40 packets per flow" in capsys.readouterr().err
+
+
+def test_service_classes_labels_and_collator(prepared):
+    """The service term's labels: the responder's transport/port from the flow table, a class only when enough
+    flows in enough capture files have it, -100 for the rest; the collator hands them over beside the batch."""
+    from datasets import load_from_disk
+
+    from traffic_moe_hf import TrafficTokenizer
+    from traffic_moe_hf.recipes import pretrain as recipe
+
+    assert recipe.service_key("tcp 10.0.0.1:51000-10.0.0.2:443") == "tcp/443"
+    assert recipe.service_key("udp [2001:db8::1]:5353-[2001:db8::2]:53") == "udp/53"
+    assert recipe.service_key("") is None and recipe.service_key("tcp nothing") is None
+    train = load_from_disk(str(prepared))["train"]
+    # the demo slice is one capture per protocol: no port is in 3 capture files, so no class
+    vocab = recipe.service_vocabulary([train])
+    assert vocab["classes"] == [] and vocab["flows_other_port"] == len(train)
+    # two splits of the same captures count their files once; a table without five_tuple is counted, not guessed
+    loose = dict(SERVICE_MIN_FLOWS=2, SERVICE_MIN_FILES=1)
+    for name, value in loose.items():
+        setattr(recipe, name, value)
+    try:
+        vocab = recipe.service_vocabulary([train, train.remove_columns(["five_tuple"])])
+    finally:
+        recipe.SERVICE_MIN_FLOWS, recipe.SERVICE_MIN_FILES = 10, 3
+    ports = {t.rsplit(":", 1)[-1] for t in train["five_tuple"]}
+    assert {"tcp/22", "udp/53", "tcp/80"} <= set(vocab["classes"]) and "53" in ports
+    assert vocab["flows_without_port"] == len(train)
+    assert vocab["flows_labelled"] + vocab["flows_other_port"] == len(train)
+    labels = recipe.service_labels(train, vocab["classes"])
+    for label, five_tuple in zip(labels, train["five_tuple"]):
+        key = recipe.service_key(five_tuple)
+        assert label == (vocab["classes"].index(key) if key in vocab["classes"] else -100)
+    rows = [{**{k: train[i][k] for k in ("input_ids", "attention_mask", "packet_ids", "direction_ids")},
+             "service_label": labels[i]} for i in range(4)]
+    batch = recipe.ServiceLabelCollator(MaskedPacketCollator(TrafficTokenizer()))(rows)
+    assert batch["service_labels"].tolist() == labels[:4] and batch["input_ids"].shape[0] == 4
+
+
+def test_service_term_trains_and_leaves_the_saved_model(prepared, tmp_path, monkeypatch, capsys):
+    """With the service term on, its loss is logged and falls, the head is not part of the saved model, and a
+    resume that would change the term is named before training."""
+    from safetensors import safe_open
+
+    from traffic_moe_hf.recipes import pretrain as recipe
+
+    common = dict(config="tiny", max_steps=24, batch_size=16, lr=3e-3, save_steps=12, progress=False, seed=1,
+                  contrastive=0.0)
+    monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 1)
+    summary = pretrain([str(prepared)], str(tmp_path / "svc"), **common)
+    assert summary["service"] == 1.0 and len(summary["services"]["classes"]) >= 5
+    history = json.loads((tmp_path / "svc" / "pretrain_summary.json").read_text())["log_history"]
+    service = [h["service_loss"] for h in history if "service_loss" in h]
+    assert len(service) >= 2 and service[-1] < service[0]
+    with safe_open(str(tmp_path / "svc" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if k.startswith("service_head")]
+    with safe_open(str(tmp_path / "svc" / "checkpoints" / "checkpoint-24" / "model.safetensors"), framework="pt") as f:
+        assert "service_head.weight" in set(f.keys())  # the Trainer's checkpoints keep it for --resume
+    with pytest.raises(TrafficMoeError, match="pretrained with .* service classes, this run has no service term"):
+        pretrain([str(prepared)], str(tmp_path / "svc"), resume=True, **{**common, "service": 0.0})
+    # where the corpus has no service class the term is off, and that is said
+    monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 3)
+    off = pretrain([str(prepared)], str(tmp_path / "off"), **{**common, "max_steps": 2})
+    assert off["service"] == 0.0 and "the service loss is off" in capsys.readouterr().err

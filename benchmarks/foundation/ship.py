@@ -28,17 +28,28 @@ def loss_plot(history, path: Path, title: str):
 
     steps = [h["step"] for h in history if "loss" in h]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
-    ax.plot(steps, [h["loss"] for h in history if "loss" in h], label="total (masked packets + contrastive + router)")
-    if any("contrastive_loss" in h for h in history):
-        ax.plot([h["step"] for h in history if "contrastive_loss" in h],
-                [float(h["contrastive_loss"]) for h in history if "contrastive_loss" in h], label="flow-contrastive (NT-Xent)")
-    ax.set_xlabel("step (32 flows + 32 shaped views)")
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], label=f"total ({objectives(history)} + router)")
+    for key, label in (("contrastive_loss", "flow-contrastive (NT-Xent)"), ("service_loss", "service (cross-entropy)")):
+        if any(key in h for h in history):
+            ax.plot([h["step"] for h in history if key in h], [float(h[key]) for h in history if key in h], label=label)
+    views = any("contrastive_loss" in h for h in history)
+    ax.set_xlabel("step (32 flows + 32 shaped views)" if views else "step (32 flows)")
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def objectives(history) -> str:
+    """The pretraining terms a run's log shows: masked packets always, the others where their loss is logged."""
+    terms = ["masked packets"]
+    if any("contrastive_loss" in h for h in history):
+        terms.append("flow contrast")
+    if any("service_loss" in h for h in history):
+        terms.append("service (hidden server port)")
+    return " + ".join(terms)
 
 
 def corpus_table(work: Path) -> str:
@@ -64,7 +75,7 @@ tags: [traffic-moe, network-traffic, mixture-of-experts, pretrained]
 
 # {name}
 
-{what}, pretrained by masked-packet modelling + flow contrast on public network captures. A **foundation
+{what}, pretrained by {objectives} on public network captures. A **foundation
 checkpoint**: fine-tune it on your labelled flows (`traffic-moe finetune --from {short}`) — it has no
 classification head of its own. Record: `docs/results/foundation.md` in the traffic-moe-hf repository.
 
@@ -147,13 +158,15 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
                 f"(FFN {c.moe_intermediate_size}) top-{c.num_experts_per_tok}")
     history = [h for h in state["log_history"] if "loss" in h]
     steps = state["global_step"]
-    compute = (f"{steps} steps x 32 flows (+ 32 shaped views) = {steps * 32:,} flows read "
-               f"(x2 with the views: {steps * 64 * TOKENS_PER_FLOW / 1e6:.1f}M tokens at the corpus' mean "
-               f"{TOKENS_PER_FLOW} tokens per flow); {hours:.2f} h on {machine}. "
+    views = 2 if any("contrastive_loss" in h for h in state["log_history"]) else 1
+    compute = (f"{steps} steps x 32 flows{' (+ 32 shaped views)' if views == 2 else ''} = {steps * 32:,} flows read "
+               f"({steps * 32 * views * TOKENS_PER_FLOW / 1e6:.1f}M tokens{' with the views' if views == 2 else ''} at "
+               f"the corpus' mean {TOKENS_PER_FLOW} tokens per flow); {hours:.2f} h on {machine}. "
                f"Loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> {history[-1]['loss']:.3f} (step {history[-1]['step']}).")
     transfer_md = HERE / "results" / "transfer.md"
     transfer = transfer_md.read_text() if transfer_md.is_file() else "Not measured yet."
     card = CARD.format(name=short, short=short, what="A dense BERT baseline" if dense else "A sparse Mixture-of-Experts traffic encoder",
+                       objectives=objectives(state["log_history"]),
                        remote="" if dense else " (the folder carries its modeling code: `auto_map`)",
                        trc="" if dense else ", trust_remote_code=True", arch=arch, total=total / 1e6, active=active / 1e6,
                        corpus=corpus_table(work), compute=compute, transfer=transfer)

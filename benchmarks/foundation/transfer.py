@@ -66,6 +66,9 @@ def main(argv=None):
     ap.add_argument("--run-seeds", type=int, nargs="*", default=None,
                     help="measure only these seeds' missing cells (default: 0..--seeds-1, seed by seed); the table "
                          "still shows every cached seed below --seeds")
+    ap.add_argument("--version", default=None,
+                    help="the checkpoints' version (e.g. v2): their rows' cells are cached apart (moe@v2-10-0.json) and "
+                         "titled with it; default: the version 1 cells (moe-10-0.json)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -77,15 +80,17 @@ def main(argv=None):
     from traffic_moe_hf.recipes.evaluate import evaluate
     from traffic_moe_hf.recipes.finetune import finetune
 
-    rows = {"moe": ("Traffic-MoE mini, shipped checkpoint", dict(init_from=resolve_checkpoint(a.moe))),
+    shipped = f"shipped checkpoint {a.version}" if a.version else "shipped checkpoint"
+    rows = {"moe": (f"Traffic-MoE mini, {shipped}", dict(init_from=resolve_checkpoint(a.moe))),
             "scratch": (f"Traffic-MoE {a.scratch_config}, from scratch", dict(config=a.scratch_config)),
-            "dense": ("dense BERT mini, shipped checkpoint", dict(init_from=resolve_checkpoint(a.dense)))}
+            "dense": (f"dense BERT mini, {shipped}", dict(init_from=resolve_checkpoint(a.dense)))}
     out = a.work / "transfer"
     runs = out / "runs"
     table = {}
 
     def cell_path(task, key, cell, seed):
-        return runs / task / f"{key}-{cell}-{seed}.json"
+        versioned = f"{key}@{a.version}" if a.version and key != "scratch" else key  # scratch has no checkpoint
+        return runs / task / f"{versioned}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
     jobs = [] if a.report_only else [
@@ -98,7 +103,7 @@ def main(argv=None):
         path = cell_path(task, key, cell, seed)
         if path.is_file():  # another process measured it meanwhile
             continue
-        folder = out / "ckpt" / task / f"{key}-{cell}-{seed}"
+        folder = out / "ckpt" / task / path.stem
         log(task, title, cell, "seed", seed)
         t = time.perf_counter()
         fin = finetune(data, str(folder), shots=None if cell == "all" else int(cell), seed=seed,
