@@ -7,7 +7,8 @@ Reads what ``probe.py --out WORK/probe.json`` appended: one entry per checkpoint
 ``.../pre-<preset>/checkpoints/checkpoint-N``, or ``random <preset>`` for step 0). Compute per checkpoint:
 ``6 x active parameters x tokens`` (the usual estimate of training FLOPs; the MoE counts only the experts a
 token is routed to), tokens = steps x flows per step x mean tokens per flow, both from the pretraining summary
-(``--flows-per-step``, ``--mean-tokens``; the corpus of ``make_corpus.py``: 64 and 198). The y axis is the
+(``--flows-per-step``, ``--mean-tokens``; the corpus of ``make_corpus.py``: 64 and 198; half the flows for the runs
+without shaped views, ``e1`` and ``bert-e``). The y axis is the
 probe's mean over 10 few-shot draws (10 flows per class) on sv17's validation split: the cheap proxy this
 project chooses checkpoints by (a fine-tune per point would take ~10-45 CPU-minutes); the test split is never
 read. Writes scaling.png and scaling.md to --out.
@@ -23,8 +24,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# dense BERT checkpoints are named bert-...; the MoE ones by preset (moe-... is the mini run's earlier name)
-NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini"}
+# dense BERT checkpoints are named bert-...; the MoE ones by preset (moe-... is the mini run's earlier name); e1 and
+# bert-e: the runs with the service term and no contrastive views (32 flows per step)
+NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini",
+         "e1": "mini + service", "bert-e": "bert-mini + service"}
+SINGLE_VIEW = {"mini + service", "bert-mini + service"}
 
 
 def point(entry) -> tuple[str, int] | None:
@@ -44,6 +48,7 @@ def active_parameters(model: str) -> int:
     from traffic_moe_hf import TrafficMoeConfig, TrafficMoeModel
     from traffic_moe_hf.recipes.common import dense_config, parameter_summary
 
+    model = model.split(" + ")[0]  # the recipe does not change the size
     if model.startswith("bert-"):
         from transformers import BertModel
 
@@ -68,11 +73,16 @@ def main(argv=None):
         p = point(e)
         if p and "sv17" in e.get("data", "") and e.get("split") == "validation":
             series.setdefault(p[0], {})[p[1]] = e  # a later probe of the same checkpoint replaces the earlier
+    for model in SINGLE_VIEW & set(series):  # from random initialisation: the preset's step 0 is theirs too
+        base = series.get(model.split(" + ")[0], {}).get(0)
+        if base is not None:
+            series[model].setdefault(0, base)
     rows = []
     for model, by_step in sorted(series.items()):
         active = active_parameters(model)
         for step, e in sorted(by_step.items()):
-            flops = 6 * active * step * a.flows_per_step * a.mean_tokens
+            flows = a.flows_per_step // 2 if model in SINGLE_VIEW else a.flows_per_step  # no shaped views
+            flops = 6 * active * step * flows * a.mean_tokens
             rows.append(dict(model=model, step=step, active=active, flops=flops, probe10=e["10_per_class_mean"],
                              probe10_std=e["10_per_class_std"], probe_all=e["all"], date=e.get("date", "")))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +109,8 @@ def main(argv=None):
         pts = [r for r in rows if r["model"] == model]
         x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
         ax.errorbar(x, [r["probe10"] for r in pts], yerr=[r["probe10_std"] for r in pts], marker="o", capsize=3,
-                    label=f"{model} ({pts[0]['active'] / 1e6:.2f}M active)")
+                    label=f"{model.split(' + ')[0]}: {'masked + service' if model in SINGLE_VIEW else 'masked + contrast'} "
+                          f"({pts[0]['active'] / 1e6:.2f}M active)")
     ax.set_xscale("log")
     ax.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nrandom initialisation drawn at 0.1; bars: std over 10 draws", fontsize=9)
     ax.set_ylabel("sv17 validation macro-F1\n(linear probe, 10 flows per class)")

@@ -112,11 +112,15 @@ sv17 task (and byte-identical copies elsewhere) were never read.
 
 {compute}
 
+{command}
+
 ![loss](loss.png)
 
 ## Transfer
 
 {transfer}
+
+{note}
 
 ## Limitations
 
@@ -126,17 +130,18 @@ own evaluation (`traffic-moe evaluate`) before trusting a score.
 """
 
 
-def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: str):
+def ship(src: Path, dst: Path, dense: bool, work: Path, hours: float, machine: str, command: str = "", note: str = ""):
     from traffic_moe_hf.atomic import atomic_folder
 
     state = json.loads((src / "trainer_state.json").read_text())
     with atomic_folder(dst, carry=lambda name: False) as tmp:  # the earlier version replaced whole, when complete
-        _write(src, tmp, dense, work, hours, machine, state, dst.name)
+        _write(src, tmp, dense, work, hours, machine, state, dst.name, command, note)
     size = sum(f.stat().st_size for f in dst.iterdir()) / 1e6
     print(f"shipped {src} -> {dst} ({size:.1f} MB, step {state['global_step']})")
 
 
-def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine: str, state: dict, short: str):
+def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine: str, state: dict, short: str,
+           command: str = "", note: str = ""):
     from transformers import BertForMaskedLM
 
     from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
@@ -169,7 +174,9 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
                        objectives=objectives(state["log_history"]),
                        remote="" if dense else " (the folder carries its modeling code: `auto_map`)",
                        trc="" if dense else ", trust_remote_code=True", arch=arch, total=total / 1e6, active=active / 1e6,
-                       corpus=corpus_table(work), compute=compute, transfer=transfer)
+                       corpus=corpus_table(work), compute=compute, transfer=transfer,
+                       command=f"The pretraining command (WORK: the folder of make_corpus.py):\n\n    {command}" if command else "",
+                       note=note)
     (tmp / "README.md").write_text(card)
 
 
@@ -181,13 +188,16 @@ def main(argv=None):
     ap.add_argument("--hours-moe", type=float, default=0.0)
     ap.add_argument("--hours-dense", type=float, default=0.0)
     ap.add_argument("--machine", default="2-core CPU")
+    ap.add_argument("--command-moe", default="", help="the pretraining command behind --moe, for its card")
+    ap.add_argument("--command-dense", default="", help="the pretraining command behind --dense, for its card")
+    ap.add_argument("--note", default="", help="a paragraph for both cards, after the transfer table")
     ap.add_argument("--out", type=Path, default=REPO / "checkpoints")
     a = ap.parse_args(argv)
     a.out.mkdir(exist_ok=True)
     if a.moe:
-        ship(a.moe, a.out / "traffic-moe-mini", False, a.work, a.hours_moe, a.machine)
+        ship(a.moe, a.out / "traffic-moe-mini", False, a.work, a.hours_moe, a.machine, a.command_moe, a.note)
     if a.dense:
-        ship(a.dense, a.out / "bert-mini", True, a.work, a.hours_dense, a.machine)
+        ship(a.dense, a.out / "bert-mini", True, a.work, a.hours_dense, a.machine, a.command_dense, a.note)
     return 0
 
 
