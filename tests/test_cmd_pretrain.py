@@ -316,3 +316,35 @@ def test_service_term_trains_and_leaves_the_saved_model(prepared, tmp_path, monk
     monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 3)
     off = pretrain([str(prepared)], str(tmp_path / "off"), **{**common, "max_steps": 2})
     assert off["service"] == 0.0 and "the service loss is off" in capsys.readouterr().err
+
+
+def test_service_loss_on_batches_with_and_without_a_known_service(prepared, tmp_path):
+    """The service term adds a cross-entropy where a batch has known services; a batch with none stays finite and
+    still gives the head a (zero) gradient, so no parameter goes unused (DDP would stop the step)."""
+    from datasets import load_from_disk
+    from transformers import Trainer, TrainingArguments
+
+    from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
+    from traffic_moe_hf.recipes import pretrain as recipe
+    from traffic_moe_hf.recipes.common import moe_config
+
+    torch.manual_seed(0)
+    model = TrafficMoeForMaskedLM(moe_config("tiny", TrafficTokenizer()))
+    recipe.attach_service_head(model, 3)
+    trainer = recipe.objectives_trainer(Trainer, 0.0, 0.1, 1.0)(
+        model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+    train = load_from_disk(str(prepared))["train"]
+    columns = ("input_ids", "attention_mask", "packet_ids", "direction_ids")
+    collator = recipe.ServiceLabelCollator(MaskedPacketCollator(TrafficTokenizer(), mask_seed=0))
+    losses = {}
+    for name, label in (("known", 1), ("none", -100)):
+        batch = collator([{**{k: train[i][k] for k in columns}, "service_label": label} for i in range(8)])
+        torch.manual_seed(0)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        assert torch.isfinite(loss) and model.service_head.weight.grad is not None
+        losses[name] = float(loss.detach())
+    # the known-service batch adds ~ln(3) (a fresh head) on top of the same masked-packet loss
+    assert 0.5 < losses["known"] - losses["none"] < 2.0
+    assert trainer._sums["service_loss"][1] == 1

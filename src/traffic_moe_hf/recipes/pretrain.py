@@ -518,9 +518,11 @@ def objectives_trainer(base_cls, contrastive: float, temperature: float, service
             if labels is not None:
                 inner = getattr(model, "module", model)
                 labels = labels.to(pooled.device).repeat(pooled.shape[0] // labels.shape[0])
-                if bool((labels >= 0).any()):  # a batch without a known service adds nothing (not NaN)
-                    terms["service_loss"] = (service, torch.nn.functional.cross_entropy(
-                        inner.service_head(classifier_input(inner, pooled)).float(), labels, ignore_index=-100))
+                logits = inner.service_head(classifier_input(inner, pooled)).float()
+                if bool((labels >= 0).any()):
+                    terms["service_loss"] = (service, torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100))
+                else:  # a batch without a known service adds nothing (not NaN), yet every parameter gets a gradient
+                    loss = loss + 0.0 * logits.sum()  # (under DDP an unused parameter stops the step)
             self._sums = self._sums or {}
             scaled_for_ga = self.model_accepts_loss_kwargs and num_items_in_batch is not None
             for name, (weight, term) in terms.items():
