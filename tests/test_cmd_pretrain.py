@@ -254,7 +254,7 @@ def test_model_window_fits_the_data_or_is_said(capsys):
     assert "40 packets per flow" in capsys.readouterr().err
 
 
-def test_service_classes_labels_and_collator(prepared):
+def test_service_classes_labels_and_collator(prepared, monkeypatch):
     """The service term's labels: the responder's transport/port from the flow table, a class only when enough
     flows in enough capture files have it, -100 for the rest; the collator hands them over beside the batch."""
     from datasets import load_from_disk
@@ -270,13 +270,9 @@ def test_service_classes_labels_and_collator(prepared):
     vocab = recipe.service_vocabulary([train])
     assert vocab["classes"] == [] and vocab["flows_other_port"] == len(train)
     # two splits of the same captures count their files once; a table without five_tuple is counted, not guessed
-    loose = dict(SERVICE_MIN_FLOWS=2, SERVICE_MIN_FILES=1)
-    for name, value in loose.items():
-        setattr(recipe, name, value)
-    try:
-        vocab = recipe.service_vocabulary([train, train.remove_columns(["five_tuple"])])
-    finally:
-        recipe.SERVICE_MIN_FLOWS, recipe.SERVICE_MIN_FILES = 10, 3
+    monkeypatch.setattr(recipe, "SERVICE_MIN_FLOWS", 2)
+    monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 1)
+    vocab = recipe.service_vocabulary([train, train.remove_columns(["five_tuple"])])
     ports = {t.rsplit(":", 1)[-1] for t in train["five_tuple"]}
     assert {"tcp/22", "udp/53", "tcp/80"} <= set(vocab["classes"]) and "53" in ports
     assert vocab["flows_without_port"] == len(train)

@@ -3,18 +3,20 @@
     .venv/bin/python benchmarks/foundation/service_only.py INIT OUT STEPS     # INIT: a checkpoint folder or random:mini
     (env T=threads, LR=peak learning rate, default 5e-4; WORK folder fixed below)
 
-Each flow of the corpus (the four train splits of make_corpus.py) whose responder transport/port pair has >= 10
-flows in >= 3 capture files is labelled with that pair (the model never reads ports: the compact layout drops them);
+Each flow of the corpus (the four train splits of make_corpus.py) whose responder transport/port pair is one of
+`pretrain --service`'s classes (>= 10 flows in >= 3 capture files: recipes.pretrain.service_vocabulary) is labelled
+with that pair (the model never reads ports: the compact layout drops them);
 the sequence classifier of INIT learns to predict it (batches of 32 drawn with weights 1/sqrt(class size)); OUT is
 then probed like any checkpoint (probe.py). Recorded in docs/results/foundation.md (2026-12-06 evening): from random
 mini, 400 steps, the 10-per-class probe on sv17's validation split went 0.496 -> 0.620.
 """
-import sys, os, time, collections
+import sys, os, time
 import numpy as np, torch
 from datasets import load_from_disk, concatenate_datasets
 torch.set_num_threads(int(os.environ.get("T", "2")))
 from traffic_moe_hf import TrafficMoeForSequenceClassification
 from traffic_moe_hf.recipes.common import TrafficCollator, from_pretrained_quietly, moe_config
+from traffic_moe_hf.recipes.pretrain import service_labels, service_vocabulary
 from traffic_moe_hf.tokenization_traffic_moe import TrafficTokenizer
 W = os.environ.get("WORK", "/work/data/foundation").rstrip("/") + "/"
 init, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -23,13 +25,8 @@ for name in ["corpus-public", "loopback9", "tls9", "attack10"]:
     d = load_from_disk(W + name)["train"]
     parts.append(d.select_columns(["input_ids", "attention_mask", "packet_ids", "direction_ids", "five_tuple", "source_file"]))
 ds = concatenate_datasets(parts)
-key = [ft.split(" ", 1)[0] + "/" + ft.rsplit(":", 1)[-1] for ft in ds["five_tuple"]]
-files = collections.defaultdict(set)
-for k, f in zip(key, ds["source_file"]): files[k].add(f)
-cnt = collections.Counter(key)
-vocab = sorted(k for k in cnt if cnt[k] >= 10 and len(files[k]) >= 3)
-ix = {k: i for i, k in enumerate(vocab)}
-lab = np.asarray([ix.get(k, -1) for k in key]); keep = np.nonzero(lab >= 0)[0]
+vocab = service_vocabulary([ds])["classes"]  # the classes `pretrain --service` uses on this corpus
+lab = np.asarray(service_labels(ds, vocab)); keep = np.nonzero(lab >= 0)[0]
 print(len(vocab), "classes", len(keep), "of", len(ds), "flows", vocab, flush=True)
 ds = ds.select(keep).remove_columns(["five_tuple", "source_file"]); lab = lab[keep]
 freq = np.bincount(lab); w = 1 / np.sqrt(freq[lab]); w = w / w.sum()

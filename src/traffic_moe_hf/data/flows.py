@@ -288,6 +288,19 @@ def _ep(e) -> str:
     return f"[{ip}]:{e[1]}" if ":" in ip else f"{ip}:{e[1]}"
 
 
+def parse_five_tuple(text: str) -> tuple[str, tuple[str, int], tuple[str, int]]:
+    """The inverse of :meth:`Flow.five_tuple`: ``("tcp", (client host, port), (server host, port))``, hosts as
+    written (IPv6 ones in brackets); ValueError when ``text`` is not in that form."""
+    proto, endpoints = text.split(" ", 1)
+    client, server = endpoints.split("-", 1)  # addresses never contain '-' (IPv6 ones are bracketed)
+
+    def endpoint(e: str) -> tuple[str, int]:
+        host, port = e.rsplit(":", 1)
+        return host, int(port)
+
+    return proto, endpoint(client), endpoint(server)
+
+
 def _pair_key(proto: int, a: tuple, b: tuple) -> tuple:
     return (proto, a, b) if a <= b else (proto, b, a)
 

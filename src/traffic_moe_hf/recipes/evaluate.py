@@ -439,16 +439,16 @@ def shortcut_features(dataset) -> np.ndarray:
     dataset keeps them (``header_fields``)."""
     import ipaddress
 
+    from ..data.flows import parse_five_tuple
+
     rows = []
     extra = dataset["header_fields"] if "header_fields" in dataset.column_names else None
     for i, five_tuple in enumerate(dataset["five_tuple"]):
-        proto, endpoints = five_tuple.split(" ", 1)
-        client, server = endpoints.split("-", 1)  # addresses never contain '-' (IPv6 ones are bracketed)
+        proto, client, server = parse_five_tuple(five_tuple)
         values = [{"tcp": 6, "udp": 17}.get(proto, 0)]
-        for endpoint in (client, server):
-            host, port = endpoint.rsplit(":", 1)
+        for host, port in (client, server):
             address = ipaddress.ip_address(host.strip("[]"))
-            values.extend(list(address.packed[-4:]) + [int(port)])
+            values.extend(list(address.packed[-4:]) + [port])
         if extra is not None:
             values.extend(extra[i])
         rows.append(values)
