@@ -61,3 +61,70 @@ def test_a_dataclass_keywords_or_both(module, public, body, options, monkeypatch
     with pytest.raises(TypeError, match="options must be a"):
         function("in", "out", {"seed": 1})
     assert not calls
+
+
+#: an option whose dest is not its field's name
+CLI_DEST = {"split_ratios": "ratios", "class_weights": "use_class_weights"}
+#: an option whose default is written in its own form: how that reads as the field's value
+CLI_FORM = {"splits": lambda default: tuple(default.split(",")),  # --splits train,validation (run() splits it)
+            "exclude": tuple}  # --exclude PATTERN, repeatable: a list
+#: a flag that turns on a field holding a dict of its own options (finetune's --adversarial, --self-train)
+DICT_FLAGS = {"adversarial", "self_train"}
+COMMANDS = [("prepare", prepare_mod.PrepareOptions), ("pretrain", pretrain_mod.PretrainOptions),
+            ("finetune", finetune_mod.FinetuneOptions)]
+
+
+@pytest.mark.parametrize("command, cls", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_command_options_take_default_and_help_from_the_dataclass(command, cls):
+    """`traffic-moe CMD`'s options and the dataclass are one source: every option that is a field has the field's
+    default (in the option's form where that differs: --splits train for ("train",), --split-ratios 0.8,0.1,0.1
+    read by its type) and the field's help; a flag that turns a field off (--no-progress) has its own help, the
+    field's default, and the field's help names it. Every field has an option but those whose help says it has
+    none. A default written in one place only (here or in the dataclass) fails."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    from traffic_moe_hf.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = subparsers.choices[command]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    seen = set()
+    for action in parser._actions:
+        name = CLI_DEST.get(action.dest, action.dest)
+        if not action.option_strings or name not in fields:
+            continue
+        flag, field, default = action.option_strings[0], fields[name], action.default
+        seen.add(name)
+        if name in DICT_FLAGS:  # a store_true flag; the dict is made of other options in run()
+            assert isinstance(action, argparse._StoreTrueAction) and default is False and field.default is None
+            assert flag in field.metadata["help"], f"{command} {flag}: the field's help does not name the flag"
+            continue
+        if isinstance(default, str) and action.type is not None:
+            default = action.type(default)  # as argparse reads a default written as text
+        default = CLI_FORM.get(name, lambda value: value)(default)
+        assert default == field.default and type(default) is type(field.default), (
+            f"{command} {flag}: default {action.default!r}, {cls.__name__}.{name} = {field.default!r}")
+        if isinstance(action, argparse._StoreFalseAction):  # --no-X: says what the flag does
+            assert flag in field.metadata["help"], f"{command} {flag}: the field's help does not name the flag"
+        else:
+            assert action.help == field.metadata["help"], f"{command} {flag}: help is not {cls.__name__}.{name}'s"
+    without = {name for name, f in fields.items() if "no command-line option" in f.metadata["help"]}
+    assert set(fields) - seen == without, f"{command}: fields without an option that do not say so"
+    for name, f in fields.items():  # the help formatters state a default: a text that writes one out goes stale
+        if f.default is not None and not isinstance(f.default, bool):
+            assert "default" not in f.metadata["help"].lower(), f"{cls.__name__}.{name}: help writes out a default"
+    parser.format_help()  # argparse formats every help string (a lone % fails here)
+    HfArgumentParser((cls,)).format_help()  # the same strings, through HfArgumentParser
+
+
+def test_option_reads_a_field_and_names_an_unknown_one():
+    from traffic_moe_hf.options import option
+
+    cls = pretrain_mod.PretrainOptions
+    assert option(cls, "contrastive") == {"default": cls().contrastive,
+                                          "help": cls.__dataclass_fields__["contrastive"].metadata["help"]}
+    assert option(cls, "splits", default="train")["default"] == "train"
+    with pytest.raises(ValueError, match="PretrainOptions has no field 'contrastiv'"):
+        option(cls, "contrastiv")

@@ -2,8 +2,8 @@
 
 ``prepare``, ``pretrain`` and ``finetune`` take 20+ keyword arguments each. Each has a dataclass beside it
 (``data.prepare.PrepareOptions``, ``recipes.pretrain.PretrainOptions``, ``recipes.finetune.FinetuneOptions``)
-with one field per keyword argument — same name, same default, its ``metadata["help"]`` from the command's
-``--help`` — and takes ``options: XOptions | None = None, **overrides``::
+with one field per keyword argument — same name, same default, its ``metadata["help"]`` — and takes
+``options: XOptions | None = None, **overrides``::
 
     finetune(data, out, epochs=3)                                  # keywords, as always
     finetune(data, out, FinetuneOptions(epochs=3, lr=1e-4))        # a dataclass (HfArgumentParser, a saved run)
@@ -11,6 +11,13 @@ with one field per keyword argument — same name, same default, its ``metadata[
 
 The function's body is the private ``_prepare`` / ``_pretrain`` / ``_finetune``, whose signature keeps the
 keyword arguments and their defaults; ``tests/test_options.py`` checks that they equal the dataclass's.
+
+The dataclass is also the one place of the command's options: ``traffic-moe prepare/pretrain/finetune`` take the
+default and the help of every option that is a field from it (:func:`option`), and the test checks that too.
+So a field's help is an ``argparse`` help string, for the command and for ``HfArgumentParser`` alike: ``%%`` for
+a percent sign, the flag names of the command (``--max-packets``), and no default value written out — the help
+formatter adds "(default: ...)" from the field (``argtypes.HelpFormatter``; ``HfArgumentParser``'s
+``ArgumentDefaultsHelpFormatter``), so that a default is changed in the dataclass only.
 A leaf module (no project imports), so the data layer can use it.
 """
 
@@ -31,3 +38,25 @@ def keyword_arguments(cls, options, overrides: dict, function: str) -> dict:
         raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
     values = {} if options is None else {name: getattr(options, name) for name in names}
     return {**values, **overrides}
+
+
+def option(cls, name: str, **extra) -> dict:
+    """``add_argument`` keywords for the option that is field ``name`` of the options dataclass ``cls``: its
+    default and its ``metadata["help"]``, ``extra`` on top (the type, choices, a ``dest``; a ``default`` in the
+    option's own form where it differs from the field's, e.g. ``--splits train`` for ``("train",)``)::
+
+        p.add_argument("--contrastive", type=non_negative, **option(PretrainOptions, "contrastive"))
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ValueError(f"{cls.__name__} has no field {name!r}; its fields: {', '.join(fields)}")
+    f = fields[name]
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        raise ValueError(f"{cls.__name__}.{name} has no default, which its command-line option would take")
+    if not f.metadata.get("help"):
+        raise ValueError(f"{cls.__name__}.{name} has no metadata['help'], which its command-line option would show")
+    return {"default": default, "help": f.metadata["help"], **extra}

@@ -21,9 +21,10 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..argtypes import HelpFormatter, at_least, output_folder, positive
-from ..options import keyword_arguments
+from ..options import keyword_arguments, option
 from ..progress import library_bars
 from .samples import _arrow_types, pa_chunked
 from .splits import LARGE_GROUPS, check_large_groups
@@ -38,68 +39,46 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=HelpFormatter,
     )
+    # an option that is a PrepareOptions field (below) takes its default and help from there: one place for both
+    o = partial(option, PrepareOptions)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or directories (searched recursively)")
     p.add_argument("--out", type=output_folder, required=True, help="output directory (DatasetDict save_to_disk layout + report.json)")
-    p.add_argument("--labels", default="dir",
-                   help="dir (parent directory name, default), file (file name), csv:PATH (a CSV of 5-tuples "
-                        "[+ time range] and labels, or a Zeek conn.log in TSV or JSON form) or none (an unlabelled "
-                        "pretraining corpus: no label column; the report counts flows and packets per input)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out capture files whose path (as given, or its name inside an input folder) matches "
-                        "this shell pattern (repeatable; counted in the report), e.g. the held-out captures of a task")
+    p.add_argument("--labels", **o("labels"))
+    p.add_argument("--exclude", action="append", metavar="PATTERN",
+                   **o("exclude", default=list(PrepareOptions.exclude)))  # a list: append copies it, run() extends it
     p.add_argument("--exclude-from", default=None, metavar="FILE",
                    help="read --exclude patterns from FILE, one per line (# comments and blank lines ignored)")
-    p.add_argument("--label-column", default=None,
-                   help="with csv:PATH, the column holding the label (default: label/class/category), e.g. "
-                        "service (Zeek's DPI verdict) or detailed-label (IoT-23)")
-    p.add_argument("--level", choices=("flow", "packet"), default="flow", help="one sample per flow (default) or per packet")
-    p.add_argument("--split", choices=("flow", "file", "time", "none"), default="flow",
-                   help="split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")
-    p.add_argument("--split-files-by", choices=("path", "name"), default="path",
-                   help="with --split file: the unit is the capture's path (default), or its file name, so that files of "
-                        "one name in several label folders (one source capture written once per label, as "
-                        "split-by-label.py does) fall on one side of the split")
-    p.add_argument("--split-ratios", type=_ratios, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
-                   help="train,validation,test fractions, summing to 1 (default 0.8,0.1,0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
-    p.add_argument("--dedup", choices=("group", "remove", "report"), default="group",
-                   help="identical model inputs: group (split flows sharing an input together; default, "
-                        "--split flow at flow level only, else remove), remove (from the later split) or report")
-    p.add_argument("--large-groups", choices=LARGE_GROUPS, default="train",
-                   help="with --dedup group: a group of identical inputs larger than the validation/test share "
-                        "of its label goes to train (default), so one input repeated many times cannot dominate "
-                        "an evaluation split; 'any' splits it like any group (before 2026-11-29)")
-    p.add_argument("--max-packets", type=at_least(1), default=8, help="packets per flow the model reads (first N; default 8)")
-    p.add_argument("--store-packets", type=at_least(1), default=None,
-                   help="packets stored per flow (default: --max-packets); more than the model reads lets "
-                        "`traffic-moe robustness` shape flows and still fill the model's window with real packets")
+    p.add_argument("--label-column", **o("label_column"))
+    p.add_argument("--level", choices=("flow", "packet"), **o("level"))
+    p.add_argument("--split", choices=("flow", "file", "time", "none"), **o("split"))
+    p.add_argument("--split-files-by", choices=("path", "name"), **o("split_files_by"))
+    p.add_argument("--split-ratios", type=_ratios, metavar="TRAIN,VAL,TEST",  # dest split_ratios: the field ratios
+                   **o("ratios", default=",".join(map(str, PrepareOptions.ratios))))  # read by _ratios, as typed
+    p.add_argument("--seed", type=int, **o("seed"))
+    p.add_argument("--dedup", choices=("group", "remove", "report"), **o("dedup"))
+    p.add_argument("--large-groups", choices=LARGE_GROUPS, **o("large_groups"))
+    p.add_argument("--max-packets", type=at_least(1), **o("max_packets"))
+    p.add_argument("--store-packets", type=at_least(1), **o("store_packets"))
+    # a flag that turns a field off says what it does; its default is still the field's
     p.add_argument("--no-tcp-normalize", dest="normalize_tcp", action="store_false",
-                   help="keep retransmitted and out-of-window TCP segments in the samples (default: left out and "
-                        "counted, as an IDS stream normaliser does; see docs/data.md)")
-    p.add_argument("--tcp-coalesce", dest="coalesce_tcp", action="store_true",
-                   help="merge the segments of one TCP write (no PSH/FIN before the last) into one packet, so a "
-                        "write split by a smaller MSS or an evasion tool reads as the write it was (default off)")
-    p.add_argument("--max-bytes", type=at_least(1), default=128,
-                   help="bytes stored per packet from the IP header (first M; default 128)")
-    p.add_argument("--packet-bytes", type=at_least(1), default=64,
-                   help="byte tokens per packet the model sees, after the header layout (default 64)")
-    p.add_argument("--header-layout", choices=("compact", "full"), default="compact",
-                   help="model input: compact (default) leaves out the header fields anonymisation masks, "
-                        "so more payload fits in --packet-bytes; full keeps the packet as stored")
-    p.add_argument("--min-packets", type=at_least(1), default=1, help="skip flows with fewer packets (default 1)")
+                   **o("normalize_tcp", help="keep retransmitted and out-of-window TCP segments in the samples "
+                                             "(default: left out and counted, as an IDS stream normaliser does; see "
+                                             "docs/data.md)"))
+    p.add_argument("--tcp-coalesce", dest="coalesce_tcp", action="store_true", **o("coalesce_tcp"))
+    p.add_argument("--max-bytes", type=at_least(1), **o("max_bytes"))
+    p.add_argument("--packet-bytes", type=at_least(1), **o("packet_bytes"))
+    p.add_argument("--header-layout", choices=("compact", "full"), **o("header_layout"))
+    p.add_argument("--min-packets", type=at_least(1), **o("min_packets"))
     p.add_argument("--no-anonymize", dest="anonymize", action="store_false",
-                   help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; see docs/data.md)")
-    p.add_argument("--ttl", choices=("mask", "keep", "initial"), default="mask",
-                   help="IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")
-    p.add_argument("--tunnels", choices=("decap", "outer"), default="decap",
-                   help="decap (default): read the packet a GRE / ERSPAN / IP-in-IP / VXLAN / Geneve / GTP-U tunnel carries "
-                        "(outer headers dropped; counted per tunnel kind); outer: the outer packet only")
-    p.add_argument("--udp-timeout", type=positive, default=60.0, help="UDP flow idle timeout in seconds (default 60)")
-    p.add_argument("--tcp-timeout", type=positive, default=3600.0, help="TCP flow idle timeout in seconds (default 3600)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")
-    p.add_argument("--num-proc", type=at_least(1), default=1, help="worker processes (default 1): parallel by file; a capture larger than its share of the "
-                   "input (e.g. the only one) is split over the processes by flow")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+                   **o("anonymize", help="keep addresses, ports, IDs, checksums, sequence numbers (NOT recommended; "
+                                         "see docs/data.md)"))
+    p.add_argument("--ttl", choices=("mask", "keep", "initial"), **o("ttl"))
+    p.add_argument("--tunnels", choices=("decap", "outer"), **o("tunnels"))
+    p.add_argument("--udp-timeout", type=positive, **o("udp_timeout"))
+    p.add_argument("--tcp-timeout", type=positive, **o("tcp_timeout"))
+    p.add_argument("--tokenizer", **o("tokenizer"))
+    p.add_argument("--num-proc", type=at_least(1), **o("num_proc"))
+    p.add_argument("--no-progress", dest="progress", action="store_false", **o("progress", help="no progress bar"))
     p.set_defaults(func=run)
     return p
 
@@ -284,72 +263,74 @@ ARROW_CHUNK = 2048
 
 @dataclass
 class PrepareOptions:
-    """:func:`prepare`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+    """:func:`prepare`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run; also
+    the defaults and help of ``traffic-moe prepare``'s options (:func:`add_parser`). A help text is an argparse
+    string that names the command's flags and writes out no default (see :mod:`traffic_moe_hf.options`)."""
 
     labels: str = field(default="dir", metadata={"help": (
-        "dir (parent directory name, default), file (file name), csv:PATH (a CSV of 5-tuples [+ time range] and "
-        "labels, or a Zeek conn.log in TSV or JSON form) or none (an unlabelled pretraining corpus: no label "
-        "column; the report counts flows and packets per input)")})
+        "dir (parent directory name), file (file name), csv:PATH (a CSV of 5-tuples [+ time range] and labels, or "
+        "a Zeek conn.log in TSV or JSON form) or none (an unlabelled pretraining corpus: no label column; the "
+        "report counts flows and packets per input)")})
     label_column: str | None = field(default=None, metadata={"help": (
         "with csv:PATH, the column holding the label (default: label/class/category), e.g. service (Zeek's DPI "
         "verdict) or detailed-label (IoT-23)")})
-    level: str = field(default="flow", metadata={"help": "one sample per flow (default) or per packet"})
+    level: str = field(default="flow", metadata={"help": "one sample per flow or per packet"})
     split: str = field(default="flow", metadata={"help": (
-        "split unit: flow (stratified, default), file, time (per label, chronological) or none (all -> test)")})
+        "split unit: flow (stratified), file, time (per label, chronological) or none (all -> test)")})
     ratios: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={"help": (
-        "train,validation,test fractions, summing to 1 (default 0.8,0.1,0.1; --split-ratios)")})
-    seed: int = field(default=0, metadata={"help": "seed of the random split (default 0)"})
+        "train,validation,test fractions, summing to 1")})
+    seed: int = field(default=0, metadata={"help": "seed of the random split"})
     dedup: str = field(default="group", metadata={"help": (
-        "identical model inputs: group (split flows sharing an input together; default, split flow at flow level "
+        "identical model inputs: group (split flows sharing an input together; with --split flow at flow level "
         "only, else remove), remove (from the later split) or report")})
-    max_packets: int = field(default=8, metadata={"help": "packets per flow the model reads (first N; default 8)"})
-    max_bytes: int = field(default=128, metadata={"help": (
-        "bytes stored per packet from the IP header (first M; default 128)")})
+    max_packets: int = field(default=8, metadata={"help": "packets per flow the model reads (first N)"})
+    max_bytes: int = field(default=128, metadata={"help": "bytes stored per packet from the IP header (first M)"})
     packet_bytes: int = field(default=64, metadata={"help": (
-        "byte tokens per packet the model sees, after the header layout (default 64)")})
+        "byte tokens per packet the model sees, after the header layout")})
     header_layout: str = field(default="compact", metadata={"help": (
-        "model input: compact (default) leaves out the header fields anonymisation masks, so more payload fits in"
-        " packet_bytes; full keeps the packet as stored")})
-    min_packets: int = field(default=1, metadata={"help": "skip flows with fewer packets (default 1)"})
+        "model input: compact leaves out the header fields anonymisation masks, so more payload fits in "
+        "--packet-bytes; full keeps the packet as stored")})
+    min_packets: int = field(default=1, metadata={"help": "skip flows with fewer packets"})
     anonymize: bool = field(default=True, metadata={"help": (
         "mask addresses, ports, IDs, checksums, sequence numbers (default); False keeps them (--no-anonymize: NOT"
         " recommended; see docs/data.md)")})
     ttl: str = field(default="mask", metadata={"help": (
-        "IPv4 TTL / IPv6 hop limit: mask to 0 (default), keep, or round up to the initial value")})
-    udp_timeout: float = field(default=60.0, metadata={"help": "UDP flow idle timeout in seconds (default 60)"})
-    tcp_timeout: float = field(default=3600.0, metadata={"help": "TCP flow idle timeout in seconds (default 3600)"})
+        "IPv4 TTL / IPv6 hop limit: mask to 0, keep, or round up to the initial value")})
+    udp_timeout: float = field(default=60.0, metadata={"help": "UDP flow idle timeout in seconds"})
+    tcp_timeout: float = field(default=3600.0, metadata={"help": "TCP flow idle timeout in seconds"})
     tokenizer: str | None = field(default=None, metadata={"help": (
         "tokenizer folder (AutoTokenizer); default: TrafficTokenizer()")})
     num_proc: int = field(default=1, metadata={"help": (
-        "worker processes (default 1): parallel by file; a capture larger than its share of the input (e.g. the "
-        "only one) is split over the processes by flow")})
+        "worker processes: parallel by file; a capture larger than its share of the input (e.g. the only one) is "
+        "split over the processes by flow")})
     progress: bool = field(default=True, metadata={"help": "a progress bar (False: none, as --no-progress)"})
     save: bool = field(default=True, metadata={"help": (
         "write the dataset to `out`; False writes nothing and returns the DatasetDict in report[\"_dataset\"] (no "
         "command-line option)")})
     store_packets: int | None = field(default=None, metadata={"help": (
-        "packets stored per flow (default: max_packets); more than the model reads lets `traffic-moe robustness` "
+        "packets stored per flow (default: --max-packets); more than the model reads lets `traffic-moe robustness` "
         "shape flows and still fill the model's window with real packets")})
     normalize_tcp: bool = field(default=True, metadata={"help": (
         "leave retransmitted and out-of-window TCP segments out of the samples, counted, as an IDS stream "
         "normaliser does (default); False keeps them (--no-tcp-normalize; see docs/data.md)")})
     coalesce_tcp: bool = field(default=False, metadata={"help": (
         "merge the segments of one TCP write (no PSH/FIN before the last) into one packet, so a write split by a "
-        "smaller MSS or an evasion tool reads as the write it was (default off; --tcp-coalesce)")})
+        "smaller MSS or an evasion tool reads as the write it was (default off)")})
     large_groups: str = field(default="train", metadata={"help": (
-        "with dedup group: a group of identical inputs larger than the validation/test share of its label goes to"
-        " train (default), so one input repeated many times cannot dominate an evaluation split; 'any' splits it "
+        "with --dedup group: train sends a group of identical inputs larger than the validation/test share of its "
+        "label to train, so one input repeated many times cannot dominate an evaluation split; 'any' splits it "
         "like any group (before 2026-11-29)")})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": (
         "leave out capture files whose path (as given, or its name inside an input folder) matches one of these "
-        "shell patterns (counted in the report), e.g. the held-out captures of a task")})
+        "shell patterns (one per --exclude, repeatable; counted in the report), e.g. the held-out captures of a "
+        "task")})
     split_files_by: str = field(default="path", metadata={"help": (
-        "with split file: the unit is the capture's path (default), or its file name, so that files of one name "
-        "in several label folders (one source capture written once per label, as split-by-label.py does) fall on "
-        "one side of the split")})
+        "with --split file: the unit is the capture's path, or its file name (name), so that files of one name in "
+        "several label folders (one source capture written once per label, as split-by-label.py does) fall on one "
+        "side of the split")})
     tunnels: str = field(default="decap", metadata={"help": (
-        "decap (default): read the packet a GRE / ERSPAN / IP-in-IP / VXLAN / Geneve / GTP-U tunnel carries "
-        "(outer headers dropped; counted per tunnel kind); outer: the outer packet only")})
+        "decap: read the packet a GRE / ERSPAN / IP-in-IP / VXLAN / Geneve / GTP-U tunnel carries (outer headers "
+        "dropped; counted per tunnel kind); outer: the outer packet only")})
 
 
 def prepare(inputs, out, options: PrepareOptions | None = None, **overrides):

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from ..argtypes import HelpFormatter, at_least, non_negative, output_folder, pos
 from ..progress import honours_progress
 from ..configuration_traffic_moe import PRESETS
 from ..errors import TrafficMoeError
-from ..options import keyword_arguments
+from ..options import keyword_arguments, option
 
 
 def add_parser(subparsers):
@@ -37,29 +38,27 @@ def add_parser(subparsers):
         "finetune", help="fine-tune a flow/packet classifier (Traffic-MoE or the dense BERT baseline)",
         description=__doc__, formatter_class=HelpFormatter,
     )
+    # an option that is a FinetuneOptions field (below) takes its default and help from there: one place for both;
+    # --adversarial, --self-train and their --adv-* / --self-train-* options make the fields' dicts (run())
+    o = partial(option, FinetuneOptions)
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--from", dest="init_from",
-                        help="pretrained checkpoint to start from: a folder, or a shipped one by short name "
-                             "(traffic-moe-mini; bert-mini, the dense baseline)")
-    source.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset when training from scratch (default small)")
-    p.add_argument("--dense", action="store_true", help="train the dense BERT baseline")
-    p.add_argument("--match", choices=("active", "total"), default="active",
-                   help="with --dense from scratch: match the MoE's active (default) or total parameters")
-    p.add_argument("--shots", type=at_least(1), default=None, help="use only K training samples per class (few-shot)")
-    p.add_argument("--epochs", type=positive, default=10.0, help="passes over the training flows (early stopping may end sooner)")
-    p.add_argument("--min-steps", type=at_least(0), default=300,
-                   help="few-shot: train at least this many steps (60 left tiny models far from fitting 10 flows per class)")
-    p.add_argument("--batch-size", type=at_least(1), default=32, help="flows per step")
-    p.add_argument("--lr", type=positive, default=5e-4, help="peak learning rate")
-    p.add_argument("--patience", type=at_least(1), default=3, help="early stopping: evaluations without improvement")
-    p.add_argument("--no-class-weights", dest="class_weights", action="store_false", help="plain cross-entropy (default: classes weighted by inverse frequency)")
-    p.add_argument("--head-init", choices=("auto", "random", "probe"), default="auto",
-                   help="probe: start the classifier from a linear probe fitted on the frozen pretrained "
-                        "encoder's features (LP-FT; needs --from); auto (default): probe for few-shot runs "
-                        "(--shots with --from), random otherwise")
-    p.add_argument("--seed", type=int, default=0, help="random seed (initialisation, order, few-shot flows)")
+    source.add_argument("--from", dest="init_from", **o("init_from"))
+    source.add_argument("--config", choices=sorted(PRESETS), **o("config"))
+    p.add_argument("--dense", action="store_true", **o("dense"))
+    p.add_argument("--match", choices=("active", "total"), **o("match"))
+    p.add_argument("--shots", type=at_least(1), **o("shots"))
+    p.add_argument("--epochs", type=positive, **o("epochs"))
+    p.add_argument("--min-steps", type=at_least(0), **o("min_steps"))
+    p.add_argument("--batch-size", type=at_least(1), **o("batch_size"))
+    p.add_argument("--lr", type=positive, **o("lr"))
+    p.add_argument("--patience", type=at_least(1), **o("patience"))
+    p.add_argument("--no-class-weights", dest="class_weights", action="store_false",  # the field use_class_weights
+                   **o("use_class_weights",
+                       help="plain cross-entropy (default: classes weighted by inverse frequency)"))
+    p.add_argument("--head-init", choices=("auto", "random", "probe"), **o("head_init"))
+    p.add_argument("--seed", type=int, **o("seed"))
     adv = p.add_argument_group("adversarial training (docs/robustness.md)")
     adv.add_argument("--adversarial", action="store_true",
                      help="shaping augmentation (default: 3 shaped copies per training flow, the recipe of every "
@@ -83,10 +82,8 @@ def add_parser(subparsers):
                     help="pseudo-labeled flows per predicted class, most confident first, distinct inputs (default 50)")
     st.add_argument("--self-train-threshold", type=probability, default=0.9,
                     help="least confidence of a pseudo-label (default 0.9)")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by "
-                        "default they are removed once the selected model is saved, so OUT is the shareable model")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--keep-checkpoints", action="store_true", **o("keep_checkpoints"))
+    p.add_argument("--no-progress", dest="progress", action="store_false", **o("progress", help="no progress bars"))
     p.set_defaults(func=run)
     return p
 
@@ -277,15 +274,17 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 5
 
 @dataclass
 class FinetuneOptions:
-    """:func:`finetune`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+    """:func:`finetune`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run; also
+    the defaults and help of ``traffic-moe finetune``'s options (:func:`add_parser`). A help text is an argparse
+    string that names the command's flags and writes out no default (see :mod:`traffic_moe_hf.options`)."""
 
     init_from: str | None = field(default=None, metadata={"help": (
         "pretrained checkpoint to start from: a folder, or a shipped one by short name (traffic-moe-mini; "
-        "bert-mini, the dense baseline); None: a new model of `config` (--from)")})
-    config: str = field(default="small", metadata={"help": "size preset when training from scratch (default small)"})
+        "bert-mini, the dense baseline); none: a new model of --config")})
+    config: str = field(default="small", metadata={"help": "size preset when training from scratch"})
     dense: bool = field(default=False, metadata={"help": "train the dense BERT baseline"})
     match: str = field(default="active", metadata={"help": (
-        "with dense from scratch: match the MoE's active (default) or total parameters")})
+        "with --dense from scratch: match the MoE's active or total parameters")})
     shots: int | None = field(default=None, metadata={"help": "use only K training samples per class (few-shot)"})
     epochs: float = field(default=10.0, metadata={"help": (
         "passes over the training flows (early stopping may end sooner)")})
@@ -307,8 +306,7 @@ class FinetuneOptions:
         "--adv-eps, --adv-steps, --adv-weight, --adv-attacks; None: off")})
     head_init: str = field(default="auto", metadata={"help": (
         "probe: start the classifier from a linear probe fitted on the frozen pretrained encoder's features "
-        "(LP-FT; needs init_from); auto (default): probe for few-shot runs (shots with init_from), random "
-        "otherwise")})
+        "(LP-FT; needs --from); auto: probe for few-shot runs (--shots with --from), random otherwise")})
     keep_checkpoints: bool = field(default=False, metadata={"help": (
         "keep the Trainer's intermediate checkpoints (OUT/checkpoints, with optimizer state); by default they are"
         " removed once the selected model is saved, so OUT is the shareable model")})

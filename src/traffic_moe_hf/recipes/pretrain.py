@@ -39,6 +39,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import hashlib
@@ -53,7 +54,7 @@ from ..configuration_traffic_moe import PRESETS
 from ..modeling_traffic_moe import TrafficMoeForMaskedLM, masked_mean
 from ..tokenization_traffic_moe import BYTE_OFFSET, MASK_ID, PKT_ID
 from ..errors import TrafficMoeError
-from ..options import keyword_arguments
+from ..options import keyword_arguments, option
 
 
 @dataclass
@@ -171,39 +172,33 @@ def add_parser(subparsers):
         "pretrain", help="masked-packet pretraining on prepared (unlabeled) traffic", description=__doc__,
         formatter_class=HelpFormatter,
     )
+    # an option that is a PretrainOptions field (below) takes its default and help from there: one place for both
+    o = partial(option, PretrainOptions)
     p.add_argument("--data", nargs="+", required=True, help="one or more directories written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True,
                    help="output checkpoint folder (Hub layout); OUT/checkpoints holds the Trainer's checkpoints for "
                         "--resume (optimizer state, pickles): share OUT without it")
-    p.add_argument("--config", default="small", choices=sorted(PRESETS), help="size preset: tiny, mini, small, base (default small)")
-    p.add_argument("--from", dest="init_from", default=None,
-                   help="continue from a pretrained checkpoint instead (a folder, or a shipped short name: "
-                        "traffic-moe-mini, bert-mini): domain-adaptive pretraining on your own traffic")
-    p.add_argument("--dense", action="store_true", help="pretrain the dense BERT baseline instead (same tokenizer)")
-    p.add_argument("--match", choices=("active", "total"), default="active",
-                   help="with --dense: match the MoE's active (default) or total parameters")
-    p.add_argument("--splits", default="train", help="comma-separated splits to read (default train; never test)")
-    p.add_argument("--epochs", type=positive, default=3.0, help="passes over the pretraining corpus")
-    p.add_argument("--max-steps", type=steps_or_unset, default=-1, help="stop after this many steps (overrides --epochs; default: unset)")
-    p.add_argument("--batch-size", type=at_least(1), default=32, help="flows per step")
-    p.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate (linear schedule, 6%% warm-up)")
-    p.add_argument("--mlm-probability", type=probability, default=0.15, help="share of byte tokens masked (80/10/10 rule)")
-    p.add_argument("--span-probability", type=probability, default=0.03, help="share of tokens starting a masked span of bytes")
-    p.add_argument("--packet-probability", type=probability, default=0.05, help="share of packets masked whole")
-    p.add_argument("--contrastive", type=non_negative, default=1.0,
-                   help="weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")
-    p.add_argument("--temperature", type=positive, default=0.1, help="NT-Xent temperature (default 0.1)")
-    p.add_argument("--view-copies", type=at_least(1), default=1,
-                   help="shaped views made per flow (each flow appears once per view; default 1)")
-    p.add_argument("--view-budgets", choices=("list", "ranges"), default="list",
-                   help="shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")
-    p.add_argument("--service", type=non_negative, default=1.0,
-                   help="weight of the service loss: the responder's transport/port, hidden from the input, "
-                        "predicted from the pooled flow (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
-    p.add_argument("--save-steps", type=at_least(1), default=200, help="steps between checkpoints (for --resume)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--config", choices=sorted(PRESETS), **o("config"))
+    p.add_argument("--from", dest="init_from", **o("init_from"))
+    p.add_argument("--dense", action="store_true", **o("dense"))
+    p.add_argument("--match", choices=("active", "total"), **o("match"))
+    p.add_argument("--splits", **o("splits", default=",".join(PretrainOptions.splits)))  # run() splits it at ","
+    p.add_argument("--epochs", type=positive, **o("epochs"))
+    p.add_argument("--max-steps", type=steps_or_unset, **o("max_steps"))
+    p.add_argument("--batch-size", type=at_least(1), **o("batch_size"))
+    p.add_argument("--lr", type=positive, **o("lr"))
+    p.add_argument("--mlm-probability", type=probability, **o("mlm_probability"))
+    p.add_argument("--span-probability", type=probability, **o("span_probability"))
+    p.add_argument("--packet-probability", type=probability, **o("packet_probability"))
+    p.add_argument("--contrastive", type=non_negative, **o("contrastive"))
+    p.add_argument("--temperature", type=positive, **o("temperature"))
+    p.add_argument("--view-copies", type=at_least(1), **o("view_copies"))
+    p.add_argument("--view-budgets", choices=("list", "ranges"), **o("view_budgets"))
+    p.add_argument("--service", type=non_negative, **o("service"))
+    p.add_argument("--seed", type=int, **o("seed"))
+    p.add_argument("--resume", action="store_true", **o("resume"))
+    p.add_argument("--save-steps", type=at_least(1), **o("save_steps"))
+    p.add_argument("--no-progress", dest="progress", action="store_false", **o("progress", help="no progress bars"))
     p.set_defaults(func=run)
     return p
 
@@ -225,39 +220,41 @@ def run(args) -> int:
 
 @dataclass
 class PretrainOptions:
-    """:func:`pretrain`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run."""
+    """:func:`pretrain`'s keyword arguments (same names and defaults), for ``HfArgumentParser`` or a saved run; also
+    the defaults and help of ``traffic-moe pretrain``'s options (:func:`add_parser`). A help text is an argparse
+    string that names the command's flags and writes out no default (see :mod:`traffic_moe_hf.options`)."""
 
-    config: str = field(default="small", metadata={"help": "size preset: tiny, mini, small, base (default small)"})
+    config: str = field(default="small", metadata={"help": "size preset: tiny, mini, small, base"})
     dense: bool = field(default=False, metadata={"help": "pretrain the dense BERT baseline instead (same tokenizer)"})
     match: str = field(default="active", metadata={"help": (
-        "with dense: match the MoE's active (default) or total parameters")})
+        "with --dense: match the MoE's active or total parameters")})
     splits: tuple[str, ...] = field(default=("train",), metadata={"help": (
-        "splits to read (default train; never test)")})
+        "splits to read, comma-separated on the command line (never test)")})
     epochs: float = field(default=3.0, metadata={"help": "passes over the pretraining corpus"})
-    max_steps: int = field(default=-1, metadata={"help": (
-        "stop after this many steps (overrides epochs; default -1: unset)")})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (overrides --epochs; -1: unset)"})
     batch_size: int = field(default=32, metadata={"help": "flows per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear schedule, 6% warm-up)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear schedule, 6%% warm-up)"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of byte tokens masked (80/10/10 rule)"})
     span_probability: float = field(default=0.03, metadata={"help": (
         "share of tokens starting a masked span of bytes")})
     packet_probability: float = field(default=0.05, metadata={"help": "share of packets masked whole"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUT/checkpoints"})
-    save_steps: int = field(default=200, metadata={"help": "steps between checkpoints (for resume)"})
+    save_steps: int = field(default=200, metadata={"help": "steps between checkpoints (for --resume)"})
     progress: bool = field(default=True, metadata={"help": "progress bars (False: none, as --no-progress)"})
     config_overrides: dict | None = field(default=None, metadata={"help": (
         "model configuration fields to override, e.g. {\"num_experts\": 4} (no command-line option)")})
     contrastive: float = field(default=1.0, metadata={"help": (
         "weight of the flow-contrastive loss between a flow and its shaped copy (0: MLM only)")})
-    temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature (default 0.1)"})
+    temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature"})
     view_copies: int = field(default=1, metadata={"help": (
-        "shaped views made per flow (each flow appears once per view; default 1)")})
+        "shaped views made per flow (each flow appears once per view)")})
     view_budgets: str = field(default="list", metadata={"help": (
-        "shaping budgets of the views: the fixed list (default) or the ranges finetune --adversarial draws from")})
+        "shaping budgets of the views: the fixed list (list) or the ranges finetune --adversarial draws from "
+        "(ranges)")})
     init_from: str | None = field(default=None, metadata={"help": (
         "continue from a pretrained checkpoint instead (a folder, or a shipped short name: traffic-moe-mini, "
-        "bert-mini): domain-adaptive pretraining on your own traffic (--from)")})
+        "bert-mini): domain-adaptive pretraining on your own traffic")})
     service: float = field(default=1.0, metadata={"help": (
         "weight of the service loss: the responder's transport/port, hidden from the input, predicted from the "
         "pooled flow (0: off)")})
