@@ -89,7 +89,8 @@ def pretrained(prepared, tmp_path_factory):
     from traffic_moe_hf.recipes.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("pretrained")
-    summary = pretrain([str(prepared)], str(out), config="tiny", max_steps=30, batch_size=16, lr=2e-3, progress=False)
+    summary = pretrain([str(prepared)], str(out), config="tiny", max_steps=30, batch_size=16, lr=2e-3, progress=False,
+                       contrastive=1.0)  # both objectives on top of masking: the tests read each one's loss
     return out, summary
 
 

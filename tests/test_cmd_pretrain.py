@@ -136,6 +136,8 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
         pretrain_mod.shaped_views(train, str(prepared), budgets="nope")
     with pytest.raises(TrafficMoeError, match="view-copies must be at least 1"):
         pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=0)
+    with pytest.raises(TrafficMoeError, match="--view-copies 2 makes views for the contrastive term, which is off"):
+        pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=2)  # contrastive off (default)
 
     # copies: capture the corpus the trainer would get, without training
     captured = {}
@@ -156,7 +158,8 @@ def test_view_budgets_ranges_and_copies(prepared, monkeypatch):
     monkeypatch.setattr(common_mod, "model_view", fake_model_view)
     monkeypatch.setattr(datasets, "concatenate_datasets", stop)  # stop before any training
     with pytest.raises(Stop):
-        pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=2, view_budgets="ranges")
+        pretrain_mod.pretrain([str(prepared)], "unused", config="tiny", view_copies=2, view_budgets="ranges",
+                              contrastive=1.0)
     assert len(captured["parts"]) == 2
     first, second = captured["parts"]
     assert len(first) == len(second) == len(train)
@@ -207,7 +210,7 @@ def test_two_process_training_ranks_agree(prepared, tmp_path):
         "    original(self, *a, **k)\n"
         "transformers.Trainer.__init__ = init\n"
         "recipe.pretrain([sys.argv[1]], sys.argv[2], config='tiny', max_steps=3, batch_size=8, progress=False,\n"
-        "                save_steps=100, seed=int(os.environ['RANK']))\n"
+        "                save_steps=100, seed=int(os.environ['RANK']), contrastive=1.0)\n"
         "w = seen['weights']\n"
         "gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]\n"
         "dist.all_gather(gathered, w)\n"
