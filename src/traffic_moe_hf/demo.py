@@ -103,7 +103,7 @@ def run(args) -> int:
 
     _stage(f"2/6 the pretrained checkpoint {args.init_from}; a short continued pretraining on the train split")
     t = time.perf_counter()
-    if args.pretrain_steps:  # masked packets + flow contrast, from the shipped weights (domain-adaptive pretraining)
+    if args.pretrain_steps:  # pretrain's defaults (masked packets + service term), from the shipped weights (domain-adaptive)
         pre = pretrain(data=[str(out / "data")], out=str(out / "pretrain-continued"), init_from=moe_from,
                        max_steps=args.pretrain_steps, batch_size=16, seed=args.seed, save_steps=10_000, progress=False)
         first, last = pre.get("first_logged_loss"), pre.get("last_logged_loss")
