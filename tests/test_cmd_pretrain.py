@@ -311,6 +311,9 @@ def test_service_term_trains_and_leaves_the_saved_model(prepared, tmp_path, monk
         assert "service_head.weight" in set(f.keys())  # the Trainer's checkpoints keep it for --resume
     with pytest.raises(TrafficMoeError, match="pretrained with .* service classes, this run has no service term"):
         pretrain([str(prepared)], str(tmp_path / "svc"), resume=True, **{**common, "service": 0.0})
+    # ... and so is one that would turn the contrastive term on (the run's log has no contrastive loss)
+    with pytest.raises(TrafficMoeError, match="pretrained without the contrastive term, this run has it"):
+        pretrain([str(prepared)], str(tmp_path / "svc"), resume=True, **{**common, "contrastive": 1.0})
     # where the corpus has no service class the term is off, and that is said
     monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 3)
     off = pretrain([str(prepared)], str(tmp_path / "off"), **{**common, "max_steps": 2})

@@ -162,6 +162,24 @@ def check_resume_service(head, checkpoint) -> None:
                               "another --out")
 
 
+def check_resume_contrastive(contrastive: float, checkpoint) -> None:
+    """``--resume`` with the contrastive term on or off as the run had it (its log says: ``contrastive_loss``
+    entries). Resuming a run of the old default (``--contrastive 1.0``) without naming it would otherwise train
+    on, silently, with another recipe."""
+    state = Path(checkpoint) / "trainer_state.json"
+    history = json.loads(state.read_text()).get("log_history", []) if state.is_file() else []
+    logged = [h for h in history if "loss" in h]
+    if not logged:  # nothing logged yet: nothing says what the run had
+        return
+    had = any("contrastive_loss" in h for h in logged)
+    if had != bool(contrastive):
+        raise TrafficMoeError(
+            f"--resume: {checkpoint} was pretrained {'with' if had else 'without'} the contrastive term, this run "
+            f"{'has it' if contrastive else 'has not'} (--contrastive {contrastive:g}); resume with that run's "
+            f"--contrastive ({'e.g. 1.0, the default before version 2' if had else '0, the default'}) or use another "
+            "--out")
+
+
 class _EpochCallback(TrainerCallback):
     """Tells the collator the epoch, so that each epoch masks the same flow differently."""
 
@@ -388,6 +406,7 @@ def _pretrain(data, out, config="mini", dense=False, match="active", splits=("tr
         else:
             check_resume_shape(model.config, last)
             check_resume_service(getattr(model, "service_head", None), last)
+            check_resume_contrastive(contrastive, last)
     result = trainer.train(resume_from_checkpoint=last)
     if services:  # pretraining's own head: not part of the encoder that is shared
         del model.service_head
