@@ -350,3 +350,33 @@ def test_service_loss_on_batches_with_and_without_a_known_service(prepared, tmp_
     # the known-service batch adds ~ln(3) (a fresh head) on top of the same masked-packet loss
     assert 0.5 < losses["known"] - losses["none"] < 2.0
     assert trainer._sums["service_loss"][1] == 1
+
+
+def test_dense_service_term_trains_the_pooler_its_classifier_reads(prepared, tmp_path, monkeypatch):
+    """The dense baseline's classifier reads BERT's pooler on [CLS]: with the service term, pretraining trains that
+    pooler (a BertForMaskedLM has none of its own), saves it with the model, and a sequence classifier made from the
+    folder starts from it — not from a random pooler; continued pretraining from the folder keeps it."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from traffic_moe_hf.recipes import pretrain as recipe
+
+    monkeypatch.setattr(recipe, "SERVICE_MIN_FILES", 1)
+    common = dict(config="tiny", dense=True, max_steps=6, batch_size=16, lr=3e-3, save_steps=100, progress=False, seed=2)
+    summary = pretrain([str(prepared)], str(tmp_path / "dense"), **common)
+    assert summary["service"] == 1.0
+    saved = load_file(tmp_path / "dense" / "model.safetensors")
+    assert "bert.pooler.dense.weight" in saved and not [k for k in saved if k.startswith("service_head")]
+    classifier = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "dense"), num_labels=3)
+    torch.testing.assert_close(classifier.bert.pooler.dense.weight.detach(), saved["bert.pooler.dense.weight"])
+    # the pooler was trained: its weights moved from the initialisation a run with no steps of it would have
+    untrained = pretrain([str(prepared)], str(tmp_path / "none"), **{**common, "lr": 1e-12, "max_steps": 1})
+    assert untrained["service"] == 1.0
+    start = load_file(tmp_path / "none" / "model.safetensors")["bert.pooler.dense.weight"]
+    assert (saved["bert.pooler.dense.weight"] - start).abs().max() > 1e-3
+    # continued pretraining from the folder starts from its pooler (BertForMaskedLM.from_pretrained drops it)
+    cont = pretrain([str(prepared)], str(tmp_path / "cont"), init_from=str(tmp_path / "dense"), max_steps=1,
+                    batch_size=16, lr=1e-12, progress=False)
+    assert cont["service"] == 1.0
+    torch.testing.assert_close(load_file(tmp_path / "cont" / "model.safetensors")["bert.pooler.dense.weight"],
+                               saved["bert.pooler.dense.weight"], rtol=1e-4, atol=1e-6)

@@ -144,9 +144,14 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
            command: str = "", note: str = ""):
     from transformers import BertForMaskedLM
 
+    from safetensors.torch import load_file
+
     from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
+    from traffic_moe_hf.recipes.pretrain import attach_dense_pooler
 
     model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(src)
+    if dense and any(k.startswith("bert.pooler.") for k in load_file(next(src.glob("model*.safetensors")))):
+        attach_dense_pooler(model, src)  # the pooler its classifier reads, trained by the service term: kept
     model.save_pretrained(tmp)
     tokenizer = TrafficTokenizer.from_pretrained(src)
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(tmp)

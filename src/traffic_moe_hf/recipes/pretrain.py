@@ -367,6 +367,8 @@ def _pretrain(data, out, config="mini", dense=False, match="active", splits=("tr
     if dense:  # BERT reads the direction as token type
         collator = _TokenTypeCollator(collator)
     if services:  # a linear head on the pooled flow, trained with the encoder and left out of the saved model
+        if dense:  # ... reading BERT's pooler, as its classifier will (saved with the model)
+            attach_dense_pooler(model, init_from)
         attach_service_head(model, len(services["classes"]), seed)
         collator = ServiceLabelCollator(collator)
     out = Path(out)
@@ -543,7 +545,7 @@ def objectives_trainer(base_cls, contrastive: float, temperature: float, service
             if labels is not None:
                 inner = getattr(model, "module", model)
                 labels = labels.to(pooled.device).repeat(pooled.shape[0] // labels.shape[0])
-                logits = inner.service_head(classifier_input(inner, pooled)).float()
+                logits = inner.service_head(classifier_input(inner, pooled, outputs.hidden_states[-1])).float()
                 if bool((labels >= 0).any()):
                     terms["service_loss"] = (service, torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100))
                 else:  # a batch without a known service adds nothing (not NaN), yet every parameter gets a gradient
@@ -568,12 +570,36 @@ def objectives_trainer(base_cls, contrastive: float, temperature: float, service
     return ObjectivesPretrainer
 
 
-def classifier_input(model, pooled: torch.Tensor) -> torch.Tensor:
-    """What a sequence classifier fine-tuned from this checkpoint will read of the pooled flow: Traffic-MoE's
-    classifier reads ``head(pooled)``, the prediction-head transform it loads from the pretrained checkpoint, so the
-    service term trains that transform too; BERT's reads its pooler, which a masked-LM model lacks: the pooled
-    flow itself."""
-    return model.head(pooled) if isinstance(model, TrafficMoeForMaskedLM) else pooled
+def classifier_input(model, pooled: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """What a sequence classifier fine-tuned from this checkpoint will read of the flow, so that the service term
+    trains exactly that: Traffic-MoE's classifier reads ``head(pooled)`` (the mean-pooled flow through the
+    prediction-head transform it loads from the pretrained checkpoint); BERT's reads its pooler on the ``[CLS]``
+    state (``hidden``: the last hidden states), which :func:`attach_dense_pooler` gives the masked-LM model. A BERT
+    without a pooler reads the mean-pooled flow itself."""
+    if isinstance(model, TrafficMoeForMaskedLM):
+        return model.head(pooled)
+    pooler = getattr(getattr(model, "bert", None), "pooler", None)
+    return pooled if pooler is None or hidden is None else pooler(hidden)
+
+
+def attach_dense_pooler(model, folder=None) -> None:
+    """BERT's pooler (a dense layer + tanh on the ``[CLS]`` state) for a ``BertForMaskedLM``, which is built without
+    one: what ``BertForSequenceClassification`` classifies from. Without it a dense checkpoint's classifier started
+    from a random pooler that pretraining never trained (the "untrained pooler" handicap of the dense rows up to
+    version 2). Its weights are saved with the model (``bert.pooler.*``) and loaded by ``AutoModel`` and
+    ``AutoModelForSequenceClassification``; ``folder``: a checkpoint whose pooler weights to load, if it has them
+    (``BertForMaskedLM.from_pretrained`` leaves them out)."""
+    from safetensors import safe_open
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    pooler = BertPooler(model.config)
+    model._init_weights(pooler.dense)
+    for file in sorted(Path(folder).glob("model*.safetensors")) if folder else []:
+        with safe_open(str(file), framework="pt") as f:
+            saved = {k.removeprefix("bert.pooler."): f.get_tensor(k) for k in f.keys() if k.startswith("bert.pooler.")}
+        if saved:
+            pooler.load_state_dict(saved)
+    model.bert.pooler = pooler.to(next(model.parameters()).device)
 
 
 # ---------------------------------------------------------------------------------- service term
