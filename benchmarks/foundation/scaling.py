@@ -25,10 +25,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 # dense BERT checkpoints are named bert-...; the MoE ones by preset (moe-... is the mini run's earlier name); e1 and
-# bert-e: the runs with the service term and no contrastive views (32 flows per step)
+# bert-e: the runs with the service term and no contrastive views (32 flows per step); bert-f: bert-e's recipe with
+# the service term read through BERT's pooler, which its classifier reads (attach_dense_pooler)
 NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini",
-         "e1": "mini + service", "bert-e": "bert-mini + service"}
-SINGLE_VIEW = {"mini + service", "bert-mini + service"}
+         "e1": "mini + service", "bert-e": "bert-mini + service", "bert-f": "bert-mini + service, pooler trained"}
+SINGLE_VIEW = {"mini + service", "bert-mini + service", "bert-mini + service, pooler trained"}
 
 
 def point(entry) -> tuple[str, int] | None:
@@ -109,7 +110,8 @@ def main(argv=None):
         pts = [r for r in rows if r["model"] == model]
         x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
         ax.errorbar(x, [r["probe10"] for r in pts], yerr=[r["probe10_std"] for r in pts], marker="o", capsize=3,
-                    label=f"{model.split(' + ')[0]}: {'masked + service' if model in SINGLE_VIEW else 'masked + contrast'} "
+                    label=f"{model.split(' + ')[0]}: {'masked + service' if model in SINGLE_VIEW else 'masked + contrast'}"
+                          f"{', pooler trained' if model.endswith('pooler trained') else ''} "
                           f"({pts[0]['active'] / 1e6:.2f}M active)")
     ax.set_xscale("log")
     ax.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nrandom initialisation drawn at 0.1; bars: std over 10 draws", fontsize=9)
