@@ -24,7 +24,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TITLES = {"moe": "Traffic-MoE mini, shipped v1", "moe@v2": "Traffic-MoE mini, shipped v2", "scratch": "Traffic-MoE mini, from scratch",
-          "dense": "dense BERT mini, shipped v1", "dense@v2": "dense BERT mini, shipped v2"}
+          "dense": "dense BERT mini, shipped v1", "dense@v2": "dense BERT mini, shipped v2",
+          "dense@v2.1": "dense BERT mini, shipped v2.1"}
 SHIFTED = ("tls9=data/shifted/tls9-mtu700", "loopback9=data/shifted/loopback9-mtu700")
 
 

@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--version", default=None,
                     help="the checkpoints' version (e.g. v2): their rows' cells are cached apart (moe@v2-10-0.json) and "
                          "titled with it; default: the version 1 cells (moe-10-0.json)")
+    ap.add_argument("--dense-version", default=None,
+                    help="the dense checkpoint's version where it differs from --version (e.g. v2.1: dense@v2.1-10-0.json)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -80,16 +82,20 @@ def main(argv=None):
     from traffic_moe_hf.recipes.evaluate import evaluate
     from traffic_moe_hf.recipes.finetune import finetune
 
-    shipped = f"shipped checkpoint {a.version}" if a.version else "shipped checkpoint"
-    rows = {"moe": (f"Traffic-MoE mini, {shipped}", dict(init_from=resolve_checkpoint(a.moe))),
+    versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version}  # scratch has no checkpoint
+
+    def shipped(key):
+        return f"shipped checkpoint {versions[key]}" if versions[key] else "shipped checkpoint"
+
+    rows = {"moe": (f"Traffic-MoE mini, {shipped('moe')}", dict(init_from=resolve_checkpoint(a.moe))),
             "scratch": (f"Traffic-MoE {a.scratch_config}, from scratch", dict(config=a.scratch_config)),
-            "dense": (f"dense BERT mini, {shipped}", dict(init_from=resolve_checkpoint(a.dense)))}
+            "dense": (f"dense BERT mini, {shipped('dense')}", dict(init_from=resolve_checkpoint(a.dense)))}
     out = a.work / "transfer"
     runs = out / "runs"
     table = {}
 
     def cell_path(task, key, cell, seed):
-        versioned = f"{key}@{a.version}" if a.version and key != "scratch" else key  # scratch has no checkpoint
+        versioned = f"{key}@{versions[key]}" if versions[key] else key
         return runs / task / f"{versioned}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
