@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,10 @@ REPO = HERE.parents[1]
 TITLES = {"moe": "Traffic-MoE mini, shipped v1", "moe@v2": "Traffic-MoE mini, shipped v2", "scratch": "Traffic-MoE mini, from scratch",
           "dense": "dense BERT mini, shipped v1", "dense@v2": "dense BERT mini, shipped v2",
           "dense@v2.1": "dense BERT mini, shipped v2.1"}
+sys.path.insert(0, str(HERE))
+from transfer import FORESTS, forest_cells, mean_std  # noqa: E402  (the transfer table's forests and cells)
+
+SHORT = dict(zip(FORESTS, ("classic forest", "token forest")))
 SHIFTED = ("tls9=data/shifted/tls9-mtu700", "loopback9=data/shifted/loopback9-mtu700")
 
 
@@ -40,12 +43,9 @@ def main(argv=None):
     torch.set_num_threads(1)
     from traffic_moe_hf.atomic import write_text
     from traffic_moe_hf.data.prepare import prepare
-    from traffic_moe_hf.recipes.baselines import random_forest
-    from traffic_moe_hf.recipes.common import device_summary, few_shot, label_names, load_prepared
+    from traffic_moe_hf.recipes.common import device_summary, label_names, load_prepared
     from traffic_moe_hf.recipes.evaluate import evaluate
 
-    sys.path.insert(0, str(HERE))
-    from transfer import token_forest  # the second forest, as in the transfer table
 
     report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(),
               "condition": a.condition, "tasks": {}}
@@ -74,13 +74,9 @@ def main(argv=None):
             rows.setdefault(row, {}).setdefault(cell, []).append(
                 {"seed": int(seed), "shifted": result["macro_f1"], "samples": result["samples"],
                  "same": json.loads(same.read_text())["test_macro_f1"] if same.is_file() else None})
-        for title, fn in (("classic forest", lambda tr, s: random_forest(tr, same_rows, names, seed=s)),
-                          ("token forest", lambda tr, s: token_forest(tr, same_rows, names, seed=s))):
-            cells = {"all": [{"seed": 0, "shifted": fn(train, 0)["macro_f1"], "same": None}]}
-            for cell in ("1", "5", "10"):
-                cells[cell] = [{"seed": s, "shifted": fn(few_shot(train, int(cell), s), s)["macro_f1"], "same": None}
-                               for s in range(10)]
-            rows[title] = cells
+        for title, cells in forest_cells(train, same_rows, names, 10).items():
+            rows[SHORT[title]] = {cell: [{"seed": s, "shifted": v, "same": None} for s, v in enumerate(values)]
+                                  for cell, values in cells.items()}
         report["tasks"][task] = {"shifted_flows": len(test), "matched_flows": int(len(keep)), "rows": rows,
                                  "skipped": skipped}
     write_text(a.work / "transfer" / "shift.json", json.dumps(report, indent=1))
@@ -92,12 +88,7 @@ def main(argv=None):
 
 def markdown(report) -> str:
     def fmt(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "not measured"
-        if len(values) == 1:
-            return f"{values[0]:.3f}"
-        return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f} (n={len(values)})"
+        return mean_std([v for v in values if v is not None])
 
     lines = [f"Shift: {report['condition']}. Macro-F1 on every flow of the re-capture (prepare's defaults, labels "
              f"matched by name); in brackets the same checkpoints on the task's own test split. Measured "

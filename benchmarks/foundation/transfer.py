@@ -53,6 +53,35 @@ def token_forest(train, test, names, seed=0, width=512):
     return classification_metrics(np.asarray(test["label"]), forest.predict(x(test)), names)
 
 
+FORESTS = ("random forest (classic: 8 packets, 32 payload bytes)", "random forest (first 512 token ids)")
+
+
+def forest_cells(train, evaluated, names, seeds: int) -> dict:
+    """Both forests fitted on all of ``train`` (seed 0) and on ``seeds`` draws of 1 / 5 / 10 flows per class (draw s
+    with seed s), scored on ``evaluated``: ``{title: {cell: [macro-F1 per seed]}}`` (titles: :data:`FORESTS`)."""
+    from traffic_moe_hf.recipes.baselines import random_forest
+    from traffic_moe_hf.recipes.common import few_shot
+
+    fits = dict(zip(FORESTS, (lambda tr, s: random_forest(tr, evaluated, names, seed=s),
+                              lambda tr, s: token_forest(tr, evaluated, names, seed=s))))
+    out = {}
+    for title, fit in fits.items():
+        cells = {"all": [fit(train, 0)["macro_f1"]]}
+        for cell in CELLS[1:]:
+            cells[cell] = [fit(few_shot(train, int(cell), s), s)["macro_f1"] for s in range(seeds)]
+        out[title] = cells
+    return out
+
+
+def mean_std(values) -> str:
+    """A table cell: "not measured", one value, or mean ± std (n) of several."""
+    if not values:
+        return "not measured"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f} (n={len(values)})"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "foundation")
@@ -77,8 +106,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     from traffic_moe_hf.atomic import write_text  # a killed run leaves no half-written cell or table
     from traffic_moe_hf.checkpoints import resolve_checkpoint
-    from traffic_moe_hf.recipes.baselines import random_forest
-    from traffic_moe_hf.recipes.common import device_summary, few_shot, label_names, load_prepared
+    from traffic_moe_hf.recipes.common import device_summary, label_names, load_prepared
     from traffic_moe_hf.recipes.evaluate import evaluate
     from traffic_moe_hf.recipes.finetune import finetune
 
@@ -136,12 +164,8 @@ def main(argv=None):
                 cells[cell] = [json.loads(p.read_text()) for p in (cell_path(task, key, cell, s) for s in seeds)
                                if p.is_file()]
             t_rows[title] = cells
-        for title, fn in (("random forest (classic: 8 packets, 32 payload bytes)", lambda tr, s: random_forest(tr, prepared["test"], names, seed=s)),
-                          ("random forest (first 512 token ids)", lambda tr, s: token_forest(tr, prepared["test"], names, seed=s))):
-            cells = {"all": [{"test_macro_f1": fn(prepared["train"], 0)["macro_f1"]}]}
-            for cell in CELLS[1:]:
-                cells[cell] = [{"test_macro_f1": fn(few_shot(prepared["train"], int(cell), s), s)["macro_f1"]} for s in range(a.seeds)]
-            t_rows[title] = cells
+        for title, cells in forest_cells(prepared["train"], prepared["test"], names, a.seeds).items():
+            t_rows[title] = {cell: [{"test_macro_f1": v} for v in values] for cell, values in cells.items()}
         table[task] = {"classes": len(names), "train": len(prepared["train"]), "test": len(prepared["test"]), "rows": t_rows}
     report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(), "seeds": a.seeds,
               "moe": a.moe, "dense": a.dense, "tasks": table}
@@ -156,12 +180,7 @@ def main(argv=None):
 
 def markdown(report) -> str:
     def cell(got):
-        v = [g["test_macro_f1"] for g in got]
-        if not v:
-            return "not measured"
-        if len(v) == 1:
-            return f"{v[0]:.3f}"
-        return f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f} (n={len(v)})"
+        return mean_std([g["test_macro_f1"] for g in got])
 
     lines = [f"Macro-F1 on each task's test split; fine-tuning with `traffic-moe finetune`'s defaults; few-shot: mean ± "
              f"std over the seeds measured (n). Tabulated {report['date']}; cells measured on: {report['machine']}.", ""]
