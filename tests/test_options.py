@@ -1,5 +1,5 @@
 """The options dataclasses of prepare / pretrain / finetune (traffic_moe_hf.options): HfArgumentParser reads
-them, their defaults are the functions' own (they cannot drift apart), and the functions take a dataclass, keyword
+them, their defaults are the only ones (the bodies have none), and the functions take a dataclass, keyword
 arguments, or both."""
 
 from __future__ import annotations
@@ -31,15 +31,17 @@ def test_hf_argument_parser_reads_finetune_options():
 
 @pytest.mark.parametrize("module, public, body, options", ENTRY_POINTS, ids=[e[1] for e in ENTRY_POINTS])
 def test_dataclass_fields_are_the_functions_keyword_arguments(module, public, body, options):
-    """Same names, same order, same defaults as the body's signature (the two positional parameters aside),
-    and every field has help text."""
+    """The body's parameters after the two positional ones are the fields, same names and order, keyword-only and
+    without defaults (the dataclass is the one place of a default), and every field has a default and help text."""
     from transformers import HfArgumentParser
 
     cls = getattr(module, options)
-    parameters = list(inspect.signature(getattr(module, body)).parameters.values())[2:]
+    parameters = list(inspect.signature(getattr(module, body)).parameters.values())
     fields = dataclasses.fields(cls)
-    assert [f.name for f in fields] == [p.name for p in parameters]
-    assert {f.name: f.default for f in fields} == {p.name: p.default for p in parameters}
+    assert [p.kind for p in parameters[:2]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2
+    assert [f.name for f in fields] == [p.name for p in parameters[2:]]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty for p in parameters[2:])
+    assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in fields)
     assert all(f.metadata.get("help") for f in fields)
     assert list(inspect.signature(getattr(module, public)).parameters)[2:] == ["options", "overrides"]
     HfArgumentParser((cls,))  # every field's type is one it can build an option for
@@ -52,7 +54,7 @@ def test_a_dataclass_keywords_or_both(module, public, body, options, monkeypatch
     monkeypatch.setattr(module, body, lambda *args, **kwargs: calls.append((args, kwargs)) or "done")
     function = getattr(module, public)
     assert function("in", "out", seed=7) == "done"
-    assert calls.pop() == (("in", "out"), {"seed": 7})  # keywords only: passed on as they were
+    assert calls.pop() == (("in", "out"), {**dataclasses.asdict(cls()), "seed": 7})  # keywords: the defaults beside them
     function("in", "out", cls(seed=3, progress=False), seed=5)
     args, kwargs = calls.pop()
     assert args == ("in", "out") and kwargs == {**dataclasses.asdict(cls()), "progress": False, "seed": 5}
@@ -128,3 +130,22 @@ def test_option_reads_a_field_and_names_an_unknown_one():
     assert option(cls, "splits", default="train")["default"] == "train"
     with pytest.raises(ValueError, match="PretrainOptions has no field 'contrastiv'"):
         option(cls, "contrastiv")
+
+
+def test_dict_options_take_their_defaults_from_one_place(monkeypatch):
+    """finetune's --adversarial / --self-train build their dicts from the --adv-* / --self-train-* options, whose
+    defaults are ADVERSARIAL / SELF_TRAIN's; a library call's dict is completed from the same constants, and an
+    unknown key is a clear error."""
+    from traffic_moe_hf.cli import build_parser
+    from traffic_moe_hf.errors import TrafficMoeError
+
+    calls = []
+    monkeypatch.setattr(finetune_mod, "finetune", lambda **kwargs: calls.append(kwargs) or {})
+    args = build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--adversarial", "--self-train"])
+    assert args.func(args) == 0
+    assert calls[0]["adversarial"] == finetune_mod.ADVERSARIAL and calls[0]["self_train"] == finetune_mod.SELF_TRAIN
+    complete = finetune_mod.with_defaults
+    assert complete({"eps": 0.3}, finetune_mod.ADVERSARIAL, "adversarial") == {**finetune_mod.ADVERSARIAL, "eps": 0.3}
+    assert complete(None, finetune_mod.SELF_TRAIN, "self_train") is None
+    with pytest.raises(TrafficMoeError, match="adversarial: unknown key 'epsilon'; expected some of copies, eps"):
+        complete({"epsilon": 0.3}, finetune_mod.ADVERSARIAL, "adversarial")

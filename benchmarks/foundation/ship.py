@@ -144,13 +144,15 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
            command: str = "", note: str = ""):
     from transformers import BertForMaskedLM
 
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     from traffic_moe_hf import TrafficMoeForMaskedLM, TrafficTokenizer
     from traffic_moe_hf.recipes.pretrain import attach_dense_pooler
 
     model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(src)
-    if dense and any(k.startswith("bert.pooler.") for k in load_file(next(src.glob("model*.safetensors")))):
+    with safe_open(str(next(src.glob("model*.safetensors"))), framework="pt") as f:  # the header's names only
+        has_pooler = any(k.startswith("bert.pooler.") for k in f.keys())
+    if dense and has_pooler:
         attach_dense_pooler(model, src)  # the pooler its classifier reads, trained by the service term: kept
     model.save_pretrained(tmp)
     tokenizer = TrafficTokenizer.from_pretrained(src)

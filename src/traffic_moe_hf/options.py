@@ -9,8 +9,9 @@ with one field per keyword argument — same name, same default, its ``metadata[
     finetune(data, out, FinetuneOptions(epochs=3, lr=1e-4))        # a dataclass (HfArgumentParser, a saved run)
     finetune(data, out, FinetuneOptions(epochs=3), lr=1e-4)        # both: the keywords override its fields
 
-The function's body is the private ``_prepare`` / ``_pretrain`` / ``_finetune``, whose signature keeps the
-keyword arguments and their defaults; ``tests/test_options.py`` checks that they equal the dataclass's.
+The function's body is the private ``_prepare`` / ``_pretrain`` / ``_finetune``: its keyword-only parameters are
+the dataclass's fields, without defaults, so that a default is written in the dataclass only
+(``tests/test_options.py`` checks the names).
 
 The dataclass is also the one place of the command's options: ``traffic-moe prepare/pretrain/finetune`` take the
 default and the help of every option that is a field from it (:func:`option`), and the test checks that too.
@@ -27,17 +28,17 @@ import dataclasses
 
 
 def keyword_arguments(cls, options, overrides: dict, function: str) -> dict:
-    """The keyword arguments for ``function``'s body: ``options``' fields (a ``cls`` instance; None: only the
-    ``overrides``, the body's own defaults for the rest) with ``overrides`` on top. A name that is no field of
-    ``cls`` is the ``TypeError`` Python gives for an unexpected keyword argument."""
+    """All the keyword arguments of ``function``'s body: ``options``' fields (a ``cls`` instance; None: ``cls()``,
+    the defaults) with ``overrides`` on top. A name that is no field of ``cls`` is the ``TypeError`` Python gives
+    for an unexpected keyword argument."""
     if options is not None and not isinstance(options, cls):
         raise TypeError(f"{function}() options must be a {cls.__name__} (or None), not {type(options).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in overrides if key not in names]
     if unknown:
         raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
-    values = {} if options is None else {name: getattr(options, name) for name in names}
-    return {**values, **overrides}
+    options = cls() if options is None else options
+    return {**{name: getattr(options, name) for name in names}, **overrides}
 
 
 def option(cls, name: str, **extra) -> dict:

@@ -342,13 +342,12 @@ def prepare(inputs, out, options: PrepareOptions | None = None, **overrides):
     return _prepare(inputs, out, **keyword_arguments(PrepareOptions, options, overrides, "prepare"))
 
 
-def _prepare(inputs, out, labels="dir", label_column=None, level="flow", split="flow", ratios=(0.8, 0.1, 0.1), seed=0,
-             dedup="group", max_packets=8, max_bytes=128, packet_bytes=64, header_layout="compact", min_packets=1,
-             anonymize=True, ttl="mask",
-             udp_timeout=60.0, tcp_timeout=3600.0, tokenizer=None, num_proc=1, progress=True, save=True,
-             store_packets=None, normalize_tcp=True, coalesce_tcp=False, large_groups="train", exclude=(),
-             split_files_by="path", tunnels="decap"):
-    """:func:`prepare`'s body; its keyword arguments and their defaults are :class:`PrepareOptions`' fields."""
+def _prepare(inputs, out, *, labels, label_column, level, split, ratios, seed, dedup, max_packets, max_bytes,
+             packet_bytes, header_layout, min_packets, anonymize, ttl, udp_timeout, tcp_timeout, tokenizer, num_proc,
+             progress, save, store_packets, normalize_tcp, coalesce_tcp, large_groups, exclude, split_files_by,
+             tunnels):
+    """:func:`prepare`'s body: its keyword-only parameters are :class:`PrepareOptions`' fields (the defaults are
+    there only; :func:`prepare` passes them all)."""
     from .labels import CsvLabels, LabelCsvError, label_from_path, parse_labels_option
     from .samples import PrepareConfig
 

@@ -33,13 +33,32 @@ from ..errors import TrafficMoeError
 from ..options import keyword_arguments, option
 
 
+#: ``finetune(adversarial=...)``'s keys and their defaults (``--adversarial``'s ``--adv-*`` options); ``attacks``
+#: None: all of the shaping attacks. eps 0 is no embedding PGD (0.3, the earlier default, wrecked clean accuracy)
+ADVERSARIAL = {"copies": 3, "eps": 0.0, "steps": 1, "weight": 0.5, "attacks": None}
+#: ``finetune(self_train=...)``'s keys and their defaults (``--self-train-per-class`` / ``--self-train-threshold``)
+SELF_TRAIN = {"per_class": 50, "threshold": 0.9}
+
+
+def with_defaults(value: dict | None, defaults: dict, option: str) -> dict | None:
+    """A dict option (``adversarial``, ``self_train``) completed with its ``defaults``; None stays None (off). An
+    unknown key is an error that names the known ones."""
+    if value is None:
+        return None
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise TrafficMoeError(f"{option}: unknown key {unknown[0]!r}; expected some of {', '.join(defaults)}")
+    return {**defaults, **value}
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "finetune", help="fine-tune a flow/packet classifier (Traffic-MoE or the dense BERT baseline)",
         description=__doc__, formatter_class=HelpFormatter,
     )
     # an option that is a FinetuneOptions field (below) takes its default and help from there: one place for both;
-    # --adversarial, --self-train and their --adv-* / --self-train-* options make the fields' dicts (run())
+    # --adversarial, --self-train and their --adv-* / --self-train-* options make the fields' dicts (run()); their
+    # defaults are ADVERSARIAL / SELF_TRAIN's, which the body also fills in for a library call's missing keys
     o = partial(option, FinetuneOptions)
     p.add_argument("--data", required=True, help="directory written by `traffic-moe prepare`")
     p.add_argument("--out", type=output_folder, required=True, help="output checkpoint folder (Hub layout)")
@@ -61,27 +80,28 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=int, **o("seed"))
     adv = p.add_argument_group("adversarial training (docs/robustness.md)")
     adv.add_argument("--adversarial", action="store_true",
-                     help="shaping augmentation (default: 3 shaped copies per training flow, the recipe of every "
+                     help="shaping augmentation (--adv-copies shaped copies per training flow, the recipe of every "
                           "robustness figure in docs/results/robustness.md), optionally with embedding-space PGD (--adv-eps)")
-    adv.add_argument("--adv-copies", type=at_least(0), default=3, help="shaped copies per training flow (default 3; 0: no augmentation)")
-    adv.add_argument("--adv-attacks", default=None,
+    adv.add_argument("--adv-copies", type=at_least(0), default=ADVERSARIAL["copies"],
+                     help="shaped copies per training flow (0: no augmentation)")
+    adv.add_argument("--adv-attacks", default=ADVERSARIAL["attacks"],
                      help="comma list of the shaping attacks the copies draw from (default: all of "
                           "padding,split,chaff,normalize,headers); e.g. padding,headers,chaff when flow "
                           "assembly (--tcp-coalesce) already undoes splitting and re-segmentation")
-    adv.add_argument("--adv-eps", type=non_negative, default=0.0,
-                     help="embedding PGD radius, fraction of the mean byte-embedding norm (default 0: no PGD; 0.3, the "
-                          "earlier default, cut tls9's clean macro-F1 to 0.46 with the tiny preset)")
-    adv.add_argument("--adv-steps", type=at_least(1), default=1, help="PGD ascent steps per batch")
-    adv.add_argument("--adv-weight", type=non_negative, default=0.5, help="weight of the adversarial loss")
+    adv.add_argument("--adv-eps", type=non_negative, default=ADVERSARIAL["eps"],
+                     help="embedding PGD radius, fraction of the mean byte-embedding norm (0: no PGD; 0.3, used "
+                          "before, cut tls9's clean macro-F1 to 0.46 with the tiny preset)")
+    adv.add_argument("--adv-steps", type=at_least(1), default=ADVERSARIAL["steps"], help="PGD ascent steps per batch")
+    adv.add_argument("--adv-weight", type=non_negative, default=ADVERSARIAL["weight"], help="weight of the adversarial loss")
     st = p.add_argument_group("self-training (few-shot: --shots K)")
     st.add_argument("--self-train", action="store_true",
                     help="few-shot with the rest of the train split as unlabeled flows: a first model trained on the K "
                          "labeled flows per class labels the others, and the final model is trained on the K flows plus "
                          "its most confident labels (the true labels of those flows are never read)")
-    st.add_argument("--self-train-per-class", type=at_least(1), default=50,
-                    help="pseudo-labeled flows per predicted class, most confident first, distinct inputs (default 50)")
-    st.add_argument("--self-train-threshold", type=probability, default=0.9,
-                    help="least confidence of a pseudo-label (default 0.9)")
+    st.add_argument("--self-train-per-class", type=at_least(1), default=SELF_TRAIN["per_class"],
+                    help="pseudo-labeled flows per predicted class, most confident first, distinct inputs")
+    st.add_argument("--self-train-threshold", type=probability, default=SELF_TRAIN["threshold"],
+                    help="least confidence of a pseudo-label")
     p.add_argument("--keep-checkpoints", action="store_true", **o("keep_checkpoints"))
     p.add_argument("--no-progress", dest="progress", action="store_false", **o("progress", help="no progress bars"))
     p.set_defaults(func=run)
@@ -237,7 +257,7 @@ def probe_head(model, dataset, class_weight=None, c=1.0) -> dict:
     return {"probe_train_accuracy": float(probe.score((x - mean) / std, y)), "features": int(x.shape[1])}
 
 
-def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int = 50, threshold: float = 0.9):
+def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int, threshold: float):
     """The pool's flows labeled by the ``teacher`` checkpoint: per predicted class the ``per_class`` most
     confident distinct model inputs with confidence ≥ ``threshold``. Returns (those rows with the teacher's
     labels in ``label``, a report: sizes, per class, and — for the record only — how many agree with the
@@ -329,11 +349,11 @@ def finetune(data, out, options: FinetuneOptions | None = None, **overrides) -> 
 
 
 @honours_progress
-def _finetune(data, out, init_from=None, config="small", dense=False, match="active", shots=None, epochs=10.0,
-              min_steps=300, batch_size=32, lr=5e-4, patience=3, use_class_weights=True, seed=0, progress=True,
-              config_overrides=None, eval_split="validation", adversarial=None, head_init="auto",
-              keep_checkpoints=False, self_train=None) -> dict:
-    """:func:`finetune`'s body; its keyword arguments and their defaults are :class:`FinetuneOptions`' fields."""
+def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_steps, batch_size, lr, patience,
+              use_class_weights, seed, progress, config_overrides, eval_split, adversarial, head_init,
+              keep_checkpoints, self_train) -> dict:
+    """:func:`finetune`'s body: its keyword-only parameters are :class:`FinetuneOptions`' fields (the defaults are
+    there only; :func:`finetune` passes them all)."""
     from transformers import (
         BertForSequenceClassification,
         EarlyStoppingCallback,
@@ -386,6 +406,8 @@ def _finetune(data, out, init_from=None, config="small", dense=False, match="act
         raise TrafficMoeError(f"--head-init {head_init!r}: expected 'auto', 'random' or 'probe'")
     if head_init == "probe" and not init_from:
         raise TrafficMoeError("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
+    adversarial = with_defaults(adversarial, ADVERSARIAL, "adversarial")
+    self_train = with_defaults(self_train, SELF_TRAIN, "self_train")
     if self_train is not None and shots is None:
         raise TrafficMoeError("--self-train is for few-shot runs: give --shots K (the flows beyond K per class are its "
                          "unlabeled pool)")
@@ -434,16 +456,16 @@ def _finetune(data, out, init_from=None, config="small", dense=False, match="act
             pseudo, self_train_info = pseudo_label(teacher_out, pool, dense, len(names), **self_train)
             self_train_info["teacher"] = {k: teacher[k] for k in ("train_samples", "steps", "head_init")}
             prepared["train"] = concatenate_datasets([prepared["train"], pseudo])
-    if adversarial is not None and adversarial.get("copies", 3) > 0:  # shaping augmentation (robustness/)
+    if adversarial is not None and adversarial["copies"] > 0:  # shaping augmentation (robustness/)
         from ..shaping.augment import augment_split, training_ranges
 
-        budgets = training_ranges(adversarial.get("attacks"))
-        prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial.get("copies", 3),
+        budgets = training_ranges(adversarial["attacks"])
+        prepared["train"] = augment_split(prepared["train"], data, seed=seed, copies=adversarial["copies"],
                                           budgets=budgets)
         if use_validation:
             # selected on what it is trained for: clean validation flows + shaped copies of them (other seed)
             prepared[eval_split] = augment_split(prepared[eval_split], data, seed=seed + 10_000,
-                                                 copies=adversarial.get("copies", 3), budgets=budgets)
+                                                 copies=adversarial["copies"], budgets=budgets)
     train = model_view(prepared["train"], dense=dense)
     if len(train) == 0:
         raise TrafficMoeError(f"{data}: the train split is empty")
@@ -498,11 +520,11 @@ def _finetune(data, out, init_from=None, config="small", dense=False, match="act
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if validation is not None else []
     trainer_cls = Trainer
-    if adversarial is not None and adversarial.get("eps", 0.0) > 0:  # embedding-space PGD (robustness/)
+    if adversarial is not None and adversarial["eps"] > 0:  # embedding-space PGD (robustness/)
         from .adversarial import adversarial_trainer
 
-        trainer_cls = adversarial_trainer(Trainer, eps=adversarial.get("eps", 0.0), steps=adversarial.get("steps", 1),
-                                          weight=adversarial.get("weight", 0.5))
+        trainer_cls = adversarial_trainer(Trainer, eps=adversarial["eps"], steps=adversarial["steps"],
+                                          weight=adversarial["weight"])
     trainer = trainer_cls(
         model=model,
         args=training_args,

@@ -295,11 +295,11 @@ def pretrain(data, out, options: PretrainOptions | None = None, **overrides) -> 
 
 
 @honours_progress
-def _pretrain(data, out, config="mini", dense=False, match="active", splits=("train",), epochs=3.0, max_steps=-1,
-              batch_size=32, lr=1e-3, mlm_probability=0.15, span_probability=0.03, packet_probability=0.05,
-              seed=0, resume=False, save_steps=200, progress=True, config_overrides=None, contrastive=0.0,
-              temperature=0.1, view_copies=1, view_budgets="list", init_from=None, service=1.0) -> dict:
-    """:func:`pretrain`'s body; its keyword arguments and their defaults are :class:`PretrainOptions`' fields."""
+def _pretrain(data, out, *, config, dense, match, splits, epochs, max_steps, batch_size, lr, mlm_probability,
+              span_probability, packet_probability, seed, resume, save_steps, progress, config_overrides, contrastive,
+              temperature, view_copies, view_budgets, init_from, service) -> dict:
+    """:func:`pretrain`'s body: its keyword-only parameters are :class:`PretrainOptions`' fields (the defaults are
+    there only; :func:`pretrain` passes them all)."""
     from datasets import concatenate_datasets
     from transformers import BertForMaskedLM, Trainer, TrainingArguments, set_seed
 
