@@ -22,9 +22,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TITLES = {"moe": "Traffic-MoE mini, shipped v1", "moe@v2": "Traffic-MoE mini, shipped v2", "scratch": "Traffic-MoE mini, from scratch",
-          "dense": "dense BERT mini, shipped v1", "dense@v2": "dense BERT mini, shipped v2",
-          "dense@v2.1": "dense BERT mini, shipped v2.1"}
+TITLES = {"moe": "Traffic-MoE mini, shipped v1", "scratch": "Traffic-MoE mini, from scratch", "dense": "dense BERT mini, shipped v1"}
+
+
+def title(row: str) -> str:
+    """A table row's title from its cell name: moe@v3 -> "Traffic-MoE mini, shipped v3"."""
+    key, _, version = row.partition("@")
+    if version and key in ("moe", "dense"):
+        return f"{TITLES[key].rsplit(' ', 1)[0]} {version}"
+    return TITLES.get(row, row)
 sys.path.insert(0, str(HERE))
 from transfer import FORESTS, forest_cells, mean_std  # noqa: E402  (the transfer table's forests and cells)
 
@@ -105,7 +111,7 @@ def markdown(report) -> str:
                     continue
                 same = fmt([g["same"] for g in got])
                 out.append(fmt([g["shifted"] for g in got]) + ("" if same == "not measured" else f" ({same})"))
-            lines.append(f"| {TITLES.get(row, row)} | " + " | ".join(out) + " |")
+            lines.append(f"| {title(row)} | " + " | ".join(out) + " |")
         if t["skipped"]:
             lines.append(f"\nSkipped (no weights): {', '.join(t['skipped'])}")
         lines.append("")

@@ -100,6 +100,8 @@ def main(argv=None):
                          "titled with it; default: the version 1 cells (moe-10-0.json)")
     ap.add_argument("--dense-version", default=None,
                     help="the dense checkpoint's version where it differs from --version (e.g. v2.1: dense@v2.1-10-0.json)")
+    ap.add_argument("--previous", default=None,
+                    help="also tabulate this earlier version's cached MoE cells (e.g. v2), in a row of its own; never run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -110,7 +112,8 @@ def main(argv=None):
     from traffic_moe_hf.recipes.evaluate import evaluate
     from traffic_moe_hf.recipes.finetune import finetune
 
-    versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version}  # scratch has no checkpoint
+    versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version,  # scratch has no checkpoint
+                "previous": a.previous}
 
     def shipped(key):
         return f"shipped checkpoint {versions[key]}" if versions[key] else "shipped checkpoint"
@@ -118,19 +121,22 @@ def main(argv=None):
     rows = {"moe": (f"Traffic-MoE mini, {shipped('moe')}", dict(init_from=resolve_checkpoint(a.moe))),
             "scratch": (f"Traffic-MoE {a.scratch_config}, from scratch", dict(config=a.scratch_config)),
             "dense": (f"dense BERT mini, {shipped('dense')}", dict(init_from=resolve_checkpoint(a.dense)))}
+    if a.previous:  # its cells were cached as moe@<version>-...; a report row only (not in --rows)
+        rows = {"moe": rows["moe"], "previous": (f"Traffic-MoE mini, checkpoint {a.previous} (the version before)", {}),
+                **{k: v for k, v in rows.items() if k != "moe"}}
     out = a.work / "transfer"
     runs = out / "runs"
     table = {}
 
     def cell_path(task, key, cell, seed):
-        versioned = f"{key}@{versions[key]}" if versions[key] else key
+        versioned = f"{'moe' if key == 'previous' else key}@{versions[key]}" if versions[key] else key
         return runs / task / f"{versioned}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
     jobs = [] if a.report_only else [
         (task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
         for task in a.tasks for cell in a.cells for key in a.rows
-        if (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
+        if key != "previous" and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
     for task, key, cell, seed in jobs:
         data = str(a.work / task)
         title, kwargs = rows[key]
