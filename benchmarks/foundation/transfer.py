@@ -102,6 +102,8 @@ def main(argv=None):
                     help="the dense checkpoint's version where it differs from --version (e.g. v2.1: dense@v2.1-10-0.json)")
     ap.add_argument("--previous", default=None,
                     help="also tabulate this earlier version's cached MoE cells (e.g. v2), in a row of its own; never run")
+    ap.add_argument("--previous-dense", default=None,
+                    help="the same for another version of the dense checkpoint (e.g. v2.1, or a candidate not shipped)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -113,7 +115,7 @@ def main(argv=None):
     from traffic_moe_hf.recipes.finetune import finetune
 
     versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version,  # scratch has no checkpoint
-                "previous": a.previous}
+                "previous": a.previous, "previous-dense": a.previous_dense}
 
     def shipped(key):
         return f"shipped checkpoint {versions[key]}" if versions[key] else "shipped checkpoint"
@@ -124,19 +126,22 @@ def main(argv=None):
     if a.previous:  # its cells were cached as moe@<version>-...; a report row only (not in --rows)
         rows = {"moe": rows["moe"], "previous": (f"Traffic-MoE mini, checkpoint {a.previous} (the version before)", {}),
                 **{k: v for k, v in rows.items() if k != "moe"}}
+    if a.previous_dense:  # the same for dense@<version>-...
+        rows["previous-dense"] = (f"dense BERT mini, checkpoint {a.previous_dense} (not the shipped one)", {})
     out = a.work / "transfer"
     runs = out / "runs"
     table = {}
 
     def cell_path(task, key, cell, seed):
-        versioned = f"{'moe' if key == 'previous' else key}@{versions[key]}" if versions[key] else key
+        stem = {"previous": "moe", "previous-dense": "dense"}.get(key, key)  # a report row reads its version's cells
+        versioned = f"{stem}@{versions[key]}" if versions[key] else key
         return runs / task / f"{versioned}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
     jobs = [] if a.report_only else [
         (task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
         for task in a.tasks for cell in a.cells for key in a.rows
-        if key != "previous" and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
+        if key not in ("previous", "previous-dense") and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
     for task, key, cell, seed in jobs:
         data = str(a.work / task)
         title, kwargs = rows[key]

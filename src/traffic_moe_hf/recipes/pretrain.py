@@ -3,8 +3,9 @@
     traffic-moe pretrain --data DIR [DIR ...] --out CKPT [--config tiny|mini|small|base] [--dense]
                          [--splits train] [--epochs N | --max-steps N] [--resume]
 
-The defaults are the recipe of the shipped checkpoints (version 2): the ``mini`` preset, masked packets plus the
-service term below, no contrastive views (``--max-steps 800`` on the corpus of benchmarks/foundation/make_corpus.py).
+The defaults are the recipe of the shipped checkpoints (versions 2 and 3): the ``mini`` preset, masked packets plus
+the service term below, no contrastive views (version 3: ``--max-steps 1600`` on the corpus of
+benchmarks/foundation/make_corpus.py, run as 400, 800, then 1600 steps with ``--resume``).
 
 Byte masking follows BERT's 80/10/10 rule through `DataCollatorForLanguageModeling`; on top of it
 the masked-packet objective hides whole byte spans inside a packet (a header field, a record length)
@@ -30,9 +31,9 @@ it, :func:`classifier_input`) by a linear head that lives only during pretrainin
 (transport, port) pairs seen in at least ``SERVICE_MIN_FLOWS`` flows of at least ``SERVICE_MIN_FILES`` capture
 files of the corpus; the other flows take no part in this term. A port is a free, noisy label of what a flow's
 bytes say (the protocol), so the pooled vector learns to tell services apart from content. Measured on sv17's
-validation split (10 flows per class, linear probe): masked packets + this term (``--contrastive 0``, 800 steps,
-the shipped version 2) 0.676 macro-F1, where masked packets + flow contrast (version 1) gave 0.542 and a random
-initialisation 0.496 (docs/results/foundation.md).
+validation split (10 flows per class, linear probe): masked packets + this term (``--contrastive 0``) 0.676
+macro-F1 at 800 steps (version 2) and 0.719 at 1600 (version 3), where masked packets + flow contrast (version 1)
+gave 0.542 and a random initialisation 0.496 (docs/results/foundation.md).
 
 Only the splits named by ``--splits`` (default: ``train``) are read: test splits never leak into
 pretraining.
