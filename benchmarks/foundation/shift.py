@@ -31,6 +31,8 @@ def title(row: str) -> str:
     if version and key in ("moe", "dense"):
         return f"{TITLES[key].rsplit(' ', 1)[0]} {version}"
     return TITLES.get(row, row)
+
+
 sys.path.insert(0, str(HERE))
 from transfer import FORESTS, forest_cells, mean_std  # noqa: E402  (the transfer table's forests and cells)
 
@@ -51,7 +53,6 @@ def main(argv=None):
     from traffic_moe_hf.data.prepare import prepare
     from traffic_moe_hf.recipes.common import device_summary, label_names, load_prepared
     from traffic_moe_hf.recipes.evaluate import evaluate
-
 
     report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(),
               "condition": a.condition, "tasks": {}}

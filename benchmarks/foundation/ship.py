@@ -150,10 +150,10 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
     from traffic_moe_hf.recipes.pretrain import attach_dense_pooler
 
     model = (BertForMaskedLM if dense else TrafficMoeForMaskedLM).from_pretrained(src)
-    with safe_open(str(next(src.glob("model*.safetensors"))), framework="pt") as f:  # the header's names only
-        has_pooler = any(k.startswith("bert.pooler.") for k in f.keys())
-    if dense and has_pooler:
-        attach_dense_pooler(model, src)  # the pooler its classifier reads, trained by the service term: kept
+    if dense:
+        with safe_open(str(next(src.glob("model*.safetensors"))), framework="pt") as f:  # the header's names only
+            if any(k.startswith("bert.pooler.") for k in f.keys()):
+                attach_dense_pooler(model, src)  # the pooler its classifier reads, trained by the service term: kept
     model.save_pretrained(tmp)
     tokenizer = TrafficTokenizer.from_pretrained(src)
     (tokenizer.set_bert_inputs() if dense else tokenizer).save_pretrained(tmp)

@@ -53,6 +53,8 @@ def token_forest(train, test, names, seed=0, width=512):
     return classification_metrics(np.asarray(test["label"]), forest.predict(x(test)), names)
 
 
+#: report-only rows (--previous, --previous-dense): the cached cells of another version of this checkpoint row
+REPORT_ROWS = {"previous": "moe", "previous-dense": "dense"}
 FORESTS = ("random forest (classic: 8 packets, 32 payload bytes)", "random forest (first 512 token ids)")
 
 
@@ -133,7 +135,7 @@ def main(argv=None):
     table = {}
 
     def cell_path(task, key, cell, seed):
-        stem = {"previous": "moe", "previous-dense": "dense"}.get(key, key)  # a report row reads its version's cells
+        stem = REPORT_ROWS.get(key, key)  # a report row reads its version's cells
         versioned = f"{stem}@{versions[key]}" if versions[key] else key
         return runs / task / f"{versioned}-{cell}-{seed}.json"
 
@@ -141,7 +143,7 @@ def main(argv=None):
     jobs = [] if a.report_only else [
         (task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
         for task in a.tasks for cell in a.cells for key in a.rows
-        if key not in ("previous", "previous-dense") and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
+        if key not in REPORT_ROWS and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
     for task, key, cell, seed in jobs:
         data = str(a.work / task)
         title, kwargs = rows[key]

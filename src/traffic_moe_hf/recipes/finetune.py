@@ -40,14 +40,14 @@ ADVERSARIAL = {"copies": 3, "eps": 0.0, "steps": 1, "weight": 0.5, "attacks": No
 SELF_TRAIN = {"per_class": 50, "threshold": 0.9}
 
 
-def with_defaults(value: dict | None, defaults: dict, option: str) -> dict | None:
+def with_defaults(value: dict | None, defaults: dict, name: str) -> dict | None:
     """A dict option (``adversarial``, ``self_train``) completed with its ``defaults``; None stays None (off). An
     unknown key is an error that names the known ones."""
     if value is None:
         return None
     unknown = sorted(set(value) - set(defaults))
     if unknown:
-        raise TrafficMoeError(f"{option}: unknown key {unknown[0]!r}; expected some of {', '.join(defaults)}")
+        raise TrafficMoeError(f"{name}: unknown key {unknown[0]!r}; expected some of {', '.join(defaults)}")
     return {**defaults, **value}
 
 
