@@ -9,13 +9,14 @@ PY="${PYTHON:-python3}"
 W=/tmp/foundation; mkdir -p "$W"
 $PY -m pip install -q --no-deps --no-index .gpu/wheels/*.whl && $PY -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 tar -C "$W" -xf .gpu/data.tar
-for run in pre-e1 pre-bert-e pre-small-e; do [ -f ".gpu/$run.tar" ] && tar -C "$W" -xf ".gpu/$run.tar"; done
+MOE=${MOE_RUN:-pre-e4}; DENSE=${DENSE_RUN:-pre-bert-g}  # the runs pack_for_gpu.sh packed (its RUNS)
+for run in $MOE $DENSE pre-small-e; do [ -f ".gpu/$run.tar" ] && tar -C "$W" -xf ".gpu/$run.tar"; done
 nvidia-smi --query-gpu=name,memory.total --format=csv | tail -1
-# version 2's recipe (pretrain's defaults since 2026-12-06, named in full so a resume never changes it): the shipped
-# run continued, the same recipe one size up (the scaling question), and the dense twin
+# the shipped recipe (pretrain's defaults since 2026-12-06, named in full so a resume never changes it): the shipped
+# MoE's run continued, the same recipe one size up (the scaling question), and the dense twin's run continued
 R="--contrastive 0 --service 1"
-for spec in "pre-small-e:--config small $R:${SMALL_SECONDS:-240}" "pre-e1:--config mini $R:${MOE_SECONDS:-150}" \
-            "pre-bert-e:--config mini --dense $R:${DENSE_SECONDS:-120}"; do
+for spec in "pre-small-e:--config small $R:${SMALL_SECONDS:-240}" "$MOE:--config mini $R:${MOE_SECONDS:-150}" \
+            "$DENSE:--config mini --dense $R:${DENSE_SECONDS:-120}"; do
   run=${spec%%:*}; rest=${spec#*:}; opts=${rest%:*}; secs=${rest##*:}
   echo "== $run $(date -u +%T) for at most ${secs}s"
   ( cd "$W" && timeout "$secs" traffic-moe pretrain --data corpus-public loopback9 tls9 attack10 --out "$run" $opts \

@@ -11,7 +11,9 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 rm -rf .gpu && mkdir -p .gpu/wheels
 .venv/bin/pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/wheels datasets dill multiprocess dpkt
 tar -C "$WORK" -cf .gpu/data.tar corpus-public loopback9 tls9 attack10
-for run in pre-e1 pre-bert-e pre-small-e; do  # version 2's runs (gpu_pretrain.sh continues them; a missing one starts fresh)
+# the newest run of each line (gpu_pretrain.sh continues them; a missing one starts fresh): the shipped MoE's run,
+# the dense twin's, and the same recipe one size up
+for run in ${RUNS:-pre-e4 pre-bert-g pre-small-e}; do
   last=$(ls -d "$WORK/$run/checkpoints/checkpoint-"* 2>/dev/null | sort -t- -k2 -n | tail -1 || true)
   [ -n "$last" ] && tar -C "$WORK" -cf ".gpu/$run.tar" "${last#$WORK/}" && echo "packed $last"
 done

@@ -4,7 +4,7 @@ loopback9 / tls9 / attack10 — all training data and 1 / 5 / 10 flows per class
 
     .venv/bin/python benchmarks/foundation/transfer.py --work /work/data/foundation \\
         [--tasks sv17 ...] [--rows moe scratch dense] [--cells all 10 ...] [--seeds 10] [--run-seeds 1 2]
-        [--report-only]
+        [--all-seeds 3] [--set OPTION=VALUE ...] [--report-only]
 
 Datasets come from ``benchmarks/foundation/make_corpus.py`` (WORK/sv17, WORK/loopback9, ...: prepare's
 defaults). Every model row is ``finetune(data, out, init_from=..., shots=k, seed=s)`` with every other option
@@ -106,10 +106,27 @@ def main(argv=None):
                     help="also tabulate this earlier version's cached MoE cells (e.g. v2), in a row of its own; never run")
     ap.add_argument("--previous-dense", default=None,
                     help="the same for another version of the dense checkpoint (e.g. v2.1, or a candidate not shipped)")
+    ap.add_argument("--all-seeds", type=int, default=3,
+                    help="fine-tuning seeds 0..N-1 of the all-data cell (the data are the same; the seed draws the "
+                         "head's initialisation and the batch order)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
+                    help="a recipe experiment: finetune options other than the defaults (e.g. head_init=probe lr=2e-4; "
+                         "values read as JSON where they parse); its cells are cached apart (moe@v3+head_init=probe-all-0.json) "
+                         "and the table is not written (it shows the defaults only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    recipe = {}
+    for item in a.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item}: expected OPTION=VALUE")
+        try:
+            recipe[name] = json.loads(value)
+        except json.JSONDecodeError:
+            recipe[name] = value
+    tag = "".join(f"+{k}={v}" for k, v in sorted(recipe.items()))
     from traffic_moe_hf.atomic import write_text  # a killed run leaves no half-written cell or table
     from traffic_moe_hf.checkpoints import resolve_checkpoint
     from traffic_moe_hf.recipes.common import device_summary, label_names, load_prepared
@@ -137,13 +154,13 @@ def main(argv=None):
     def cell_path(task, key, cell, seed):
         stem = REPORT_ROWS.get(key, key)  # a report row reads its version's cells
         versioned = f"{stem}@{versions[key]}" if versions[key] else key
-        return runs / task / f"{versioned}-{cell}-{seed}.json"
+        return runs / task / f"{versioned}{tag}-{cell}-{seed}.json"
 
     # the runs still missing, cheapest information first: every row and cell at seed 0, then seed 1, ...
     jobs = [] if a.report_only else [
         (task, key, cell, seed) for seed in (a.run_seeds if a.run_seeds is not None else range(a.seeds))
         for task in a.tasks for cell in a.cells for key in a.rows
-        if key not in REPORT_ROWS and (cell != "all" or seed == 0) and not cell_path(task, key, cell, seed).is_file()]
+        if key not in REPORT_ROWS and (cell != "all" or seed < a.all_seeds) and not cell_path(task, key, cell, seed).is_file()]
     for task, key, cell, seed in jobs:
         data = str(a.work / task)
         title, kwargs = rows[key]
@@ -154,7 +171,7 @@ def main(argv=None):
         log(task, title, cell, "seed", seed)
         t = time.perf_counter()
         fin = finetune(data, str(folder), shots=None if cell == "all" else int(cell), seed=seed,
-                       progress=False, **kwargs)
+                       progress=False, **kwargs, **recipe)
         test = evaluate(data, str(folder), split="test", audit=False)
         val = evaluate(data, str(folder), split="validation", audit=False)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +180,10 @@ def main(argv=None):
                                     "seconds": round(time.perf_counter() - t, 1),
                                     "date": time.strftime("%Y-%m-%d", time.gmtime()),
                                     "machine": device_summary(), "threads": a.threads,
-                                    "kwargs": {k: str(v) for k, v in kwargs.items()}}, indent=1))
+                                    "kwargs": {k: str(v) for k, v in {**kwargs, **recipe}.items()}}, indent=1))
         log(" ", path.name, f"test {test['macro_f1']:.3f} validation {val['macro_f1']:.3f}")
+    if recipe:  # an experiment's cells are read from their files; the table is the defaults'
+        return 0
     for task in a.tasks:
         data = str(a.work / task)
         prepared = load_prepared(data)
@@ -173,7 +192,7 @@ def main(argv=None):
         for key, (title, kwargs) in rows.items():
             cells = {}
             for cell in CELLS:
-                seeds = [0] if cell == "all" else list(range(a.seeds))
+                seeds = list(range(a.all_seeds if cell == "all" else a.seeds))
                 cells[cell] = [json.loads(p.read_text()) for p in (cell_path(task, key, cell, s) for s in seeds)
                                if p.is_file()]
             t_rows[title] = cells
