@@ -27,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 # dense BERT checkpoints are named bert-...; the MoE ones by preset (moe-... is the mini run's earlier name); e1 and
 # bert-e: the runs with the service term and no contrastive views (32 flows per step); bert-f: bert-e's recipe with
 # the service term read through BERT's pooler, which its classifier reads (attach_dense_pooler); e3 and bert-g: e1
-# and bert-f continued from step 800 to 1600 (one line each with the run they continue)
+# and bert-f continued from step 800 to 1600, e4: e3 continued to 3200 (one line each with the run they continue)
 NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini",
          "e1": "mini + service", "bert-e": "bert-mini + service", "bert-f": "bert-mini + service, pooler trained",
-         "e3": "mini + service", "bert-g": "bert-mini + service, pooler trained"}
+         "e3": "mini + service", "e4": "mini + service", "bert-g": "bert-mini + service, pooler trained"}
 SINGLE_VIEW = {"mini + service", "bert-mini + service", "bert-mini + service, pooler trained"}
 
 
