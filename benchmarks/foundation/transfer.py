@@ -127,11 +127,20 @@ def main(argv=None):
         except json.JSONDecodeError:
             recipe[name] = value
     tag = "".join(f"+{k}={v}" for k, v in sorted(recipe.items()))
+    from dataclasses import fields
+
     from traffic_moe_hf.atomic import write_text  # a killed run leaves no half-written cell or table
     from traffic_moe_hf.checkpoints import resolve_checkpoint
     from traffic_moe_hf.recipes.common import device_summary, label_names, load_prepared
     from traffic_moe_hf.recipes.evaluate import evaluate
-    from traffic_moe_hf.recipes.finetune import finetune
+    from traffic_moe_hf.recipes.finetune import FinetuneOptions, finetune
+
+    own = {"init_from", "config", "shots", "seed", "progress"}  # what the rows and cells set themselves
+    settable = {f.name for f in fields(FinetuneOptions)} - own
+    for name in recipe:
+        if name not in settable:
+            ap.error(f"--set {name}: not a finetune option this script leaves at its default (one of: "
+                     f"{', '.join(sorted(settable))})")
 
     versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version,  # scratch has no checkpoint
                 "previous": a.previous, "previous-dense": a.previous_dense}
