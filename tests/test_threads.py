@@ -124,3 +124,39 @@ def test_cpu_times_counts_only_the_given_cores(monkeypatch, tmp_path):
     assert threads_mod._cpu_times({1}) == (25, 76)  # user 20 + system 5 busy; idle and iowait not
     assert threads_mod._cpu_times(None) == (45, 147)  # cpu0's nice 5 counts
     assert threads_mod._cpu_times({7}) is None
+
+
+def test_busy_cores_leaves_out_this_process_s_own_cpu_time(monkeypatch):
+    """After a stage of the demo its own OpenMP threads may still spin: that is not another process's load."""
+    cores = threads_mod.usable_cores()
+    readings = iter([(100, 1000), (100 + 60 * cores, 100 * cores + 1000)])  # 60 % of every core busy in the window
+    monkeypatch.setattr(threads_mod, "_cpu_times", lambda cpus: next(readings))
+    own = iter([0.0, 60.0 * cores])  # ... all of it this process's own
+    monkeypatch.setattr(threads_mod, "_own_jiffies", lambda: next(own))
+    assert threads_mod.busy_cores(window=0.0) == 0.0
+    readings = iter([(100, 1000), (100 + 60 * cores, 100 * cores + 1000)])
+    own = iter([0.0, 0.0])  # another process's
+    assert threads_mod.busy_cores(window=0.0) == pytest.approx(0.6 * cores)
+
+
+def test_refresh_takes_the_default_again_only_where_the_default_was_chosen(monkeypatch):
+    """The demo calls refresh_threads before each stage: a busy moment at its start no longer holds all of it to
+    one thread; a user's --threads or OMP_NUM_THREADS is never overridden."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(threads_mod, "default_threads", lambda: 1)  # busy at the start
+        assert threads_mod.apply_threads(None) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(threads_mod, "default_threads", lambda: 2)  # idle at the next stage
+        assert threads_mod.refresh_threads() == 2 and torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+        assert threads_mod.apply_threads(1) == 1  # --threads 1: kept
+        assert threads_mod.refresh_threads() is None and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's environment: kept
+        assert threads_mod.apply_threads(None) is None
+        assert threads_mod.refresh_threads() is None
+    finally:
+        torch.set_num_threads(before)
+        threads_mod._defaulted = False

@@ -61,8 +61,22 @@ def _preset_of(checkpoint) -> str:
     raise TrafficMoeError(f"demo: {checkpoint}: its size matches no preset ({sorted(PRESETS)}); pass --config")
 
 
+#: torch's threads at each stage (the default is taken again before each: :func:`threads.refresh_threads`)
+_THREADS: list[int] = []
+
+
 def _stage(title: str):
+    _refresh()
     print(f"\n=== {title} ===", flush=True)
+
+
+def _refresh() -> None:
+    import torch
+
+    from .threads import refresh_threads
+
+    refresh_threads()
+    _THREADS.append(torch.get_num_threads())
 
 
 def run(args) -> int:
@@ -78,6 +92,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _THREADS.clear()
     started = time.perf_counter()
     timings = {}
 
@@ -124,6 +139,7 @@ def run(args) -> int:
     for name, kwargs in runs.items():
         folder = out / ("finetuned-" + name.lower().replace(" ", "-"))
         print(f"-- {name}", flush=True)
+        _refresh()
         finetune(data=data, out=str(folder), epochs=args.finetune_epochs, batch_size=16, lr=2e-3, patience=3,
                  seed=args.seed, progress=False, **kwargs)
         folders[name] = folder
@@ -131,6 +147,7 @@ def run(args) -> int:
     for name, kwargs in runs.items():
         for seed in range(args.seeds):
             folder = out / "few-shot" / f"{name.lower().replace(' ', '-')}-{seed}"
+            _refresh()
             finetune(data=data, out=str(folder), shots=args.shots, min_steps=args.few_steps, batch_size=16, lr=3e-3,
                      seed=seed, progress=False, **kwargs)
             few[name].append(evaluate(data, str(folder), split="test", audit=False)["macro_f1"])
@@ -211,8 +228,11 @@ def run(args) -> int:
     if foreign:
         print(f"open set: {FOREIGN_DATA.name} flows against the test split, by the top class probability (ROC AUC; share "
               "rejected at the threshold keeping 95% of the test flows: predict --reject-below)")
-    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
+    used = sorted(set(_THREADS))
+    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s; torch threads "
+          + (f"{used[0]}" if len(used) == 1 else f"{used[0]}-{used[-1]} (taken again at each stage: "
+             f"{_THREADS.count(used[0])} of {len(_THREADS)} at {used[0]})"))
     (out / "results.json").write_text(json.dumps(
         {"results": results, "few_shot": few, "random_forest": forest, "random_forest_few_shot": forest_few,
-         "timings": timings}, indent=2, default=str))
+         "timings": timings, "torch_threads": list(_THREADS)}, indent=2, default=str))
     return 0

@@ -10,6 +10,9 @@ is missing (not Linux), less the 1-minute load average. On an idle machine that 
 The load average alone lagged: right after one busy minute (a previous command, a finished test) it still
 read ~1 on an idle 2-core machine, and predict ran on one thread at 0.6x of what two gave. ``OMP_NUM_THREADS`` set in the environment is honoured
 as torch honours it (no ``--threads``: left alone). ``benchmarks/efficiency/busy_sensor.py`` measures it.
+A long command (the demo, minutes of training) takes the default again before each stage
+(:func:`refresh_threads`): one busy moment in the sample at its start once held a whole 10-minute demo to one
+thread of two. This process's own CPU time in the window is not counted as another's.
 
 A leaf module: no project imports.
 """
@@ -17,6 +20,9 @@ A leaf module: no project imports.
 from __future__ import annotations
 
 import os
+
+#: whether :func:`apply_threads` chose the number itself (no ``--threads``, no ``OMP_NUM_THREADS`` of the user's)
+_defaulted = False
 
 
 def _affinity() -> set[int] | None:
@@ -65,15 +71,26 @@ def busy_cores(window: float = 0.15) -> float | None:
     import time
 
     cpus = _affinity()
-    first = _cpu_times(cpus)
+    first, own = _cpu_times(cpus), _own_jiffies()
     if first is None:
         return None
     time.sleep(window)
     second = _cpu_times(cpus)
     if second is None or second[1] <= first[1]:
         return None
-    share = (second[0] - first[0]) / (second[1] - first[1])
-    return share * usable_cores()
+    # less this process's own work in the window (its OpenMP threads still spinning after a stage of the demo)
+    busy = max(0.0, second[0] - first[0] - (_own_jiffies() - own))
+    return busy / (second[1] - first[1]) * usable_cores()
+
+
+def _own_jiffies() -> float:
+    """This process's CPU time (user + system, all threads) in ``/proc/stat``'s unit (clock ticks)."""
+    t = os.times()
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):
+        ticks = 100
+    return (t.user + t.system) * ticks
 
 
 def default_threads() -> int:
@@ -93,12 +110,31 @@ def apply_threads(threads: int | None) -> int | None:
     """``torch.set_num_threads`` to ``threads``, or to :func:`default_threads` when None and the environment
     sets no ``OMP_NUM_THREADS``; also ``OMP_NUM_THREADS`` for child processes. Returns the number set (None: left
     to torch and the environment)."""
+    global _defaulted
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
+            _defaulted = False
             return None
         threads = default_threads()
+        _defaulted = True
+    else:
+        _defaulted = False
     import torch
 
     torch.set_num_threads(int(threads))
     os.environ["OMP_NUM_THREADS"] = str(int(threads))  # and for child processes (bench's workers)
     return int(threads)
+
+
+def refresh_threads() -> int | None:
+    """Before each stage of a long command: the default taken again (:func:`default_threads`) where
+    :func:`apply_threads` chose it (no ``--threads``, no ``OMP_NUM_THREADS`` of the user's). Returns the number
+    set (None: the user's choice, left alone)."""
+    if not _defaulted:
+        return None
+    import torch
+
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
