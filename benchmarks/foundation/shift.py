@@ -4,9 +4,9 @@ MTU at 700 instead of 1500, same servers and clients), prepared with ``prepare``
 none``), labels matched by name — beside the random forests trained on the task's training flows.
 
     .venv/bin/python benchmarks/foundation/shift.py --work /work/data/foundation \\
-        [--shifted tls9=data/shifted/tls9-mtu700 loopback9=data/shifted/loopback9-mtu700]
+        [--shifted tls9=data/shifted/tls9-mtu700 loopback9=data/shifted/loopback9-mtu700] [--name shift --condition TEXT]
 
-Writes WORK/transfer/shift.json and benchmarks/foundation/results/shift.md. Evaluation only (no training of models:
+Writes WORK/transfer/NAME.json and benchmarks/foundation/results/NAME.md (NAME: ``--name``, default shift). Evaluation only (no training of models:
 the checkpoints are transfer.py's); a checkpoint folder without weights is skipped and named.
 """
 
@@ -45,6 +45,9 @@ def main(argv=None):
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "foundation")
     ap.add_argument("--shifted", nargs="*", default=list(SHIFTED), metavar="TASK=DIR")
     ap.add_argument("--condition", default="loopback MTU 700 (1500 in training)")
+    ap.add_argument("--name", default="shift",
+                    help="the report's name: WORK/transfer/NAME.json, results/NAME.md, the prepared re-captures in "
+                         "WORK/shifted/TASK (NAME shift) or WORK/shifted/TASK-NAME (another condition of the same task)")
     a = ap.parse_args(argv)
     import torch
 
@@ -58,7 +61,7 @@ def main(argv=None):
               "condition": a.condition, "tasks": {}}
     for item in a.shifted:
         task, capture_dir = item.split("=", 1)
-        shifted = a.work / "shifted" / task
+        shifted = a.work / "shifted" / (task if a.name == "shift" else f"{task}-{a.name}")
         if not (shifted / "dataset_dict.json").is_file():  # prepare's defaults: what a user would type
             prepare([str(REPO / capture_dir) if not Path(capture_dir).is_absolute() else capture_dir], str(shifted),
                     labels="file", split="none", progress=False)
@@ -86,9 +89,9 @@ def main(argv=None):
                                   for cell, values in cells.items()}
         report["tasks"][task] = {"shifted_flows": len(test), "matched_flows": int(len(keep)), "rows": rows,
                                  "skipped": skipped}
-    write_text(a.work / "transfer" / "shift.json", json.dumps(report, indent=1))
+    write_text(a.work / "transfer" / f"{a.name}.json", json.dumps(report, indent=1))
     md = markdown(report)
-    write_text(HERE / "results" / "shift.md", md)
+    write_text(HERE / "results" / f"{a.name}.md", md)
     print(md)
     return 0
 

@@ -11,7 +11,8 @@ defaults). Every model row is ``finetune(data, out, init_from=..., shots=k, seed
 at its default (what ``traffic-moe finetune --data D --out O --from traffic-moe-mini [--shots k --seed s]``
 runs) and ``evaluate`` on the test split; the validation score is recorded beside it. Resumable: each cell is
 cached in WORK/transfer/runs/<task>/<row>-<cell>-<seed>.json; missing cells are "not measured". Writes
-WORK/transfer/transfer.json and benchmarks/foundation/results/transfer.md.
+WORK/transfer/transfer.json and benchmarks/foundation/results/transfer.md when it covers every task (a run of
+some ``--tasks`` only measures their cells: it once overwrote the whole table with one task's).
 """
 
 from __future__ import annotations
@@ -192,6 +193,10 @@ def main(argv=None):
                                     "kwargs": {k: str(v) for k, v in {**kwargs, **recipe}.items()}}, indent=1))
         log(" ", path.name, f"test {test['macro_f1']:.3f} validation {val['macro_f1']:.3f}")
     if recipe:  # an experiment's cells are read from their files; the table is the defaults'
+        return 0
+    if set(a.tasks) != set(TASKS):  # the table holds every task: a run on some would drop the others from it
+        log(f"cells of {' '.join(a.tasks)} only: the table (results/transfer.md) is left as it is; "
+            "make it with --report-only (all tasks)")
         return 0
     for task in a.tasks:
         data = str(a.work / task)
