@@ -146,6 +146,7 @@ def test_refresh_takes_the_default_again_only_where_the_default_was_chosen(monke
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads_mod, "_defaulted", threads_mod._defaulted)  # restored after the test
     try:
         monkeypatch.setattr(threads_mod, "default_threads", lambda: 1)  # busy at the start
         assert threads_mod.apply_threads(None) == 1 and torch.get_num_threads() == 1
@@ -159,4 +160,3 @@ def test_refresh_takes_the_default_again_only_where_the_default_was_chosen(monke
         assert threads_mod.refresh_threads() is None
     finally:
         torch.set_num_threads(before)
-        threads_mod._defaulted = False

@@ -119,22 +119,20 @@ def apply_threads(threads: int | None) -> int | None:
         _defaulted = True
     else:
         _defaulted = False
+    return _set(int(threads))
+
+
+def _set(threads: int) -> int:
+    """``torch.set_num_threads``, and ``OMP_NUM_THREADS`` for child processes (bench's workers)."""
     import torch
 
-    torch.set_num_threads(int(threads))
-    os.environ["OMP_NUM_THREADS"] = str(int(threads))  # and for child processes (bench's workers)
-    return int(threads)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def refresh_threads() -> int | None:
     """Before each stage of a long command: the default taken again (:func:`default_threads`) where
     :func:`apply_threads` chose it (no ``--threads``, no ``OMP_NUM_THREADS`` of the user's). Returns the number
     set (None: the user's choice, left alone)."""
-    if not _defaulted:
-        return None
-    import torch
-
-    threads = default_threads()
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    return threads
+    return _set(default_threads()) if _defaulted else None
