@@ -132,3 +132,23 @@ def test_pretrain_from_a_missing_short_name_is_one_clear_error(tiny_pretrained, 
         pretrain([str(tiny_pretrained / "data")], str(tmp_path / "x"), init_from="traffic-moe-mini", max_steps=1,
                  progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_scaling_plot_is_made_from_the_repository_alone(tmp_path):
+    """The work folder is scratch space a new machine lacks: benchmarks/foundation/scaling.py draws both panels from
+    what the repository keeps (every probe, every cached fine-tuned cell), and its fine-tuned table agrees with the
+    transfer table's row of the shipped version (sv17, 10 per class)."""
+    script = REPO / "benchmarks" / "foundation" / "scaling.py"
+    run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    table = (tmp_path / "scaling.md").read_text().split("Fine-tuned with", 1)[1]  # the probe table comes first
+    cells = sorted((REPO / "benchmarks" / "foundation" / "results" / "sv17").glob("moe@v3-10-*.json"))
+    scores = [json.loads(p.read_text())["test_macro_f1"] for p in cells]
+    mean = sum(scores) / len(scores)
+    row = next(line for line in table.splitlines() if line.startswith("| mini + service | 1.06M | 1600 |"))
+    assert f"{mean:.3f} ±" in row and f"| {len(scores)} |" in row
+    transfer = (REPO / "benchmarks" / "foundation" / "results" / "transfer.md").read_text().split("**sv17**")[1]
+    shipped_row = next(line for line in transfer.splitlines() if line.startswith("| Traffic-MoE mini, shipped checkpoint v3 |"))
+    assert shipped_row.split(" | ")[4].startswith(f"{mean:.3f} ±")  # columns: model, all, 1, 5, 10 per class

@@ -1,7 +1,9 @@
-"""Does more pretraining or a bigger model pay? sv17 10-per-class macro-F1 (VALIDATION split, linear probe on the
-frozen encoder) against pretraining compute, one line per preset.
+"""Does more pretraining or a bigger model pay? sv17 10-per-class macro-F1 against pretraining compute, one line per
+preset and recipe, in two panels: the checkpoints FINE-TUNED (test split, mean ± std over the fine-tuning seeds
+cached by ``transfer.py``) and a linear probe on the frozen encoder (VALIDATION split, the proxy that picks them).
 
-    .venv/bin/python benchmarks/foundation/scaling.py --probes WORK/probe.json [--out benchmarks/foundation/results]
+    .venv/bin/python benchmarks/foundation/scaling.py [--probes results/probe_sv17_validation.json]
+        [--cells results] [--out benchmarks/foundation/results]
 
 Reads what ``probe.py --out WORK/probe.json`` appended: one entry per checkpoint (``.../<preset>-checkpoint-N``,
 ``.../pre-<preset>/checkpoints/checkpoint-N``, or ``random <preset>`` for step 0). Compute per checkpoint:
@@ -11,7 +13,9 @@ token is routed to), tokens = steps x flows per step x mean tokens per flow, bot
 without shaped views, ``e1`` and ``bert-e``). The y axis is the
 probe's mean over 10 few-shot draws (10 flows per class) on sv17's validation split: the cheap proxy this
 project chooses checkpoints by (a fine-tune per point would take ~10-45 CPU-minutes); the test split is never
-read. Writes scaling.png and scaling.md to --out.
+read. The fine-tuned panel reads transfer.py's cached sv17 10-per-class cells (``--cells``/sv17/<row>-10-<seed>.json)
+whose checkpoint :data:`FINETUNED` names. Both inputs live in the repository, so the plot can be made again on a
+machine without the work folder. Writes scaling.png and scaling.md to --out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,36 @@ HERE = Path(__file__).resolve().parent
 NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini",
          "e1": "mini + service", "bert-e": "bert-mini + service", "bert-f": "bert-mini + service, pooler trained",
          "e3": "mini + service", "e4": "mini + service", "bert-g": "bert-mini + service, pooler trained"}
-SINGLE_VIEW = {"mini + service", "bert-mini + service", "bert-mini + service, pooler trained"}
+SINGLE_VIEW = {"mini + service", "tiny + service", "bert-mini + service", "bert-mini + service, pooler trained"}
+NAMES["tiny-s"] = "tiny + service"  # pre-tiny-s: tiny with version 3's recipe (the defaults), 2026-12-07
+
+#: transfer.py's cached cell names (row@version) -> (model line, pretraining step) of the checkpoint they fine-tuned;
+#: "scratch" (the mini preset, random initialisation) is step 0 of the mini lines, "scratch@tiny" of tiny's
+FINETUNED = {"scratch": ("mini + service", 0), "moe@v2": ("mini + service", 800), "moe@v3": ("mini + service", 1600),
+             "moe@e4s2600": ("mini + service", 2600), "moe@v4": ("mini + service", 3200),
+             "moe": ("mini", 200),  # version 1: masked + contrast, run pre-mini step 200
+             "dense": ("bert-mini", 200), "dense@v2": ("bert-mini + service", 800),
+             "dense@v2.1": ("bert-mini + service, pooler trained", 800),
+             "dense@v2.2": ("bert-mini + service, pooler trained", 1600),
+             "scratch@tiny": ("tiny + service", 0), "moe@tiny-s800": ("tiny + service", 800)}
+
+
+def finetuned_points(cells: Path, task: str = "sv17", shots: str = "10") -> dict[tuple[str, int], list[dict]]:
+    """{(model line, step): [cell, ...]} from transfer.py's cached cells of ``task`` at ``shots`` per class."""
+    out: dict[tuple[str, int], list[dict]] = {}
+    for path in sorted((cells / task).glob(f"*-{shots}-*.json")):
+        row = path.stem.rsplit("-", 2)[0]
+        if row in FINETUNED:
+            out.setdefault(FINETUNED[row], []).append(json.loads(path.read_text()))
+    if ("mini + service", 0) in out:  # the mini preset's random initialisation starts the contrast line too
+        out.setdefault(("mini", 0), out[("mini + service", 0)])
+    return out
+
+
+def line_label(model: str, active: int) -> str:
+    recipe = "masked + service" if model in SINGLE_VIEW else "masked + contrast"
+    return (f"{model.split(' + ')[0]}: {recipe}{', pooler trained' if model.endswith('pooler trained') else ''} "
+            f"({active / 1e6:.2f}M active)")
 
 
 def point(entry) -> tuple[str, int] | None:
@@ -65,7 +98,9 @@ def active_parameters(model: str) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probes", type=Path, required=True)
+    ap.add_argument("--probes", type=Path, default=HERE / "results" / "probe_sv17_validation.json",
+                    help="probe.py's JSON (default: the repository's copy of every probe so far)")
+    ap.add_argument("--cells", type=Path, default=HERE / "results", help="transfer.py's cached cells, a folder per task")
     ap.add_argument("--flows-per-step", type=int, default=64)
     ap.add_argument("--mean-tokens", type=float, default=198.0)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -98,6 +133,24 @@ def main(argv=None):
     for r in rows:
         lines.append(f"| {r['model']} | {r['active'] / 1e6:.2f}M | {r['step']} | {r['flops'] / 1e12:.1f} | "
                      f"{r['probe10']:.3f} ± {r['probe10_std']:.3f} | {r['probe_all']:.3f} | {r['date']} |")
+    import statistics
+
+    tuned = []
+    for (model, step), got in sorted(finetuned_points(a.cells).items()):
+        active = active_parameters(model)
+        flows = a.flows_per_step // 2 if model in SINGLE_VIEW else a.flows_per_step
+        test = [g["test_macro_f1"] for g in got]
+        tuned.append(dict(model=model, step=step, active=active, flops=6 * active * step * flows * a.mean_tokens,
+                          test=statistics.mean(test), test_std=statistics.pstdev(test), n=len(test),
+                          validation=statistics.mean(g["validation_macro_f1"] for g in got)))
+    lines += ["", "Fine-tuned with `traffic-moe finetune`'s defaults on 10 flows per class (sv17 test macro-F1, mean ± std "
+              "over the fine-tuning seeds cached by `transfer.py`; validation mean beside it). Step 0: the same preset "
+              "from scratch.", "",
+              "| model | active params (no embeddings) | pretraining steps | compute (TFLOP) | test, 10 per class | seeds | validation |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in tuned:
+        lines.append(f"| {r['model']} | {r['active'] / 1e6:.2f}M | {r['step']} | {r['flops'] / 1e12:.1f} | "
+                     f"{r['test']:.3f} ± {r['test_std']:.3f} | {r['n']} | {r['validation']:.3f} |")
     from traffic_moe_hf.atomic import write_text
 
     write_text(a.out / "scaling.md", "\n".join(lines) + "\n")
@@ -107,20 +160,23 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for model in sorted({r["model"] for r in rows}):
-        pts = [r for r in rows if r["model"] == model]
-        x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
-        ax.errorbar(x, [r["probe10"] for r in pts], yerr=[r["probe10_std"] for r in pts], marker="o", capsize=3,
-                    label=f"{model.split(' + ')[0]}: {'masked + service' if model in SINGLE_VIEW else 'masked + contrast'}"
-                          f"{', pooler trained' if model.endswith('pooler trained') else ''} "
-                          f"({pts[0]['active'] / 1e6:.2f}M active)")
-    ax.set_xscale("log")
-    ax.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nrandom initialisation drawn at 0.1; bars: std over 10 draws", fontsize=9)
+    fig, (tax, ax) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    colour = {m: f"C{i}" for i, m in enumerate(sorted({r["model"] for r in rows + tuned}))}  # one per line, both panels
+    for panel, points, key in ((tax, tuned, "test"), (ax, rows, "probe10")):
+        for model in sorted({r["model"] for r in points}):
+            pts = [r for r in points if r["model"] == model]
+            x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
+            panel.errorbar(x, [r[key] for r in pts], yerr=[r[key + "_std"] for r in pts],
+                           marker="o", capsize=3, color=colour[model], label=line_label(model, pts[0]["active"]))
+        panel.set_xscale("log")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=7)
+        panel.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nfrom scratch drawn at 0.1", fontsize=9)
+    tax.set_ylabel("sv17 test macro-F1\n(fine-tuned, 10 flows per class)")
+    tax.set_title("fine-tuned (bars: std over fine-tuning seeds)", fontsize=10)
     ax.set_ylabel("sv17 validation macro-F1\n(linear probe, 10 flows per class)")
-    ax.set_title("Does more pretraining or a bigger model pay?", fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("linear probe, the proxy that picks (bars: std over 10 draws)", fontsize=10)
+    fig.suptitle("Does more pretraining or a bigger model pay?", fontsize=11)
     fig.tight_layout()
     fig.savefig(a.out / "scaling.png", dpi=120)
     return 0

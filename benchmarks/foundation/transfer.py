@@ -10,7 +10,8 @@ Datasets come from ``benchmarks/foundation/make_corpus.py`` (WORK/sv17, WORK/loo
 defaults). Every model row is ``finetune(data, out, init_from=..., shots=k, seed=s)`` with every other option
 at its default (what ``traffic-moe finetune --data D --out O --from traffic-moe-mini [--shots k --seed s]``
 runs) and ``evaluate`` on the test split; the validation score is recorded beside it. Resumable: each cell is
-cached in WORK/transfer/runs/<task>/<row>-<cell>-<seed>.json; missing cells are "not measured". Writes
+cached in the repository, benchmarks/foundation/results/<task>/<row>-<cell>-<seed>.json (``--cells-dir``), so a
+measurement outlives the work folder; missing cells are "not measured". Writes
 WORK/transfer/transfer.json and benchmarks/foundation/results/transfer.md when it covers every task (a run of
 some ``--tasks`` only measures their cells: it once overwrote the whole table with one task's).
 """
@@ -114,6 +115,9 @@ def main(argv=None):
                     help="a recipe experiment: finetune options other than the defaults (e.g. head_init=probe lr=2e-4; "
                          "values read as JSON where they parse); its cells are cached apart (moe@v3+head_init=probe-all-0.json) "
                          "and the table is not written (it shows the defaults only)")
+    ap.add_argument("--cells-dir", type=Path, default=HERE / "results",
+                    help="where each cell's JSON is cached, a folder per task (default: the repository's "
+                         "benchmarks/foundation/results/, committed; WORK is scratch space a new machine lacks)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -143,7 +147,9 @@ def main(argv=None):
             ap.error(f"--set {name}: not a finetune option this script leaves at its default (one of: "
                      f"{', '.join(sorted(settable))})")
 
-    versions = {"moe": a.version, "scratch": None, "dense": a.dense_version or a.version,  # scratch has no checkpoint
+    # scratch has no checkpoint: its cells are named by preset where that is not the MoE's (scratch@tiny-10-0.json)
+    versions = {"moe": a.version, "scratch": None if a.scratch_config == "mini" else a.scratch_config,
+                "dense": a.dense_version or a.version,
                 "previous": a.previous, "previous-dense": a.previous_dense}
 
     def shipped(key):
@@ -158,7 +164,7 @@ def main(argv=None):
     if a.previous_dense:  # the same for dense@<version>-...
         rows["previous-dense"] = (f"dense BERT mini, checkpoint {a.previous_dense} (not the shipped one)", {})
     out = a.work / "transfer"
-    runs = out / "runs"
+    runs = a.cells_dir
     table = {}
 
     def cell_path(task, key, cell, seed):
@@ -213,7 +219,9 @@ def main(argv=None):
         for title, cells in forest_cells(prepared["train"], prepared["test"], names, a.seeds).items():
             t_rows[title] = {cell: [{"test_macro_f1": v} for v in values] for cell, values in cells.items()}
         table[task] = {"classes": len(names), "train": len(prepared["train"]), "test": len(prepared["test"]), "rows": t_rows}
-    report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": device_summary(), "seeds": a.seeds,
+    machines = sorted({json.loads(p.read_text()).get("machine", "not recorded")
+                       for task in a.tasks for p in (runs / task).glob("*.json")})
+    report = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": "; ".join(machines), "seeds": a.seeds,
               "moe": a.moe, "dense": a.dense, "tasks": table}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "transfer.json", json.dumps(report, indent=1))
