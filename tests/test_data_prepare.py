@@ -83,6 +83,25 @@ def test_split_by_file_time_none_and_packet_level(tmp_path):
     assert r["split_report"]["labels_missing"]  # one file per label: reported, not hidden
 
 
+def test_labels_missing_counts_what_dedup_removed(tmp_path):
+    """A label whose every validation/test flow copies a train flow is missing from those splits once the copies are
+    removed: the report says so (it once listed only the labels the split assignment left out, before dedup)."""
+    import shutil
+
+    (tmp_path / "dns").mkdir()
+    for k in range(10):  # ten byte-identical copies: split by file, each split is given some, only train keeps any
+        shutil.copy(DEMO / "dns.pcap", tmp_path / "dns" / f"copy{k}.pcap")
+    (tmp_path / "other").mkdir()
+    for pcap in sorted(DEMO.glob("*.pcap")):
+        if pcap.name != "dns.pcap":
+            shutil.copy(pcap, tmp_path / "other" / pcap.name)
+    r = prepare([tmp_path], None, labels="dir", split="file", ratios=(0.4, 0.3, 0.3), progress=False, save=False)
+    files = r["split_report"]["files"]
+    assert all(any("/dns/" in f for f in files[s]) for s in ("train", "validation", "test"))  # assigned everywhere
+    assert "dns" not in r["samples"]["validation"] and "dns" not in r["samples"]["test"]  # then removed as copies
+    assert r["split_report"]["labels_missing"] == {"validation": ["dns"], "test": ["dns"]}
+
+
 def test_csv_labels(tmp_path):
     base = prepare([DEMO / "dns.pcap", DEMO / "ssh.pcap"], None, labels="file", split="none", progress=False, save=False)
     ds = base["_dataset"]["test"]

@@ -644,7 +644,7 @@ def _size(p):
 
 
 def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
-    from .splits import assign_splits, dedup_across_splits, duplicate_groups
+    from .splits import SPLIT_ORDER, assign_splits, dedup_across_splits, duplicate_groups, labels_missing
 
     skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()
     cols = None
@@ -718,6 +718,11 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
                                            "remove" if dedup == "group" else dedup)
     dup_report["policy"] = dedup
     split_report["duplicates"] = dup_report
+    if cfg.label_mode != "none":  # what the splits hold once the copies of earlier inputs are removed
+        missing = labels_missing(splits, cols.get("label", []), [s for s, r in zip(SPLIT_ORDER, ratios) if r > 0], keep)
+        split_report.pop("labels_missing", None)
+        if missing:
+            split_report["labels_missing"] = missing
     # leakage check, recorded: no flow id in two splits
     seen = {}
     crossing = 0
