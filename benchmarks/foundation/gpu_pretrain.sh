@@ -14,9 +14,12 @@ for run in $MOE $DENSE pre-small-e; do [ -f ".gpu/$run.tar" ] && tar -C "$W" -xf
 nvidia-smi --query-gpu=name,memory.total --format=csv | tail -1
 # the shipped recipe (pretrain's defaults since 2026-12-06, named in full so a resume never changes it): the shipped
 # MoE's run continued, the same recipe one size up (the scaling question), and the dense twin's run continued
-R="--contrastive 0 --service 1"
-for spec in "pre-small-e:--config small $R:${SMALL_SECONDS:-240}" "$MOE:--config mini $R:${MOE_SECONDS:-150}" \
-            "$DENSE:--config mini --dense $R:${DENSE_SECONDS:-120}"; do
+# A run with nothing packed (a new machine has no work folder: pack_for_gpu.sh then packs no run) starts from the
+# shipped weights (--from; a fresh optimizer and schedule), never from a random initialisation; --resume wins when
+# a packed checkpoint is there.
+R="--contrastive 0 --service 1"; CK="$PWD/checkpoints"
+for spec in "pre-small-e:--config small $R:${SMALL_SECONDS:-240}" "$MOE:--from $CK/traffic-moe-mini $R:${MOE_SECONDS:-150}" \
+            "$DENSE:--from $CK/bert-mini $R:${DENSE_SECONDS:-120}"; do
   run=${spec%%:*}; rest=${spec#*:}; opts=${rest%:*}; secs=${rest##*:}
   echo "== $run $(date -u +%T) for at most ${secs}s"
   ( cd "$W" && timeout "$secs" traffic-moe pretrain --data corpus-public loopback9 tls9 attack10 --out "$run" $opts \
