@@ -152,3 +152,19 @@ def test_scaling_plot_is_made_from_the_repository_alone(tmp_path):
     transfer = (REPO / "benchmarks" / "foundation" / "results" / "transfer.md").read_text().split("**sv17**")[1]
     shipped_row = next(line for line in transfer.splitlines() if line.startswith("| Traffic-MoE mini, shipped checkpoint v3 |"))
     assert shipped_row.split(" | ")[4].startswith(f"{mean:.3f} ±")  # columns: model, all, 1, 5, 10 per class
+
+
+@shipped
+def test_shipped_cards_show_the_current_transfer_table():
+    """Both cards carry benchmarks/foundation/results/transfer.md as it is now (a new cell re-makes the table, then
+    `ship.py --refresh-cards` the cards): a user reading a card reads the repository's figures."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
+    try:
+        from ship import card_transfer
+    finally:
+        sys.path.pop(0)
+    transfer = (REPO / "benchmarks" / "foundation" / "results" / "transfer.md").read_text().strip()
+    for folder in (MOE, DENSE):
+        card = (folder / "README.md").read_text()
+        start, end = card_transfer(card)
+        assert card[start:end].strip() == transfer, f"{folder.name}: card's transfer table differs from transfer.md"

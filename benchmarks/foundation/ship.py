@@ -7,6 +7,10 @@ Writes checkpoints/traffic-moe-mini and checkpoints/bert-mini: safetensors, conf
 remote-code files for the MoE), tokenizer, README.md (the card: corpus, compute, losses, the transfer table of
 benchmarks/foundation/results/transfer.md) and loss.png. Each folder is written beside its final place and
 moved in when complete. Ship a new version only when it measures better on VALIDATION (probe.py, transfer.py).
+
+    .venv/bin/python benchmarks/foundation/ship.py --refresh-cards
+
+puts the current results/transfer.md into both cards and changes nothing else (for new cells of the same weights).
 """
 
 from __future__ import annotations
@@ -187,11 +191,43 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
     (tmp / "README.md").write_text(card)
 
 
+def card_transfer(card: str) -> tuple[int, int]:
+    """(start, end) of the transfer table in a card's text: after "## Transfer", the lines of transfer.md (its
+    opening sentence, task titles, table rows, blank lines) up to the first other paragraph (the version note)."""
+    start = card.index("## Transfer\n\n") + len("## Transfer\n\n")
+    end = start
+    for line in card[start:].splitlines(keepends=True):
+        if line.strip() and not line.startswith(("|", "**", "Macro-F1 on each task")):
+            break
+        end += len(line)
+    return start, end
+
+
+def refresh_cards(out: Path, transfer: str) -> list[Path]:
+    """Put the current transfer table into the shipped cards, nothing else changed (the weights, the run's loss
+    curve and compute stay as shipped: a new machine has no run folder to ship from again)."""
+    changed = []
+    for card_path in sorted(out.glob("*/README.md")):
+        card = card_path.read_text()
+        if "## Transfer\n\n" not in card:
+            continue
+        start, end = card_transfer(card)
+        new = card[:start] + transfer.rstrip("\n") + "\n\n\n" + card[end:]
+        if new != card:
+            from traffic_moe_hf.atomic import write_text
+
+            write_text(card_path, new)
+            changed.append(card_path)
+    return changed
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moe", type=Path)
     ap.add_argument("--dense", type=Path)
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--refresh-cards", action="store_true",
+                    help="only put results/transfer.md into the shipped cards' transfer section (no --work needed)")
+    ap.add_argument("--work", type=Path)
     ap.add_argument("--hours-moe", type=float, default=0.0)
     ap.add_argument("--hours-dense", type=float, default=0.0)
     ap.add_argument("--machine", default="2-core CPU")
@@ -200,6 +236,12 @@ def main(argv=None):
     ap.add_argument("--note", default="", help="a paragraph for both cards, after the transfer table")
     ap.add_argument("--out", type=Path, default=REPO / "checkpoints")
     a = ap.parse_args(argv)
+    if a.refresh_cards:
+        for path in refresh_cards(a.out, (HERE / "results" / "transfer.md").read_text()):
+            print(f"transfer table refreshed: {path}")
+        return 0
+    if a.work is None:
+        ap.error("--work is needed to ship a checkpoint (its corpus report goes into the card)")
     a.out.mkdir(exist_ok=True)
     if a.moe:
         ship(a.moe, a.out / "traffic-moe-mini", False, a.work, a.hours_moe, a.machine, a.command_moe, a.note)
