@@ -160,24 +160,26 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (tax, ax) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    fig, (tax, ax) = plt.subplots(1, 2, figsize=(11.5, 5.4))
+    handles = {}
     colour = {m: f"C{i}" for i, m in enumerate(sorted({r["model"] for r in rows + tuned}))}  # one per line, both panels
     for panel, points, key in ((tax, tuned, "test"), (ax, rows, "probe10")):
         for model in sorted({r["model"] for r in points}):
             pts = [r for r in points if r["model"] == model]
             x = [max(r["flops"], 1e11) / 1e12 for r in pts]  # step 0 drawn at the axis' left edge
-            panel.errorbar(x, [r[key] for r in pts], yerr=[r[key + "_std"] for r in pts],
-                           marker="o", capsize=3, color=colour[model], label=line_label(model, pts[0]["active"]))
+            handles[model] = panel.errorbar(x, [r[key] for r in pts], yerr=[r[key + "_std"] for r in pts], marker="o",
+                                            capsize=3, color=colour[model], label=line_label(model, pts[0]["active"]))
         panel.set_xscale("log")
         panel.grid(alpha=0.3)
-        panel.legend(fontsize=7)
         panel.set_xlabel("pretraining compute, TFLOP (6 × active params × tokens)\nfrom scratch drawn at 0.1", fontsize=9)
     tax.set_ylabel("sv17 test macro-F1\n(fine-tuned, 10 flows per class)")
     tax.set_title("fine-tuned (bars: std over fine-tuning seeds)", fontsize=10)
     ax.set_ylabel("sv17 validation macro-F1\n(linear probe, 10 flows per class)")
     ax.set_title("linear probe, the proxy that picks (bars: std over 10 draws)", fontsize=10)
     fig.suptitle("Does more pretraining or a bigger model pay?", fontsize=11)
-    fig.tight_layout()
+    fig.legend([handles[m] for m in sorted(handles)], [line_label(m, active_parameters(m)) for m in sorted(handles)],
+               loc="lower center", ncol=3, fontsize=8, frameon=False)  # one legend for both panels, below them
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(a.out / "scaling.png", dpi=120)
     return 0
 
