@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 # and bert-f continued from step 800 to 1600, e4: e3 continued to 3200 (one line each with the run they continue)
 NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert": "bert-mini", "bert-mini": "bert-mini",
          "e1": "mini + service", "bert-e": "bert-mini + service", "bert-f": "bert-mini + service, pooler trained",
-         "e3": "mini + service", "e4": "mini + service", "bert-g": "bert-mini + service, pooler trained"}
+         "e3": "mini + service", "e4": "mini + service", "bert-g": "bert-mini + service, pooler trained",
+         "tiny-s": "tiny + service"}  # tiny-s: tiny with version 3's recipe (the defaults), 2026-12-07
 SINGLE_VIEW = {"mini + service", "tiny + service", "bert-mini + service", "bert-mini + service, pooler trained"}
-NAMES["tiny-s"] = "tiny + service"  # pre-tiny-s: tiny with version 3's recipe (the defaults), 2026-12-07
 
 #: transfer.py's cached cell names (row@version) -> (model line, pretraining step) of the checkpoint they fine-tuned;
 #: "scratch" (the mini preset, random initialisation) is step 0 of the mini lines, "scratch@tiny" of tiny's
@@ -177,8 +177,8 @@ def main(argv=None):
     ax.set_ylabel("sv17 validation macro-F1\n(linear probe, 10 flows per class)")
     ax.set_title("linear probe, the proxy that picks (bars: std over 10 draws)", fontsize=10)
     fig.suptitle("Does more pretraining or a bigger model pay?", fontsize=11)
-    fig.legend([handles[m] for m in sorted(handles)], [line_label(m, active_parameters(m)) for m in sorted(handles)],
-               loc="lower center", ncol=3, fontsize=8, frameon=False)  # one legend for both panels, below them
+    fig.legend(handles=[handles[m] for m in sorted(handles)], loc="lower center", ncol=3, fontsize=8,
+               frameon=False)  # one legend for both panels, below them
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(a.out / "scaling.png", dpi=120)
     return 0

@@ -644,7 +644,7 @@ def _size(p):
 
 
 def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
-    from .splits import SPLIT_ORDER, assign_splits, dedup_across_splits, duplicate_groups, labels_missing
+    from .splits import assign_splits, dedup_across_splits, duplicate_groups, labels_missing
 
     skipped, protos, lts, fskip = Counter(), Counter(), Counter(), Counter()
     cols = None
@@ -719,7 +719,7 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     dup_report["policy"] = dedup
     split_report["duplicates"] = dup_report
     if cfg.label_mode != "none":  # what the splits hold once the copies of earlier inputs are removed
-        missing = labels_missing(splits, cols.get("label", []), [s for s, r in zip(SPLIT_ORDER, ratios) if r > 0], keep)
+        missing = labels_missing(splits, cols.get("label", []), ratios, keep)
         split_report.pop("labels_missing", None)
         if missing:
             split_report["labels_missing"] = missing

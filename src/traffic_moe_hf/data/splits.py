@@ -205,21 +205,21 @@ def assign_splits(flow_ids, labels, files, start_times, mode="flow", ratios=(0.8
         report["time_cuts"] = cuts
     else:
         raise ValueError(f"unknown split mode {mode!r}")
-    missing = labels_missing(splits, labels, _names(ratios))
+    missing = labels_missing(splits, labels, ratios)
     if missing:
         report["labels_missing"] = missing
     return splits, report
 
 
-def labels_missing(splits, labels, names, keep=None) -> dict:
-    """{split: [labels with no sample in it]} over the splits ``names``, counting only the samples ``keep`` marks
-    (all by default): after :func:`dedup_across_splits` a split can lose every sample of a label it was given."""
+def labels_missing(splits, labels, ratios, keep=None) -> dict:
+    """{split: [labels with no sample in it]} over the splits ``ratios`` gives a share, counting only the samples
+    ``keep`` marks (all by default): after :func:`dedup_across_splits` a split can lose every sample of a label."""
     present = defaultdict(set)
     for i, (s, lab) in enumerate(zip(splits, labels)):
         if keep is None or keep[i]:
             present[s].add(lab)
     all_labels = set(labels)
-    return {s: sorted(all_labels - present[s]) for s in names if all_labels - present[s]}
+    return {s: sorted(all_labels - present[s]) for s in _names(ratios) if all_labels - present[s]}
 
 
 def dedup_across_splits(keys, splits, labels, policy="remove"):
