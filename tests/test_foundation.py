@@ -168,3 +168,34 @@ def test_shipped_cards_show_the_current_transfer_table():
         card = (folder / "README.md").read_text()
         start, end = card_transfer(card)
         assert card[start:end].strip() == transfer, f"{folder.name}: card's transfer table differs from transfer.md"
+
+
+def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():
+    """Cells measured since the per-class record (benchmarks/foundation/per_class.py reads them): in every such
+    cached cell the per-class F1s average to the cell's macro-F1 over the classes its test split holds, the
+    confusion matrix's diagonal gives its accuracy, and the report's per-class mean is the mean over those seeds."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
+    try:
+        from per_class import cells_of, report
+    finally:
+        sys.path.pop(0)
+    results = REPO / "benchmarks" / "foundation" / "results"
+    checked = 0
+    for path in sorted(results.glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if "test_per_class_f1" not in record:
+            continue
+        labels, matrix = record["test_confusion"]["labels"], record["test_confusion"]["matrix"]
+        assert labels == list(record["test_per_class_f1"]), path.name
+        present = [name for name, row in zip(labels, matrix) if sum(row)]
+        macro = sum(record["test_per_class_f1"][n] for n in present) / len(present)
+        assert abs(macro - record["test_macro_f1"]) < 1e-3, path.name  # per-class F1s are rounded to 4 places
+        total = sum(map(sum, matrix))
+        assert abs(sum(matrix[i][i] for i in range(len(labels))) / total - record["test_accuracy"]) < 1e-9, path.name
+        checked += 1
+    assert checked >= 2
+    records, _ = cells_of(results / "tls9", "dense@v2.2", "10")
+    name = next(iter(records[0]["test_per_class_f1"]))
+    mean = sum(r["test_per_class_f1"][name] for r in records) / len(records)
+    line = next(x for x in report("tls9", ["dense@v2.2"], ["10"]).splitlines() if x.startswith(f"| {name} |"))
+    assert line == f"| {name} | {mean:.3f} |"

@@ -196,7 +196,11 @@ def main(argv=None):
                                     "seconds": round(time.perf_counter() - t, 1),
                                     "date": time.strftime("%Y-%m-%d", time.gmtime()),
                                     "machine": device_summary(), "threads": a.threads,
-                                    "kwargs": {k: str(v) for k, v in {**kwargs, **recipe}.items()}}, indent=1))
+                                    "kwargs": {k: str(v) for k, v in {**kwargs, **recipe}.items()},
+                                    # which classes a cell gets wrong, for the analysis of the records (not tabulated)
+                                    "test_per_class_f1": {n: round(c["f1"], 4) for n, c in test["per_class"].items()},
+                                    "test_confusion": {"labels": test["labels"], "matrix": test["confusion_matrix"]}},
+                                   indent=1))
         log(" ", path.name, f"test {test['macro_f1']:.3f} validation {val['macro_f1']:.3f}")
     if recipe:  # an experiment's cells are read from their files; the table is the defaults'
         return 0
