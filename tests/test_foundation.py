@@ -199,3 +199,35 @@ def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():
     mean = sum(r["test_per_class_f1"][name] for r in records) / len(records)
     line = next(x for x in report("tls9", ["dense@v2.2"], ["10"]).splitlines() if x.startswith(f"| {name} |"))
     assert line == f"| {name} | {mean:.3f} |"
+
+
+@shipped
+def test_upcycled_checkpoint_keeps_the_active_size_and_the_routing(real_flows, tmp_path):
+    """benchmarks/foundation/upcycle.py: twice the experts of the shipped MoE, the same compute per token (the
+    active parameters grow by the router's new rows only), and on real flows the first layer sends each token to a
+    copy of the expert the shipped model picks first (the router rows are copies plus 1% noise)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    import traffic_moe_hf  # noqa: F401
+    from traffic_moe_hf.recipes.common import parameter_summary
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
+    try:
+        from upcycle import upcycle
+    finally:
+        sys.path.pop(0)
+    summary = upcycle("traffic-moe-mini", 16, str(tmp_path / "up16"))
+    old, new = AutoModel.from_pretrained(MOE).eval(), AutoModel.from_pretrained(tmp_path / "up16").eval()
+    assert new.config.num_experts == 16 and summary["experts"] == [8, 16]
+    old_size, new_size = parameter_summary(old), parameter_summary(new)
+    router_rows = new.config.num_hidden_layers * 8 * new.config.hidden_size
+    assert new_size["parameters_active"] == old_size["parameters_active"] + router_rows
+    assert new_size["parameters_total"] > 1.8 * old_size["parameters_total"]
+    batch = _flows(real_flows, AutoTokenizer.from_pretrained(tmp_path / "up16"))
+    with torch.no_grad():
+        first_old = old(**batch, output_router_logits=True).router_logits[0].argmax(-1)
+        first_new = new(**batch, output_router_logits=True).router_logits[0].argmax(-1)
+    agree = (first_new % 8 == first_old).float().mean().item()
+    assert agree > 0.99, agree
+    with pytest.raises(SystemExit, match="multiple of"):
+        upcycle("traffic-moe-mini", 12, str(tmp_path / "up12"))
