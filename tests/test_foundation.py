@@ -197,8 +197,8 @@ def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():
     records, _ = cells_of(results / "tls9", "dense@v2.2", "10")
     name = next(iter(records[0]["test_per_class_f1"]))
     mean = sum(r["test_per_class_f1"][name] for r in records) / len(records)
-    line = next(x for x in report("tls9", ["dense@v2.2"], ["10"]).splitlines() if x.startswith(f"| {name} |"))
-    assert line == f"| {name} | {mean:.3f} |"
+    line = next(x for x in report("tls9", ["dense@v2.2"], ["10"]).splitlines() if x.startswith(f"| {name} ("))
+    assert line.endswith(f") | {mean:.3f} |")
 
 
 @shipped

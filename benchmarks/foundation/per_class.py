@@ -50,7 +50,8 @@ def report(task: str, rows: list[str], cells: list[str], results: Path = HERE / 
     folder = results / task
     if not folder.is_dir():
         raise SystemExit(f"per_class.py: {folder}: no cached cells for task {task!r}")
-    columns, notes, classes, worst = [], [], [], {}
+    columns, notes, absent, worst = [], [], [], {}
+    classes: dict[str, int] = {}  # class -> its test flows (the split is the same for every cell)
     for row in rows:
         for cell in cells:
             records, without = cells_of(folder, row, cell)
@@ -59,26 +60,31 @@ def report(task: str, rows: list[str], cells: list[str], results: Path = HERE / 
             if not records:
                 continue
             columns.append((f"{row}, {cell}", records))
-            for name in records[0]["test_per_class_f1"]:
-                if name not in classes:
-                    classes.append(name)
+            labels, matrix = records[0]["test_confusion"]["labels"], records[0]["test_confusion"]["matrix"]
+            for name, counts in zip(labels, matrix):
+                if sum(counts):
+                    classes.setdefault(name, sum(counts))
+                elif name not in absent:  # an F1 of 0 for a class the test split lacks says nothing
+                    absent.append(name)
             worst[f"{row}, {cell}"] = confusions(records)
     if not columns:
         return f"**{task}**: no cached cell of {rows} at {cells} has per-class scores yet.\n"
     lines = [f"**{task}**: test F1 per class, mean over the seeds with per-class scores (n)", "",
-             "| class | " + " | ".join(f"{title} (n={len(records)})" for title, records in columns) + " |",
+             "| class (test flows) | " + " | ".join(f"{title} (n={len(records)})" for title, records in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for name in classes:
         values = []
         for _title, records in columns:
             scores = [r["test_per_class_f1"][name] for r in records if name in r["test_per_class_f1"]]
             values.append(f"{statistics.mean(scores):.3f}" if scores else "")
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
+        lines.append(f"| {name} ({classes[name]}) | " + " | ".join(values) + " |")
     for title, pairs in worst.items():
         ranked = sorted(pairs.items(), key=lambda kv: -kv[1])[:top]
         if ranked:
             lines += ["", f"{title}, the most frequent confusions (test flows, summed over the seeds): "
                       + "; ".join(f"{true} → {predicted} {count}" for (true, predicted), count in ranked)]
+    if absent:
+        notes.append(f"no test flow of {', '.join(absent)}: left out")
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,8 @@ NAMES = {"moe": "mini", "mini": "mini", "tiny": "tiny", "small": "small", "bert"
          "e1": "mini + service", "bert-e": "bert-mini + service", "bert-f": "bert-mini + service, pooler trained",
          "e3": "mini + service", "e4": "mini + service", "bert-g": "bert-mini + service, pooler trained",
          "tiny-s": "tiny + service"}  # tiny-s: tiny with version 3's recipe (the defaults), 2026-12-07
-SINGLE_VIEW = {"mini + service", "tiny + service", "bert-mini + service", "bert-mini + service, pooler trained"}
+SINGLE_VIEW = {"mini + service", "tiny + service", "bert-mini + service", "bert-mini + service, pooler trained",
+               "mini-e16 + service"}
 
 #: transfer.py's cached cell names (row@version) -> (model line, pretraining step) of the checkpoint they fine-tuned;
 #: "scratch" (the mini preset, random initialisation) is step 0 of the mini lines, "scratch@tiny" of tiny's
@@ -46,7 +47,9 @@ FINETUNED = {"scratch": ("mini + service", 0), "moe@v2": ("mini + service", 800)
              "dense": ("bert-mini", 200), "dense@v2": ("bert-mini + service", 800),
              "dense@v2.1": ("bert-mini + service, pooler trained", 800),
              "dense@v2.2": ("bert-mini + service, pooler trained", 1600),
-             "scratch@tiny": ("tiny + service", 0), "moe@tiny-s800": ("tiny + service", 800)}
+             "scratch@tiny": ("tiny + service", 0), "moe@tiny-s800": ("tiny + service", 800),
+             # version 3 upcycled to 16 experts a layer (upcycle.py), then 800 more steps: the same active size
+             "moe@up16": ("mini-e16 + service", 2400)}
 
 
 def finetuned_points(cells: Path, task: str = "sv17", shots: str = "10") -> dict[tuple[str, int], list[dict]]:
@@ -90,8 +93,9 @@ def active_parameters(model: str) -> int:
 
         preset = model.split("-", 1)[1]
         net = BertModel(dense_config(TrafficMoeConfig.from_preset(preset), match="active"))
-    else:
-        net = TrafficMoeModel(TrafficMoeConfig.from_preset(model))
+    else:  # "mini-e16": the mini preset with 16 experts a layer (upcycle.py)
+        preset, _, experts = model.partition("-e")
+        net = TrafficMoeModel(TrafficMoeConfig.from_preset(preset, **({"num_experts": int(experts)} if experts else {})))
     embeddings = sum(p.numel() for n, p in net.named_parameters() if "embeddings" in n)
     return int(parameter_summary(net)["parameters_active"]) - embeddings
 
