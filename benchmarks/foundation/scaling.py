@@ -66,7 +66,10 @@ def finetuned_points(cells: Path, task: str = "sv17", shots: str = "10") -> dict
 
 def line_label(model: str, active: int) -> str:
     recipe = "masked + service" if model in SINGLE_VIEW else "masked + contrast"
-    return (f"{model.split(' + ')[0]}: {recipe}{', pooler trained' if model.endswith('pooler trained') else ''} "
+    size = model.split(" + ")[0]
+    preset, _, experts = size.partition("-e")  # mini-e16: upcycle.py's 16 experts a layer
+    name = f"{preset}, {experts} experts (upcycled)" if experts else size
+    return (f"{name}: {recipe}{', pooler trained' if model.endswith('pooler trained') else ''} "
             f"({active / 1e6:.2f}M active)")
 
 
