@@ -4,6 +4,7 @@ a new head for K labels, and `pretrain --from` / `finetune --from` take them."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -19,6 +20,15 @@ from traffic_moe_hf.checkpoints import SHIPPED, CheckpointNotFound, resolve_chec
 MOE = REPO / "checkpoints" / "traffic-moe-mini"
 DENSE = REPO / "checkpoints" / "bert-mini"
 shipped = pytest.mark.skipif(not (MOE / "config.json").is_file(), reason="no shipped checkpoint in this checkout")
+
+
+def _foundation_script(name):
+    """A module of benchmarks/foundation (a script folder, not a package), imported by its file name."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def _flows(real_flows, tokenizer):
@@ -158,11 +168,7 @@ def test_scaling_plot_is_made_from_the_repository_alone(tmp_path):
 def test_shipped_cards_show_the_current_transfer_table():
     """Both cards carry benchmarks/foundation/results/transfer.md as it is now (a new cell re-makes the table, then
     `ship.py --refresh-cards` the cards): a user reading a card reads the repository's figures."""
-    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
-    try:
-        from ship import card_transfer
-    finally:
-        sys.path.pop(0)
+    card_transfer = _foundation_script("ship").card_transfer
     transfer = (REPO / "benchmarks" / "foundation" / "results" / "transfer.md").read_text().strip()
     for folder in (MOE, DENSE):
         card = (folder / "README.md").read_text()
@@ -174,11 +180,8 @@ def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():
     """Cells measured since the per-class record (benchmarks/foundation/per_class.py reads them): in every such
     cached cell the per-class F1s average to the cell's macro-F1 over the classes its test split holds, the
     confusion matrix's diagonal gives its accuracy, and the report's per-class mean is the mean over those seeds."""
-    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
-    try:
-        from per_class import cells_of, report
-    finally:
-        sys.path.pop(0)
+    per_class = _foundation_script("per_class")
+    cells_of, report = per_class.cells_of, per_class.report
     results = REPO / "benchmarks" / "foundation" / "results"
     checked = 0
     for path in sorted(results.glob("*/*.json")):
@@ -211,11 +214,7 @@ def test_upcycled_checkpoint_keeps_the_active_size_and_the_routing(real_flows, t
     import traffic_moe_hf  # noqa: F401
     from traffic_moe_hf.recipes.common import parameter_summary
 
-    sys.path.insert(0, str(REPO / "benchmarks" / "foundation"))
-    try:
-        from upcycle import upcycle
-    finally:
-        sys.path.pop(0)
+    upcycle = _foundation_script("upcycle").upcycle
     summary = upcycle("traffic-moe-mini", 16, str(tmp_path / "up16"))
     old, new = AutoModel.from_pretrained(MOE).eval(), AutoModel.from_pretrained(tmp_path / "up16").eval()
     assert new.config.num_experts == 16 and summary["experts"] == [8, 16]

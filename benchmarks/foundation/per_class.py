@@ -50,7 +50,7 @@ def report(task: str, rows: list[str], cells: list[str], results: Path = HERE / 
     folder = results / task
     if not folder.is_dir():
         raise SystemExit(f"per_class.py: {folder}: no cached cells for task {task!r}")
-    columns, notes, absent, worst = [], [], [], {}
+    columns, notes, absent = [], [], []
     classes: dict[str, int] = {}  # class -> its test flows (the split is the same for every cell)
     for row in rows:
         for cell in cells:
@@ -66,7 +66,6 @@ def report(task: str, rows: list[str], cells: list[str], results: Path = HERE / 
                     classes.setdefault(name, sum(counts))
                 elif name not in absent:  # an F1 of 0 for a class the test split lacks says nothing
                     absent.append(name)
-            worst[f"{row}, {cell}"] = confusions(records)
     if not columns:
         return f"**{task}**: no cached cell of {rows} at {cells} has per-class scores yet.\n"
     lines = [f"**{task}**: test F1 per class, mean over the seeds with per-class scores (n)", "",
@@ -78,8 +77,8 @@ def report(task: str, rows: list[str], cells: list[str], results: Path = HERE / 
             scores = [r["test_per_class_f1"][name] for r in records if name in r["test_per_class_f1"]]
             values.append(f"{statistics.mean(scores):.3f}" if scores else "")
         lines.append(f"| {name} ({classes[name]}) | " + " | ".join(values) + " |")
-    for title, pairs in worst.items():
-        ranked = sorted(pairs.items(), key=lambda kv: -kv[1])[:top]
+    for title, records in columns:
+        ranked = sorted(confusions(records).items(), key=lambda kv: -kv[1])[:top]
         if ranked:
             lines += ["", f"{title}, the most frequent confusions (test flows, summed over the seeds): "
                       + "; ".join(f"{true} → {predicted} {count}" for (true, predicted), count in ranked)]
@@ -101,7 +100,9 @@ def main(argv=None) -> int:
     text = report(a.task, a.rows, a.cells, a.results)
     sys.stdout.write(text)
     if a.out:
-        a.out.write_text(text)
+        from traffic_moe_hf.atomic import write_text  # an earlier report stays whole if this one fails
+
+        write_text(a.out, text)
     return 0
 
 

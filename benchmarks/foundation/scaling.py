@@ -64,10 +64,16 @@ def finetuned_points(cells: Path, task: str = "sv17", shots: str = "10") -> dict
     return out
 
 
+def preset_and_experts(size: str) -> tuple[str, int | None]:
+    """``mini-e16`` (upcycle.py: the mini preset with 16 experts a layer) -> ("mini", 16); a plain preset -> (it, None)."""
+    preset, _, experts = size.partition("-e")
+    return preset, int(experts) if experts else None
+
+
 def line_label(model: str, active: int) -> str:
     recipe = "masked + service" if model in SINGLE_VIEW else "masked + contrast"
     size = model.split(" + ")[0]
-    preset, _, experts = size.partition("-e")  # mini-e16: upcycle.py's 16 experts a layer
+    preset, experts = preset_and_experts(size)
     name = f"{preset}, {experts} experts (upcycled)" if experts else size
     return (f"{name}: {recipe}{', pooler trained' if model.endswith('pooler trained') else ''} "
             f"({active / 1e6:.2f}M active)")
@@ -96,9 +102,9 @@ def active_parameters(model: str) -> int:
 
         preset = model.split("-", 1)[1]
         net = BertModel(dense_config(TrafficMoeConfig.from_preset(preset), match="active"))
-    else:  # "mini-e16": the mini preset with 16 experts a layer (upcycle.py)
-        preset, _, experts = model.partition("-e")
-        net = TrafficMoeModel(TrafficMoeConfig.from_preset(preset, **({"num_experts": int(experts)} if experts else {})))
+    else:
+        preset, experts = preset_and_experts(model)
+        net = TrafficMoeModel(TrafficMoeConfig.from_preset(preset, **({"num_experts": experts} if experts else {})))
     embeddings = sum(p.numel() for n, p in net.named_parameters() if "embeddings" in n)
     return int(parameter_summary(net)["parameters_active"]) - embeddings
 

@@ -16,21 +16,15 @@ Everything else (embeddings, attention, norms, the masked-LM head) is copied unc
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
 
 
 def upcycle(source: str, experts: int, out: str, noise: float = 0.01, seed: int = 0) -> dict:
     from traffic_moe_hf import TrafficMoeConfig, TrafficMoeForMaskedLM, TrafficTokenizer
-    from traffic_moe_hf.checkpoints import resolve_checkpoint
-    from traffic_moe_hf.recipes.common import parameter_summary
+    from traffic_moe_hf.recipes.common import parameter_summary, pretrained_folder
 
-    path = resolve_checkpoint(source)
+    path = pretrained_folder(source)  # a folder or a shipped short name, never a Hub download
     old = TrafficMoeForMaskedLM.from_pretrained(path)
     before = old.config.num_experts
     if experts <= before or experts % before:
@@ -65,7 +59,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    print(upcycle(a.source, a.experts, a.out, a.noise, a.seed))
+    from traffic_moe_hf.errors import TrafficMoeError
+
+    try:
+        print(upcycle(a.source, a.experts, a.out, a.noise, a.seed))
+    except TrafficMoeError as e:  # e.g. a folder without config.json, a short name whose folder is not there
+        raise SystemExit(f"upcycle.py: {e}")
     return 0
 
 
