@@ -244,6 +244,34 @@ def test_shots_beyond_a_class_size_is_said(prepared, tmp_path, capsys):
     assert "--shots 10000: fewer training flows than that, all of them used" in capsys.readouterr().err
 
 
+def test_shots_that_repeat_one_flow_are_said(prepared, tmp_path, capsys):
+    """A few-shot draw of identical flows (the demo slice, like loopback9, holds classes made mostly of one
+    repeated input) teaches fewer examples than --shots says: finetune names those classes and records the
+    distinct count per class in its summary."""
+    from traffic_moe_hf.recipes.common import few_shot_indices, label_names, repeated_inputs
+
+    train = datasets.load_from_disk(str(prepared))["train"]
+    names = label_names(train)
+    draws = {seed: repeated_inputs(train.select(few_shot_indices(train, 5, seed))) for seed in range(5)}
+    seed, repeated = next((s, r) for s, r in draws.items() if r)  # real captures: some draw repeats a flow
+    for label, (distinct, drawn) in repeated.items():
+        inputs = {tuple(ids) for ids, lab in zip(train["input_ids"], train["label"]) if lab == label}
+        assert 1 <= distinct < drawn == 5 and distinct <= len(inputs)
+    row = train[0]  # the same flow twice beside another of its class: 2 distinct of 3
+    other = next(i for i, (ids, lab) in enumerate(zip(train["input_ids"], train["label"]))
+                 if lab == row["label"] and ids != row["input_ids"])
+    assert repeated_inputs(train.select([0, 0, other])) == {row["label"]: (2, 3)}
+    assert repeated_inputs(train.select([0, other])) == {}
+
+    summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=5, seed=seed, min_steps=1,
+                       batch_size=8, progress=False)
+    err = capsys.readouterr().err
+    assert f"--shots 5 (seed {seed}) drew identical flows" in err
+    assert summary["shots_distinct"] == {names[k]: d for k, (d, _) in sorted(repeated.items(), key=lambda kv: names[kv[0]])}
+    for label, (distinct, drawn) in repeated.items():
+        assert f"{names[label]} ({distinct} distinct of {drawn})" in err
+
+
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):
     """--head-init probe: before any fine-tuning step, the classifier already predicts what the
     logistic-regression probe on the frozen encoder predicts (same training accuracy), for the MoE

@@ -412,11 +412,24 @@ def distinct_weights(dataset) -> np.ndarray:
     best-checkpoint selection follows it (a pretrained model stopped after its first epoch, 0.98 on
     test, where the same model trained on scored 1.0). Weighted with these, every distinct input
     counts once."""
-    directions = dataset["direction_ids"] if "direction_ids" in dataset.column_names else [()] * len(dataset)
-    keys = [hash((tuple(ids), tuple(dirs), label)) for ids, dirs, label in
-            zip(dataset["input_ids"], directions, dataset["label"])]
-    _, inverse, counts = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(_input_keys(dataset), return_inverse=True, return_counts=True)
     return 1.0 / counts[inverse]
+
+
+def _input_keys(dataset) -> np.ndarray:
+    """One key per sample: equal for samples with the same model input (bytes and directions) and label."""
+    directions = dataset["direction_ids"] if "direction_ids" in dataset.column_names else [()] * len(dataset)
+    return np.asarray([hash((tuple(ids), tuple(dirs), label)) for ids, dirs, label in
+                       zip(dataset["input_ids"], directions, dataset["label"])], dtype=np.int64)
+
+
+def repeated_inputs(dataset) -> dict[int, tuple[int, int]]:
+    """Per label whose samples repeat a model input: (distinct inputs, samples). A few-shot draw from a
+    class made mostly of one group of identical flows (loopback9's ``ftp``: 365 training flows, 32
+    distinct inputs, one of them 200 times) can hold fewer distinct examples than ``--shots`` says."""
+    keys, labels = _input_keys(dataset), np.asarray(dataset["label"])
+    return {int(label): (len(np.unique(keys[labels == label])), int((labels == label).sum()))
+            for label in np.unique(labels) if len(np.unique(keys[labels == label])) < (labels == label).sum()}
 
 
 def trainer_metrics(names: list[str], sample_weights: np.ndarray | None = None):

@@ -374,6 +374,7 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         dense_config,
         few_shot_indices,
         dense_positions,
+        repeated_inputs,
         label_names,
         load_prepared,
         model_view,
@@ -447,6 +448,11 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         chosen = few_shot_indices(prepared["train"], shots, seed)
         pool = None if self_train is None else prepared["train"].select(sorted(set(range(len(prepared["train"]))) - set(chosen)))
         prepared["train"] = prepared["train"].select(chosen)
+        repeated = {names[k]: v for k, v in repeated_inputs(prepared["train"]).items()}
+        if repeated:  # said, not silent: five copies of one flow teach one example, not five
+            print(f"finetune: --shots {shots} (seed {seed}) drew identical flows: fewer distinct examples for "
+                  + ", ".join(f"{k} ({d} distinct of {n})" for k, (d, n) in sorted(repeated.items()))
+                  + "; another --seed draws other flows", file=sys.stderr)
         if self_train is not None:
             from datasets import concatenate_datasets
 
@@ -577,6 +583,7 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         "train_samples": len(train),
         "validation_samples": 0 if validation is None else len(validation),
         "shots": shots,
+        **({"shots_distinct": {k: d for k, (d, _) in sorted(repeated.items())}} if shots is not None else {}),
         "adversarial": adversarial,
         "head_init": head_init,
         **({"probe": probe} if probe else {}),
