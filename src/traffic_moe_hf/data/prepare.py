@@ -27,9 +27,11 @@ from ..argtypes import HelpFormatter, at_least, output_folder, positive
 from ..options import keyword_arguments, option
 from ..progress import library_bars
 from .samples import _arrow_types, pa_chunked
+from .report import format_report
 from .splits import LARGE_GROUPS, check_large_groups
+from .workers import ByteProgress, run_parallel
 
-__all__ = ["add_parser", "run", "prepare", "collect_inputs"]
+__all__ = ["add_parser", "run", "prepare", "collect_inputs", "format_report"]
 
 
 def add_parser(subparsers):
@@ -420,7 +422,7 @@ def _prepare(inputs, out, *, labels, label_column, level, split, ratios, seed, d
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_size, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, dynamic_ncols=True)
-        progress_of = _Progress(bar, [sizes[i] / shards[i] for i, _k in order], [sizes[i] for i, _k in order], parallel)
+        progress_of = ByteProgress(bar, [sizes[i] / shards[i] for i, _k in order], [sizes[i] for i, _k in order], parallel)
 
     def done(j, res):
         i, k = order[j]
@@ -434,7 +436,7 @@ def _prepare(inputs, out, *, labels, label_column, level, split, ratios, seed, d
             from .samples import get_tokenizer, tokenizer_settings
 
             get_tokenizer(None, tokenizer_settings(cfg))  # build once before forking
-        _run_parallel(items, min(num_proc, len(items)), done, progress_of)
+        run_parallel(items, min(num_proc, len(items)), _work, done, progress_of)
     else:
         for j, it in enumerate(items):
             done(j, _work(it, progress_of and progress_of.callback(j)))
@@ -494,38 +496,6 @@ def _write_folder(out, ds, report, progress, timing) -> None:
             json.dump(report["split_report"], f, indent=1)
 
 
-class _Progress:
-    """The progress bar in bytes, moved while a file is read (not only when it is done): every item
-    (a file, or one process's share of a split file) reports how far into its file it has read; with
-    worker processes through a shared array, which the main process sums into the bar while it works
-    and while it waits."""
-
-    def __init__(self, bar, weights, sizes, shared):
-        import multiprocessing as mp
-
-        self.bar, self.weights, self.sizes = bar, weights, sizes
-        ctx = mp.get_context("fork") if shared and "fork" in mp.get_all_start_methods() else None
-        self.read = ctx.Array("d", len(sizes), lock=False) if ctx else [0.0] * len(sizes)
-
-    def callback(self, j, refresh=True):
-        """``on_progress`` of item ``j`` (``refresh``: also move the bar; off in worker processes)."""
-        def report(position):
-            if position is not None and self.sizes[j] > 0:
-                self.read[j] = min(position / self.sizes[j], 1.0)
-                if refresh:
-                    self.refresh()
-        return report
-
-    def finished(self, j):
-        self.read[j] = 1.0
-        self.refresh()
-
-    def refresh(self):
-        done = sum(w * f for w, f in zip(self.weights, self.read))
-        if done > self.bar.n:
-            self.bar.update(done - self.bar.n)
-
-
 def merge_shards(parts: list[dict]) -> dict:
     """One file's result from the results of its shards (``samples.process_file(..., shard, shards)``):
     counts added up, rows put back in the order of their flows' first packets, flows renumbered
@@ -563,77 +533,6 @@ def merge_shards(parts: list[dict]) -> dict:
     merged["flow_id"] = [f"{out['file']}#{rank[position[r]]}" for r in perm]
     out["columns"] = merged
     return out
-
-
-def _run_parallel(items, num_proc, done, progress=None):
-    """Work through ``items`` with ``num_proc`` processes: this one plus ``num_proc - 1`` forked
-    children, each claiming the next item from a shared counter (biggest files first). The main
-    process works too, so no core sits idle while it waits, and its results are never pickled.
-    multiprocessing.Pool was 1.2-1.4x on 2 cores here: its first results came ~40 ms late and the
-    main process idled. A child that dies (e.g. killed for memory) loses nothing: every item it
-    claimed without returning is re-run here afterwards."""
-    import multiprocessing as mp
-    import queue as queue_mod
-
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    counter = ctx.Value("i", 0)
-    results = ctx.Queue()
-    children = [ctx.Process(target=_child, args=(items, counter, results, progress), daemon=True) for _ in range(num_proc - 1)]
-    for c in children:
-        c.start()
-    got = set()
-
-    def drain(block):
-        """Hand on the children's results that have arrived (``block``: wait up to 0.2 s for one)."""
-        got_any = False
-        while True:
-            try:
-                j, res = results.get(timeout=0.2) if block else results.get_nowait()
-            except queue_mod.Empty:
-                if progress is not None:
-                    progress.refresh()  # the children's progress, while this process waits
-                return got_any
-            got.add(j)
-            done(j, res)
-            got_any = True
-            if block:
-                return True
-
-    while True:
-        j = _claim(counter)
-        if j >= len(items):
-            break
-        res = _work(items[j], progress and progress.callback(j))
-        got.add(j)
-        done(j, res)
-        drain(False)
-    claimed = min(counter.value, len(items))
-    while len(got) < claimed:
-        if not drain(True) and not any(c.is_alive() for c in children):
-            drain(False)
-            break
-    for c in children:
-        c.join()
-    for j in range(len(items)):  # lost with a dead child
-        if j not in got:
-            done(j, _work(items[j]))
-
-
-def _claim(counter):
-    with counter.get_lock():
-        j = counter.value
-        counter.value += 1
-    return j
-
-
-def _child(items, counter, results, progress=None):
-    while True:
-        j = _claim(counter)
-        if j >= len(items):
-            break
-        results.put((j, _work(items[j], progress and progress.callback(j, refresh=False))))
-    results.close()
-    results.join_thread()
 
 
 def _size(p):
@@ -799,103 +698,3 @@ def _assemble(results, report, cfg, split, ratios, seed, dedup, large_groups):
     report["samples_removed"] = dict(removed)
     report["split_report"] = split_report
     return ds, report
-
-
-def format_report(r: dict) -> str:
-    """The accounting table printed at the end of ``traffic-moe prepare``."""
-    lines = []
-    w = lines.append
-    w(f"files: {r['files_total']} total, {r['files_read']} read, {len(r['files_failed'])} failed"
-      + (f", {len(r['files_warnings'])} read partially" if r.get("files_warnings") else ""))
-    if r["files_total"] == 0:
-        w(f"  no files found in {', '.join(r['inputs'])} (empty folders; hidden files are not read)")
-    for f, why in list(r["files_failed"].items())[:50]:
-        w(f"  FAILED  {f}: {why}")
-    if len(r["files_failed"]) > 50:
-        w(f"  ... {len(r['files_failed']) - 50} more in report.json")
-    for f, why in list(r.get("files_warnings", {}).items())[:20]:
-        w(f"  PARTIAL {f}: {why}")
-    if len(r.get("files_warnings", {})) > 20:
-        w(f"  ... {len(r['files_warnings']) - 20} more in report.json")
-    if r.get("files_repeated"):
-        rep = r["files_repeated"]
-        w(f"  note: reached more than once, read once: {', '.join(rep[:10])}{' ...' if len(rep) > 10 else ''}")
-    if r.get("out_inside_input"):
-        w(f"  note: {r['out_inside_input']}")
-    tot = r.get("packets_total", 0)
-    w(f"packets: {tot:>10} total")
-    w(f"  used   {r.get('packets_used', 0):>10}")
-    for k, v in r.get("packets_skipped", {}).items():
-        w(f"  skipped {k:<24} {v:>10}")
-    chk = r.get("packets_used", 0) + sum(r.get("packets_skipped", {}).values())
-    w(f"  (used + skipped = {chk}{' OK' if chk == tot else ' MISMATCH'})")
-    if r.get("ip_protocols_skipped"):
-        w("  not TCP/UDP by protocol: " + ", ".join(f"{k} {v}" for k, v in r["ip_protocols_skipped"].items()))
-    if r.get("tunnels_decapsulated"):
-        w("  tunnel headers removed (--tunnels decap): " + ", ".join(f"{k} {v}" for k, v in r["tunnels_decapsulated"].items()))
-    w(f"flows: {r.get('flows', 0)} total, {r.get('flows_used', 0)} used"
-      + "".join(f", {v} skipped ({k})" for k, v in r.get("flows_skipped", {}).items()))
-    ambiguous = r.get("label_csv", {}).get("flows_ambiguous", 0)
-    if ambiguous:
-        w(f"  WARNING {ambiguous} flows matched label-CSV rows with different labels (the row whose time range "
-          "holds the flow's start, else the first matching row, was used; label_csv in report.json)")
-    if r.get("label_csv", {}).get("bad_rows"):
-        w(f"  label CSV: {r['label_csv']['bad_rows']} of {r['label_csv']['rows']} rows unusable (bad address, port "
-          "or time) and ignored")
-    for why, n in r.get("label_csv", {}).get("rows_skipped", {}).items():
-        w(f"  label CSV: {n} of {r['label_csv']['rows']} rows skipped: {why}")
-    if r.get("label_csv", {}).get("rows_matching_no_flow"):
-        w(f"  label CSV: {r['label_csv']['rows_matching_no_flow']} of {r['label_csv']['rows']} rows matched no flow "
-          "of these captures (other captures, time ranges or endpoints; or only flows shorter than --min-packets)")
-    samples = r.get("samples", {})
-    labels = r.get("labels", [])
-    if samples and not labels:
-        w("samples per split (unlabelled): " + ", ".join(f"{s} {sum(v.values())}" for s, v in samples.items()))
-    elif samples:
-        splits = list(samples)
-        w("samples per label and split:")
-        w("  " + f"{'label':<24}" + "".join(f"{s:>12}" for s in splits))
-        for lab in labels:
-            w("  " + f"{lab:<24}" + "".join(f"{samples[s].get(lab, 0):>12}" for s in splits))
-        w("  " + f"{'total':<24}" + "".join(f"{sum(samples[s].values()):>12}" for s in splits))
-    for k, v in r.get("samples_removed", {}).items():
-        w(f"  removed {k}: {v}")
-    sr = r.get("split_report", {})
-    conflicts = sr.get("duplicates", {}).get("label_conflicts", 0)
-    if conflicts:
-        w(f"  WARNING {conflicts} model inputs occur with different labels (identical flows labelled otherwise: "
-          "no model can tell them apart; duplicates in split_report.json)")
-    big = sr.get("groups", {}).get("large_groups_to_train")
-    if big:
-        w("  kept in train (groups of identical inputs larger than a validation/test share; --large-groups): "
-          + ", ".join(f"{lab} {v['flows']} flows in {v['groups']} group{'s' if v['groups'] > 1 else ''}" for lab, v in big.items()))
-    if sr.get("labels_missing"):
-        w(f"  WARNING labels missing from a split: {sr['labels_missing']}")
-    for note in sr.get("notes", []):
-        w(f"  note: {note}")
-    if len(labels) == 1 and r.get("options", {}).get("labels") in ("dir", "file"):
-        how = ("folder" if r["options"]["labels"] == "dir" else "file") + " name"
-        w(f"  note: one label ({labels[0]!r}, the {how}): fine for pretraining; a classifier needs two or more "
-          "(--labels file: one label per capture file name; --labels dir: ROOT/<label>/*.pcap)")
-    if r.get("files_excluded"):
-        ex = r["files_excluded"]
-        w(f"  excluded by --exclude: {len(ex)} files ({', '.join(ex[:5])}{' ...' if len(ex) > 5 else ''}; all in report.json)")
-    if len(r.get("sources", {})) > 1 or r.get("options", {}).get("labels") == "none":
-        w("per input:")
-        w(f"  {'input':<40}{'files':>7}{'packets':>10}{'used':>10}{'flows':>8}{'samples':>9}")
-        for src, v in r["sources"].items():
-            w(f"  {src[-40:]:<40}{v['files_read']:>7}{v['packets']:>10}{v['packets_used']:>10}{v['flows']:>8}{v['samples']:>9}")
-    t = r.get("timing", {})
-    if t:
-        w(f"time: {t['total_s']} s ({t['packets_per_s']} packets/s)")
-    if r.get("splits_replaced"):
-        w(f"  note: splits of an earlier run in {r['out']} not written this time were removed: {', '.join(r['splits_replaced'])}")
-    if r.get("not_written"):
-        w(f"nothing written: {r['not_written']} (no samples, so no dataset; see flows skipped and packets skipped "
-          "above)")
-    elif r.get("out") and not r.get("samples_total"):
-        w(f"written: {r['out']} (report.json, split_report.json only: no samples, so no dataset; "
-          "see flows skipped and packets skipped above)")
-    elif r.get("out"):
-        w(f"written: {r['out']} (report.json, split_report.json)")
-    return "\n".join(lines)
