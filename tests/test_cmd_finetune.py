@@ -272,6 +272,29 @@ def test_shots_that_repeat_one_flow_are_said(prepared, tmp_path, capsys):
         assert f"{names[label]} ({distinct} distinct of {drawn})" in err
 
 
+def test_distinct_shots_draws_different_inputs_where_a_class_has_them(prepared, tmp_path, capsys):
+    """--distinct-shots: each class's K flows come from min(K, its distinct inputs) different inputs (the plain
+    draw, unchanged for the same seed, repeats some on the demo slice's real flows); without --shots it is refused."""
+    from traffic_moe_hf.recipes.common import _input_keys, few_shot_indices, repeated_inputs
+
+    train = datasets.load_from_disk(str(prepared))["train"]
+    labels, keys = np.asarray(train["label"]), _input_keys(train)
+    for seed in range(3):
+        plain, distinct = few_shot_indices(train, 5, seed), few_shot_indices(train, 5, seed, distinct=True)
+        assert few_shot_indices(train, 5, seed) == plain  # the tables' draw is kept
+        for label in np.unique(labels):
+            available = len(set(keys[labels == label]))
+            picked = [i for i in distinct if labels[i] == label]
+            assert len(picked) == min(5, int((labels == label).sum())) and len(set(picked)) == len(picked)
+            assert len(set(keys[picked])) == min(5, available)
+    assert any(repeated_inputs(train.select(few_shot_indices(train, 5, s))) for s in range(3))
+    summary = finetune(str(prepared), str(tmp_path / "m"), config="tiny", shots=5, distinct_shots=True, min_steps=1,
+                       batch_size=8, progress=False)
+    assert summary["distinct_shots"] is True and summary["train_samples"] == len(few_shot_indices(train, 5, 0, True))
+    with pytest.raises(TrafficMoeError, match="--distinct-shots is for few-shot runs"):
+        finetune(str(prepared), str(tmp_path / "x"), config="tiny", distinct_shots=True, progress=False)
+
+
 def test_probe_head_initialises_the_classifier_from_a_linear_probe(prepared, pretrained, tmp_path):
     """--head-init probe: before any fine-tuning step, the classifier already predicts what the
     logistic-regression probe on the frozen encoder predicts (same training accuracy), for the MoE

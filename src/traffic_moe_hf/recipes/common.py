@@ -60,19 +60,33 @@ def model_view(dataset, dense: bool = False, extra=()):
     return view
 
 
-def few_shot(dataset, shots: int, seed: int):
+def few_shot(dataset, shots: int, seed: int, distinct: bool = False):
     """`shots` samples per class (all of a class when it has fewer), chosen at random with `seed`."""
-    return dataset.select(few_shot_indices(dataset, shots, seed))
+    return dataset.select(few_shot_indices(dataset, shots, seed, distinct))
 
 
-def few_shot_indices(dataset, shots: int, seed: int) -> list[int]:
-    """The rows :func:`few_shot` selects, in order."""
+def few_shot_indices(dataset, shots: int, seed: int, distinct: bool = False) -> list[int]:
+    """The rows :func:`few_shot` selects, in order. ``distinct``: each class's rows from as many different model
+    inputs as it has, up to `shots` (a random input, then a random row of it); a class with fewer distinct inputs
+    than `shots` is filled up with random other rows of it. Off, the draw is the one every table was measured with
+    (seeds keep their draws)."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset["label"])
+    keys = _input_keys(dataset) if distinct else None
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        chosen.extend(rng.choice(members, size=min(shots, len(members)), replace=False).tolist())
+        if not distinct:
+            chosen.extend(rng.choice(members, size=min(shots, len(members)), replace=False).tolist())
+            continue
+        groups = {}
+        for m in members:
+            groups.setdefault(int(keys[m]), []).append(int(m))
+        order = rng.permutation(len(groups))
+        picked = [int(rng.choice(list(groups.values())[g])) for g in order[:shots]]
+        rest = np.setdiff1d(members, picked)
+        picked += rng.choice(rest, size=min(shots - len(picked), len(rest)), replace=False).tolist() if len(picked) < shots else []
+        chosen.extend(picked)
     return sorted(chosen)
 
 

@@ -68,6 +68,7 @@ def add_parser(subparsers):
     p.add_argument("--dense", action="store_true", **o("dense"))
     p.add_argument("--match", choices=("active", "total"), **o("match"))
     p.add_argument("--shots", type=at_least(1), **o("shots"))
+    p.add_argument("--distinct-shots", action="store_true", **o("distinct_shots"))
     p.add_argument("--epochs", type=positive, **o("epochs"))
     p.add_argument("--min-steps", type=at_least(0), **o("min_steps"))
     p.add_argument("--batch-size", type=at_least(1), **o("batch_size"))
@@ -120,7 +121,7 @@ def run(args) -> int:
             raise TrafficMoeError(f"--adv-attacks: {e}")
     result = finetune(
         data=args.data, out=args.out, init_from=args.init_from, config=args.config, dense=args.dense,
-        match=args.match, shots=args.shots, epochs=args.epochs, min_steps=args.min_steps,
+        match=args.match, shots=args.shots, distinct_shots=args.distinct_shots, epochs=args.epochs, min_steps=args.min_steps,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, use_class_weights=args.class_weights,
         seed=args.seed, progress=args.progress,
         adversarial=dict(copies=args.adv_copies, eps=args.adv_eps, steps=args.adv_steps, weight=args.adv_weight,
@@ -306,6 +307,10 @@ class FinetuneOptions:
     match: str = field(default="active", metadata={"help": (
         "with --dense from scratch: match the MoE's active or total parameters")})
     shots: int | None = field(default=None, metadata={"help": "use only K training samples per class (few-shot)"})
+    distinct_shots: bool = field(default=False, metadata={"help": (
+        "with --shots: draw a class's K flows from K different model inputs where it has them (identical flows "
+        "teach one example; loopback9's ftp: 365 training flows, 32 distinct inputs, one of them 200 times). "
+        "Off: the plain random draw every table was measured with")})
     epochs: float = field(default=10.0, metadata={"help": (
         "passes over the training flows (early stopping may end sooner)")})
     min_steps: int = field(default=300, metadata={"help": (
@@ -349,7 +354,7 @@ def finetune(data, out, options: FinetuneOptions | None = None, **overrides) -> 
 
 
 @honours_progress
-def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_steps, batch_size, lr, patience,
+def _finetune(data, out, *, init_from, config, dense, match, shots, distinct_shots, epochs, min_steps, batch_size, lr, patience,
               use_class_weights, seed, progress, config_overrides, eval_split, adversarial, head_init,
               keep_checkpoints, self_train) -> dict:
     """:func:`finetune`'s body: its keyword-only parameters are :class:`FinetuneOptions`' fields (the defaults are
@@ -409,10 +414,13 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         raise TrafficMoeError("--head-init probe needs a pretrained checkpoint (--from): a random encoder has nothing to probe")
     adversarial = with_defaults(adversarial, ADVERSARIAL, "adversarial")
     self_train = with_defaults(self_train, SELF_TRAIN, "self_train")
+    if distinct_shots and shots is None:
+        raise TrafficMoeError("--distinct-shots is for few-shot runs: give --shots K")
     if self_train is not None and shots is None:
         raise TrafficMoeError("--self-train is for few-shot runs: give --shots K (the flows beyond K per class are its "
                          "unlabeled pool)")
-    teacher_kwargs = dict(init_from=init_from, config=config, dense=dense, match=match, shots=shots, epochs=epochs,
+    teacher_kwargs = dict(init_from=init_from, config=config, dense=dense, match=match, shots=shots,
+                          distinct_shots=distinct_shots, epochs=epochs,
                           min_steps=min_steps, batch_size=batch_size, lr=lr, patience=patience,
                           use_class_weights=use_class_weights, seed=seed, progress=progress,
                           config_overrides=config_overrides, eval_split=eval_split, adversarial=adversarial,
@@ -445,14 +453,17 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         if short:  # said, not silent: "--shots 50" on a class with 12 flows is a 12-shot run for that class
             print(f"finetune: --shots {shots}: fewer training flows than that, all of them used, for "
                   + ", ".join(f"{k} ({v})" for k, v in sorted(short.items())), file=sys.stderr)
-        chosen = few_shot_indices(prepared["train"], shots, seed)
+        chosen = few_shot_indices(prepared["train"], shots, seed, distinct=distinct_shots)
         pool = None if self_train is None else prepared["train"].select(sorted(set(range(len(prepared["train"]))) - set(chosen)))
         prepared["train"] = prepared["train"].select(chosen)
         repeated = {names[k]: v for k, v in repeated_inputs(prepared["train"]).items()}
         if repeated:  # said, not silent: five copies of one flow teach one example, not five
-            print(f"finetune: --shots {shots} (seed {seed}) drew identical flows: fewer distinct examples for "
+            what = ("--distinct-shots: fewer distinct inputs than that, some drawn twice, for " if distinct_shots else
+                    f"(seed {seed}) drew identical flows: fewer distinct examples for ")
+            print(f"finetune: --shots {shots} {what}"
                   + ", ".join(f"{k} ({d} distinct of {n})" for k, (d, n) in sorted(repeated.items()))
-                  + "; another --seed draws other flows", file=sys.stderr)
+                  + ("" if distinct_shots else "; --distinct-shots draws different ones where the class has them"),
+                  file=sys.stderr)
         if self_train is not None:
             from datasets import concatenate_datasets
 
@@ -583,6 +594,7 @@ def _finetune(data, out, *, init_from, config, dense, match, shots, epochs, min_
         "train_samples": len(train),
         "validation_samples": 0 if validation is None else len(validation),
         "shots": shots,
+        **({"distinct_shots": True} if distinct_shots else {}),
         **({"shots_distinct": {k: d for k, (d, _) in sorted(repeated.items())}} if shots is not None else {}),
         "adversarial": adversarial,
         "head_init": head_init,
