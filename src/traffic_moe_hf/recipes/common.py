@@ -79,13 +79,14 @@ def few_shot_indices(dataset, shots: int, seed: int, distinct: bool = False) -> 
         if not distinct:
             chosen.extend(rng.choice(members, size=min(shots, len(members)), replace=False).tolist())
             continue
-        groups = {}
+        by_input = {}  # the class's rows per distinct input, inputs in order of first row
         for m in members:
-            groups.setdefault(int(keys[m]), []).append(int(m))
-        order = rng.permutation(len(groups))
-        picked = [int(rng.choice(list(groups.values())[g])) for g in order[:shots]]
-        rest = np.setdiff1d(members, picked)
-        picked += rng.choice(rest, size=min(shots - len(picked), len(rest)), replace=False).tolist() if len(picked) < shots else []
+            by_input.setdefault(int(keys[m]), []).append(int(m))
+        groups = list(by_input.values())
+        picked = [int(rng.choice(groups[g])) for g in rng.permutation(len(groups))[:shots]]
+        if len(picked) < shots:
+            rest = np.setdiff1d(members, picked)
+            picked += rng.choice(rest, size=min(shots - len(picked), len(rest)), replace=False).tolist()
         chosen.extend(picked)
     return sorted(chosen)
 
@@ -442,8 +443,11 @@ def repeated_inputs(dataset) -> dict[int, tuple[int, int]]:
     class made mostly of one group of identical flows (loopback9's ``ftp``: 365 training flows, 32
     distinct inputs, one of them 200 times) can hold fewer distinct examples than ``--shots`` says."""
     keys, labels = _input_keys(dataset), np.asarray(dataset["label"])
-    return {int(label): (len(np.unique(keys[labels == label])), int((labels == label).sum()))
-            for label in np.unique(labels) if len(np.unique(keys[labels == label])) < (labels == label).sum()}
+    counts = {}
+    for label in np.unique(labels):
+        members = keys[labels == label]
+        counts[int(label)] = (len(np.unique(members)), len(members))
+    return {label: (distinct, n) for label, (distinct, n) in counts.items() if distinct < n}
 
 
 def trainer_metrics(names: list[str], sample_weights: np.ndarray | None = None):
