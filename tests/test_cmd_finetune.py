@@ -275,10 +275,13 @@ def test_shots_that_repeat_one_flow_are_said(prepared, tmp_path, capsys):
 def test_distinct_shots_draws_different_inputs_where_a_class_has_them(prepared, tmp_path, capsys):
     """--distinct-shots: each class's K flows come from min(K, its distinct inputs) different inputs (the plain
     draw, unchanged for the same seed, repeats some on the demo slice's real flows); without --shots it is refused."""
-    from traffic_moe_hf.recipes.common import _input_keys, few_shot_indices, repeated_inputs
+    from traffic_moe_hf.recipes.common import few_shot_indices, input_keys, repeated_inputs
 
     train = datasets.load_from_disk(str(prepared))["train"]
-    labels, keys = np.asarray(train["label"]), _input_keys(train)
+    labels, keys = np.asarray(train["label"]), input_keys(train)
+    content = [(tuple(i), tuple(d), lab) for i, d, lab in zip(train["input_ids"], train["direction_ids"], labels)]
+    assert len(set(zip(keys, content))) == len(set(keys)) == len(set(content))  # same key exactly when same input
+    assert len(set(keys)) < len(keys)  # the slice repeats some inputs: the draws below are a real test
     for seed in range(3):
         plain, distinct = few_shot_indices(train, 5, seed), few_shot_indices(train, 5, seed, distinct=True)
         assert few_shot_indices(train, 5, seed) == plain  # the tables' draw is kept

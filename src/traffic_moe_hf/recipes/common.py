@@ -72,7 +72,7 @@ def few_shot_indices(dataset, shots: int, seed: int, distinct: bool = False) -> 
     (seeds keep their draws)."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset["label"])
-    keys = _input_keys(dataset) if distinct else None
+    keys = input_keys(dataset) if distinct else None
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
@@ -81,7 +81,7 @@ def few_shot_indices(dataset, shots: int, seed: int, distinct: bool = False) -> 
             continue
         by_input = {}  # the class's rows per distinct input, inputs in order of first row
         for m in members:
-            by_input.setdefault(int(keys[m]), []).append(int(m))
+            by_input.setdefault(keys[m], []).append(int(m))
         groups = list(by_input.values())
         picked = [int(rng.choice(groups[g])) for g in rng.permutation(len(groups))[:shots]]
         if len(picked) < shots:
@@ -427,22 +427,31 @@ def distinct_weights(dataset) -> np.ndarray:
     best-checkpoint selection follows it (a pretrained model stopped after its first epoch, 0.98 on
     test, where the same model trained on scored 1.0). Weighted with these, every distinct input
     counts once."""
-    _, inverse, counts = np.unique(_input_keys(dataset), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(input_keys(dataset), return_inverse=True, return_counts=True)
     return 1.0 / counts[inverse]
 
 
-def _input_keys(dataset) -> np.ndarray:
-    """One key per sample: equal for samples with the same model input (bytes and directions) and label."""
-    directions = dataset["direction_ids"] if "direction_ids" in dataset.column_names else [()] * len(dataset)
-    return np.asarray([hash((tuple(ids), tuple(dirs), label)) for ids, dirs, label in
-                       zip(dataset["input_ids"], directions, dataset["label"])], dtype=np.int64)
+def input_keys(dataset, with_label: bool = True) -> np.ndarray:
+    """One key per sample (an object array of bytes): equal for samples with the same model input — token and
+    direction ids, keyed as ``prepare`` keys them for ``--dedup`` (:func:`~traffic_moe_hf.data.samples.input_key`)
+    — and, with `with_label`, the same label."""
+    from ..data.samples import input_key
+
+    n = len(dataset)
+    directions = dataset["direction_ids"] if "direction_ids" in dataset.column_names else [()] * n
+    labels = dataset["label"] if with_label else [None] * n
+    keys = np.empty(n, dtype=object)
+    for i, (ids, dirs, label) in enumerate(zip(dataset["input_ids"], directions, labels)):
+        tail = b"" if label is None else int(label).to_bytes(8, "little", signed=True)
+        keys[i] = input_key(np.asarray(ids, dtype=np.int32).tobytes(), bytes(dirs)) + tail
+    return keys
 
 
 def repeated_inputs(dataset) -> dict[int, tuple[int, int]]:
     """Per label whose samples repeat a model input: (distinct inputs, samples). A few-shot draw from a
     class made mostly of one group of identical flows (loopback9's ``ftp``: 365 training flows, 32
     distinct inputs, one of them 200 times) can hold fewer distinct examples than ``--shots`` says."""
-    keys, labels = _input_keys(dataset), np.asarray(dataset["label"])
+    keys, labels = input_keys(dataset), np.asarray(dataset["label"])
     counts = {}
     for label in np.unique(labels):
         members = keys[labels == label]

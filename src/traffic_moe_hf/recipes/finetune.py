@@ -263,8 +263,7 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int, th
     confident distinct model inputs with confidence ≥ ``threshold``. Returns (those rows with the teacher's
     labels in ``label``, a report: sizes, per class, and — for the record only — how many agree with the
     labels the pool carried)."""
-    from ..data.samples import input_key
-    from .common import model_view
+    from .common import input_keys, model_view
     from .evaluate import load_classifier, predict_logits
 
     info = {"pool": len(pool), "per_class_limit": per_class, "threshold": threshold}
@@ -274,7 +273,7 @@ def pseudo_label(teacher, pool, dense: bool, num_labels: int, per_class: int, th
     logits = predict_logits(model, model_view(pool, dense=dense))
     probabilities = torch.from_numpy(logits).softmax(-1).numpy()
     predicted, confidence = probabilities.argmax(-1), probabilities.max(-1)
-    keys = [input_key(np.asarray(ids, dtype=np.int32).tobytes(), bytes(d)) for ids, d in zip(pool["input_ids"], pool["direction_ids"])]
+    keys = input_keys(pool, with_label=False)
     chosen, per = [], {}
     for label in range(num_labels):
         seen = set()
