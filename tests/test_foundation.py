@@ -204,6 +204,34 @@ def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():
     assert line.endswith(f") | {mean:.3f} |")
 
 
+def test_transfer_plot_draws_the_cached_cells_and_leaves_gaps_for_the_missing(tmp_path, monkeypatch):
+    """benchmarks/foundation/transfer.py's picture of the table, from the shipped MoE's cached sv17 cells: a PNG is
+    written, every measured cell becomes a point at its mean, and a cell not measured is a gap (NaN), not a zero."""
+    transfer = _foundation_script("transfer")
+    results = REPO / "benchmarks" / "foundation" / "results" / "sv17"
+    cells = {c: [json.loads(p.read_text()) for p in sorted(results.glob(f"moe@v3-{c}-*.json"))] for c in transfer.CELLS}
+    assert all(cells[c] for c in ("1", "10"))
+    rows = {"Traffic-MoE mini, shipped checkpoint v3": cells,
+            "dense BERT mini, shipped checkpoint v2.2": {"all": [], "1": [], "5": [], "10": cells["10"][:1]}}
+    report = {"date": "2026-12-07", "tasks": {"sv17": {"classes": 17, "test": 399, "rows": rows}}}
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_errorbar = plt.Axes.errorbar
+
+    def spy(ax, x, y, **kw):
+        drawn.append((kw["label"], list(y)))
+        return real_errorbar(ax, x, y, **kw)
+
+    monkeypatch.setattr(plt.Axes, "errorbar", spy)
+    transfer.plot(report, tmp_path / "transfer.png")
+    assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    moe, dense = dict(drawn)["Traffic-MoE mini, shipped checkpoint v3"], dict(drawn)["dense BERT mini, shipped checkpoint v2.2"]
+    for y, cell in zip(moe, ("1", "5", "10", "all")):
+        assert y == pytest.approx(sum(g["test_macro_f1"] for g in cells[cell]) / len(cells[cell]))
+    assert [y != y for y in dense] == [True, True, False, True]  # only 10 per class measured
+
+
 @shipped
 def test_upcycled_checkpoint_keeps_the_active_size_and_the_routing(real_flows, tmp_path):
     """benchmarks/foundation/upcycle.py: twice the experts of the shipped MoE, the same compute per token (the

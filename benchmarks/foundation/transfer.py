@@ -232,6 +232,7 @@ def main(argv=None):
     md = markdown(report)
     (HERE / "results").mkdir(exist_ok=True)
     write_text(HERE / "results" / "transfer.md", md)
+    plot(report, HERE / "results" / "transfer.png")
     print(md)
     return 0
 
@@ -249,6 +250,50 @@ def markdown(report) -> str:
             lines.append(f"| {title} | " + " | ".join(cell(cells[c]) for c in CELLS) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def plot(report, path: Path) -> None:
+    """The table as a picture: a panel per task, macro-F1 against flows per class (1 / 5 / 10 / all data), a line
+    per row (earlier versions left out), bars the std over the seeds measured, each point's seed count beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from traffic_moe_hf.atomic import atomic_path
+
+    tasks = list(report["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 4.4), sharey=True, squeeze=False)
+    handles = {}
+    for ax, task in zip(axes[0], tasks):
+        t = report["tasks"][task]
+        rows = [title for title in t["rows"] if "(the version before)" not in title and "(not the shipped" not in title]
+        for i, title in enumerate(rows):
+            xs, ys, es, ns = [], [], [], []
+            for x, cell in enumerate(("1", "5", "10", "all")):
+                values = [g["test_macro_f1"] for g in t["rows"][title][cell]]
+                xs.append(x + (i - (len(rows) - 1) / 2) * 0.06)  # side by side, so the bars do not hide each other
+                ys.append(statistics.mean(values) if values else float("nan"))  # not measured: a gap in the line
+                es.append(statistics.pstdev(values) if values else 0.0)
+                ns.append(len(values))
+            if not any(ns):
+                continue
+            style = dict(linestyle="--", marker="s") if title.startswith("random forest") else dict(marker="o")
+            handles[title] = ax.errorbar(xs, ys, yerr=es, capsize=3, color=f"C{i}", label=title, ms=4, **style)
+            if i == 0:  # the shipped MoE: how many seeds stand behind each point
+                for x, y, n in ((x, y, n) for x, y, n in zip(xs, ys, ns) if n):
+                    ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7, color="C0")
+        ax.set_xticks(range(4), ["1", "5", "10", "all"])
+        ax.set_xlabel("training flows per class")
+        ax.set_title(f"{task} ({t['classes']} classes, {t['test']} test flows)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test macro-F1 (mean; bars: std over seeds)")
+    fig.suptitle(f"Fine-tuned with finetune's defaults against the forests (tabulated {report['date']})", fontsize=10)
+    fig.legend(handles=list(handles.values()), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    with atomic_path(path) as tmp:  # a killed run leaves the last picture, not half of one
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
