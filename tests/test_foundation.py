@@ -167,13 +167,17 @@ def test_scaling_plot_is_made_from_the_repository_alone(tmp_path):
 @shipped
 def test_shipped_cards_show_the_current_transfer_table():
     """Both cards carry benchmarks/foundation/results/transfer.md as it is now (a new cell re-makes the table, then
-    `ship.py --refresh-cards` the cards): a user reading a card reads the repository's figures."""
-    card_transfer = _foundation_script("ship").card_transfer
-    transfer = (REPO / "benchmarks" / "foundation" / "results" / "transfer.md").read_text().strip()
+    `ship.py --refresh-cards` the cards), and below it the table's picture, results/transfer.png, copied into the
+    folder: a user reading a card reads the repository's figures."""
+    ship = _foundation_script("ship")
+    results = REPO / "benchmarks" / "foundation" / "results"
+    transfer = (results / "transfer.md").read_text().strip()
     for folder in (MOE, DENSE):
         card = (folder / "README.md").read_text()
-        start, end = card_transfer(card)
+        start, end = ship.card_transfer(card)
         assert card[start:end].strip() == transfer, f"{folder.name}: card's transfer table differs from transfer.md"
+        assert card[end:].startswith(ship.TRANSFER_PLOT)
+        assert (folder / "transfer.png").read_bytes() == (results / "transfer.png").read_bytes()
 
 
 def test_per_class_scores_of_the_cached_cells_agree_with_their_macro_f1():

@@ -124,6 +124,8 @@ sv17 task (and byte-identical copies elsewhere) were never read.
 
 {transfer}
 
+{transfer_plot}
+
 {note}
 
 ## Limitations
@@ -181,11 +183,12 @@ def _write(src: Path, tmp: Path, dense: bool, work: Path, hours: float, machine:
                f"Loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> {history[-1]['loss']:.3f} (step {history[-1]['step']}).")
     transfer_md = HERE / "results" / "transfer.md"
     transfer = transfer_md.read_text() if transfer_md.is_file() else "Not measured yet."
+    transfer_plot = copy_transfer_plot(tmp)
     card = CARD.format(name=short, short=short, what="A dense BERT baseline" if dense else "A sparse Mixture-of-Experts traffic encoder",
                        objectives=objectives(state["log_history"]),
                        remote="" if dense else " (the folder carries its modeling code: `auto_map`)",
                        trc="" if dense else ", trust_remote_code=True", arch=arch, total=total / 1e6, active=active / 1e6,
-                       corpus=corpus_table(work), compute=compute, transfer=transfer,
+                       corpus=corpus_table(work), compute=compute, transfer=transfer, transfer_plot=transfer_plot,
                        command=f"The pretraining command (WORK: the folder of make_corpus.py):\n\n    {command}" if command else "",
                        note=note)
     (tmp / "README.md").write_text(card)
@@ -203,16 +206,37 @@ def card_transfer(card: str) -> tuple[int, int]:
     return start, end
 
 
+TRANSFER_PLOT = "![transfer](transfer.png)"
+
+
+def copy_transfer_plot(folder: Path) -> str:
+    """results/transfer.png (transfer.py's picture of the table) copied into a checkpoint folder: the card's line
+    that shows it, or "" where the table has not been drawn yet."""
+    plot = HERE / "results" / "transfer.png"
+    if not plot.is_file():
+        return ""
+    from traffic_moe_hf.atomic import atomic_path
+
+    target = folder / "transfer.png"
+    if not target.is_file() or target.read_bytes() != plot.read_bytes():
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(plot.read_bytes())
+    return TRANSFER_PLOT
+
+
 def refresh_cards(out: Path, transfer: str) -> list[Path]:
-    """Put the current transfer table into the shipped cards, nothing else changed (the weights, the run's loss
-    curve and compute stay as shipped: a new machine has no run folder to ship from again)."""
+    """Put the current transfer table and its picture into the shipped cards, nothing else changed (the weights,
+    the run's loss curve and compute stay as shipped: a new machine has no run folder to ship from again)."""
     changed = []
     for card_path in sorted(out.glob("*/README.md")):
         card = card_path.read_text()
         if "## Transfer\n\n" not in card:
             continue
         start, end = card_transfer(card)
-        new = card[:start] + transfer.rstrip("\n") + "\n\n\n" + card[end:]
+        rest = card[end:]
+        if copy_transfer_plot(card_path.parent) and not rest.startswith(TRANSFER_PLOT):
+            rest = TRANSFER_PLOT + "\n\n" + rest  # below the table, before the version note
+        new = card[:start] + transfer.rstrip("\n") + "\n\n\n" + rest
         if new != card:
             from traffic_moe_hf.atomic import write_text
 
