@@ -217,10 +217,10 @@ def copy_transfer_plot(folder: Path) -> str:
         return ""
     from traffic_moe_hf.atomic import atomic_path
 
-    target = folder / "transfer.png"
-    if not target.is_file() or target.read_bytes() != plot.read_bytes():
+    target, picture = folder / "transfer.png", plot.read_bytes()
+    if not target.is_file() or target.read_bytes() != picture:
         with atomic_path(target) as tmp:
-            tmp.write_bytes(plot.read_bytes())
+            tmp.write_bytes(picture)
     return TRANSFER_PLOT
 
 

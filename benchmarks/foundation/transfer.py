@@ -232,7 +232,8 @@ def main(argv=None):
     md = markdown(report)
     (HERE / "results").mkdir(exist_ok=True)
     write_text(HERE / "results" / "transfer.md", md)
-    plot(report, HERE / "results" / "transfer.png")
+    earlier = {rows[key][0] for key in REPORT_ROWS if key in rows}  # the other versions' rows: in the table only
+    plot(report, HERE / "results" / "transfer.png", leave_out=earlier)
     print(md)
     return 0
 
@@ -252,9 +253,10 @@ def markdown(report) -> str:
     return "\n".join(lines)
 
 
-def plot(report, path: Path) -> None:
+def plot(report, path: Path, leave_out=()) -> None:
     """The table as a picture: a panel per task, macro-F1 against flows per class (1 / 5 / 10 / all data), a line
-    per row (earlier versions left out), bars the std over the seeds measured, each point's seed count beside it."""
+    per row but those titled in ``leave_out`` (earlier versions), bars the std over the seeds measured, each point's
+    seed count beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,15 +264,16 @@ def plot(report, path: Path) -> None:
 
     from traffic_moe_hf.atomic import atomic_path
 
+    order = (*CELLS[1:], CELLS[0])  # 1 / 5 / 10 flows per class, then all data
     tasks = list(report["tasks"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 4.4), sharey=True, squeeze=False)
     handles = {}
     for ax, task in zip(axes[0], tasks):
         t = report["tasks"][task]
-        rows = [title for title in t["rows"] if "(the version before)" not in title and "(not the shipped" not in title]
+        rows = [title for title in t["rows"] if title not in leave_out]
         for i, title in enumerate(rows):
             xs, ys, es, ns = [], [], [], []
-            for x, cell in enumerate(("1", "5", "10", "all")):
+            for x, cell in enumerate(order):
                 values = [g["test_macro_f1"] for g in t["rows"][title][cell]]
                 xs.append(x + (i - (len(rows) - 1) / 2) * 0.06)  # side by side, so the bars do not hide each other
                 ys.append(statistics.mean(values) if values else float("nan"))  # not measured: a gap in the line
@@ -283,7 +286,7 @@ def plot(report, path: Path) -> None:
             if i == 0:  # the shipped MoE: how many seeds stand behind each point
                 for x, y, n in ((x, y, n) for x, y, n in zip(xs, ys, ns) if n):
                     ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7, color="C0")
-        ax.set_xticks(range(4), ["1", "5", "10", "all"])
+        ax.set_xticks(range(len(order)), order)
         ax.set_xlabel("training flows per class")
         ax.set_title(f"{task} ({t['classes']} classes, {t['test']} test flows)", fontsize=9)
         ax.grid(alpha=0.3)
